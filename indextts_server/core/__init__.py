@@ -1,0 +1,1 @@
+"""The pure core: schemas, validation, the task registry and its state table. No trio, no I/O."""

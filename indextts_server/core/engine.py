@@ -1,0 +1,50 @@
+"""The engine port: what the inference task asks of a speech engine, and nothing about how."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal, Protocol
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+EmoMode = Literal["none", "audio", "vector", "text"]
+
+SAMPLE_RATE = 22050
+"""Every engine renders mono 16-bit PCM at this rate (the seed's WAV format)."""
+
+PCM = npt.NDArray[np.int16]
+
+
+class SynthesisJob(msgspec.Struct, frozen=True, kw_only=True):
+    """One validated request, with its audio paths already resolved to absolute files."""
+
+    text: str
+    prompt_audio: str
+    emo_mode: EmoMode = "none"
+    emo_audio: str | None = None
+    emo_alpha: float = 1.0
+    emo_vector: tuple[float, ...] | None = None
+    emo_text: str | None = None
+    interval_silence: int = 200
+    max_tokens: int = 120
+    use_random: bool = False
+    seed: int | None = None
+    quick_first: int = 0
+
+
+class Engine(Protocol):
+    """A speech engine. Its methods are blocking and are only ever called from one thread at a time.
+
+    ``synthesize`` returns an iterator that yields one 1-D int16 array per text segment, at
+    ``SAMPLE_RATE``. Every segment but the last ends with the job's ``interval_silence``, so the
+    concatenation of all segments is the whole utterance. The caller advances the iterator one
+    segment per worker-thread call and may ``close()`` it between segments to stop the work.
+    """
+
+    name: str
+
+    def synthesize(self, job: SynthesisJob) -> Iterator[PCM]: ...
+
+    def warm_up(self) -> None: ...

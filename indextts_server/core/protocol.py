@@ -1,0 +1,119 @@
+"""The seed's WebSocket messages as msgspec Structs: requests in, replies out, field for field."""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+from .engine import EmoMode
+
+TaskState = Literal["pending", "running", "completed", "failed", "cancelled"]
+
+# Documented ranges; the seed gives the defaults, the project gives the bounds.
+MAX_TOKENS_MIN: Final = 20
+MAX_TOKENS_MAX: Final = 600
+INTERVAL_SILENCE_MAX: Final = 5000
+SEED_MAX: Final = 2**32 - 1
+
+WELCOME_MESSAGE: Final = "已连接到 IndexTTS WebSocket"
+USAGE: Final = (
+    '发送 {"type":"tts_stream", "text":"...", "emo_mode":"none/audio/vector/text", ...} 开始合成'
+)
+QUEUED_MESSAGE: Final = "任务已加入队列，等待处理"
+START_MESSAGE: Final = "开始生成音频"
+END_MESSAGE: Final = "生成完成"
+
+UnitFloat = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+EmoVector = Annotated[list[UnitFloat], msgspec.Meta(min_length=8, max_length=8)]
+
+
+class TtsStream(msgspec.Struct, tag_field="type", tag="tts_stream", kw_only=True):
+    """``{"type": "tts_stream", ...}``: synthesise ``text`` in the voice of ``prompt_audio``.
+
+    ``None`` for an optional field means its default, so clients that send explicit nulls work.
+    Cross-field rules live in ``__post_init__`` and raise the seed's own texts.
+    """
+
+    text: str
+    prompt_audio: str
+    emo_mode: EmoMode | None = None
+    emo_audio: str | None = None
+    emo_alpha: UnitFloat | None = None
+    emo_vector: EmoVector | None = None
+    emo_text: str | None = None
+    interval_silence: Annotated[int, msgspec.Meta(ge=0, le=INTERVAL_SILENCE_MAX)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=MAX_TOKENS_MIN, le=MAX_TOKENS_MAX)] | None = None
+    use_random: bool | None = None
+    # Extension (opt-in): fixes the sampler so identical requests give identical audio.
+    seed: Annotated[int, msgspec.Meta(ge=0, le=SEED_MAX)] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.text.strip():
+            raise ValueError("缺少有效的 text")
+        if not self.prompt_audio.strip():
+            raise ValueError("缺少有效的 prompt_audio")
+        mode = self.emo_mode or "none"
+        if mode == "audio" and not (self.emo_audio and self.emo_audio.strip()):
+            raise ValueError("情感参考音频模式需要提供 emo_audio")
+        if mode == "vector" and self.emo_vector is None:
+            raise ValueError("情感向量模式需要提供 emo_vector")
+        if mode == "text" and not (self.emo_text and self.emo_text.strip()):
+            raise ValueError("情感文本引导模式需要提供 emo_text")
+
+
+class TaskStatusQuery(msgspec.Struct, tag_field="type", tag="task_status", kw_only=True):
+    """``{"type": "task_status", "task_id": ...}``: ask for a task's state."""
+
+    task_id: str
+
+
+Request = TtsStream | TaskStatusQuery
+
+
+class Welcome(msgspec.Struct, kw_only=True):
+    status: Literal["success"] = "success"
+    session_id: str
+    message: str = WELCOME_MESSAGE
+    usage: str = USAGE
+
+
+class Queued(msgspec.Struct, kw_only=True):
+    type: Literal["queued"] = "queued"
+    task_id: str
+    session_id: str
+    message: str = QUEUED_MESSAGE
+
+
+class Start(msgspec.Struct, kw_only=True):
+    type: Literal["start"] = "start"
+    task_id: str
+    session_id: str
+    message: str = START_MESSAGE
+
+
+class End(msgspec.Struct, kw_only=True):
+    type: Literal["end"] = "end"
+    task_id: str
+    session_id: str
+    message: str = END_MESSAGE
+
+
+class Error(msgspec.Struct, kw_only=True):
+    status: Literal["error"] = "error"
+    task_id: str | None
+    session_id: str
+    message: str
+
+
+class TaskStatusReply(msgspec.Struct, kw_only=True):
+    type: Literal["task_status"] = "task_status"
+    session_id: str
+    task_id: str
+    status: TaskState
+    created_at: str
+    completed_at: str | None
+    error_message: str | None
+
+
+Reply = Welcome | Queued | Start | End | Error | TaskStatusReply

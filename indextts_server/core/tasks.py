@@ -1,0 +1,139 @@
+"""The task registry: every task's state, its legal transitions, and how long it is kept."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Final
+
+from .engine import SynthesisJob
+from .protocol import TaskState, TaskStatusReply
+
+TRANSITIONS: Final[dict[TaskState, frozenset[TaskState]]] = {
+    "pending": frozenset({"running", "cancelled"}),
+    "running": frozenset({"completed", "failed", "cancelled"}),
+    "completed": frozenset(),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+}
+FINISHED: Final[frozenset[TaskState]] = frozenset({"completed", "failed", "cancelled"})
+
+
+class InvalidTransition(Exception):
+    """A task was moved along an edge the state table does not have (a bug, never client input)."""
+
+
+def iso(moment: datetime) -> str:
+    """The seed's timestamp format: ISO 8601, always with microseconds."""
+    return moment.isoformat(timespec="microseconds")
+
+
+class Task:
+    """One accepted ``tts_stream`` request and where it stands."""
+
+    __slots__ = (
+        "task_id",
+        "session_id",
+        "job",
+        "state",
+        "created_at",
+        "completed_at",
+        "error_message",
+        "finished_at",
+    )
+
+    def __init__(self, task_id: str, session_id: str, job: SynthesisJob, created_at: datetime):
+        self.task_id = task_id
+        self.session_id = session_id
+        self.job = job
+        self.state: TaskState = "pending"
+        self.created_at = created_at
+        self.completed_at: datetime | None = None
+        self.error_message: str | None = None
+        # Monotonic time of reaching a final state; retention counts from here.
+        self.finished_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    def status_reply(self, session_id: str) -> TaskStatusReply:
+        return TaskStatusReply(
+            session_id=session_id,
+            task_id=self.task_id,
+            status=self.state,
+            created_at=iso(self.created_at),
+            completed_at=None if self.completed_at is None else iso(self.completed_at),
+            error_message=self.error_message,
+        )
+
+
+class TaskRegistry:
+    """All known tasks by id. Finished tasks are kept for ``ttl`` seconds, then forgotten.
+
+    Times are passed in: ``wall`` for the timestamps clients see, ``now`` (monotonic seconds)
+    for retention. Finishing happens in time order, so the finished tasks form a queue whose
+    head is always the next to expire.
+    """
+
+    def __init__(self, ttl: float):
+        self.ttl = ttl
+        self._tasks: dict[str, Task] = {}
+        self._finished: deque[Task] = deque()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self._tasks.values())
+
+    def get(self, task_id: str) -> Task | None:
+        return self._tasks.get(task_id)
+
+    def add(self, task: Task) -> None:
+        self._tasks[task.task_id] = task
+
+    def discard(self, task: Task) -> None:
+        """Forget a task that was never accepted (the queue refused it)."""
+        if task.state != "pending":
+            raise InvalidTransition(f"only a pending task can be discarded, not {task.state}")
+        self._tasks.pop(task.task_id, None)
+
+    def move(
+        self,
+        task: Task,
+        state: TaskState,
+        *,
+        wall: datetime,
+        now: float,
+        error: str | None = None,
+    ) -> None:
+        if state not in TRANSITIONS[task.state]:
+            raise InvalidTransition(f"{task.task_id}: {task.state} -> {state}")
+        task.state = state
+        if state in FINISHED:
+            task.completed_at = wall
+            task.error_message = error
+            task.finished_at = now
+            self._finished.append(task)
+
+    def next_expiry(self) -> float | None:
+        if not self._finished:
+            return None
+        head = self._finished[0].finished_at
+        assert head is not None
+        return head + self.ttl
+
+    def expire(self, now: float) -> list[Task]:
+        """Forget every finished task older than the ttl; return them."""
+        gone: list[Task] = []
+        while self._finished:
+            head = self._finished[0]
+            assert head.finished_at is not None
+            if head.finished_at + self.ttl > now:
+                break
+            self._finished.popleft()
+            self._tasks.pop(head.task_id, None)
+            gone.append(head)
+        return gone

@@ -1,0 +1,1 @@
+"""Adapters: WebSocket transport, inference thread bridge, engines, audio, CLI, logging."""

@@ -1,0 +1,64 @@
+"""Audio at the edges: WAV encoding of engine output, and checking the audio paths clients name."""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from ..core.engine import PCM, SAMPLE_RATE
+
+
+def wav_bytes(pcm: PCM, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A complete mono 16-bit PCM WAV file holding ``pcm``."""
+    data = np.ascontiguousarray(pcm, dtype="<i2").tobytes()
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + len(data),
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,  # PCM
+        1,  # mono
+        sample_rate,
+        sample_rate * 2,
+        2,
+        16,
+        b"data",
+        len(data),
+    )
+    return header + data
+
+
+class AudioPathError(Exception):
+    """A client-named audio path that cannot be used; ``str(error)`` names the field."""
+
+
+def resolve_roots(roots: Sequence[str | os.PathLike[str]]) -> tuple[Path, ...]:
+    return tuple(Path(os.path.realpath(root)) for root in roots)
+
+
+def check_audio_path(field: str, value: str, roots: Sequence[Path]) -> str:
+    """Resolve ``value`` (symlinks included) and make sure it is decodable audio inside a root.
+
+    Blocking (it opens the file): call it from a worker thread. Returns the resolved path.
+    """
+    resolved = Path(os.path.realpath(value))
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        raise AudioPathError(f"{field} 不在允许的音频目录内: {value}")
+    if not resolved.exists():
+        raise AudioPathError(f"{field} 文件不存在: {value}")
+    if not resolved.is_file():
+        raise AudioPathError(f"{field} 不是文件: {value}")
+    try:
+        info = soundfile.info(str(resolved))
+    except (soundfile.LibsndfileError, RuntimeError, OSError):
+        raise AudioPathError(f"{field} 无法解码为音频: {value}") from None
+    if info.frames <= 0:
+        raise AudioPathError(f"{field} 音频为空: {value}")
+    return str(resolved)

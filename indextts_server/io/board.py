@@ -1,0 +1,96 @@
+"""The task board: the registry, the global FIFO queue feeding the inference task, and the sweeper."""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from datetime import datetime
+from typing import NamedTuple
+
+import trio
+
+from ..core.engine import SynthesisJob
+from ..core.protocol import TaskState
+from ..core.tasks import Task, TaskRegistry
+from .session import Session
+
+log = logging.getLogger("indextts_server")
+
+
+class Ticket(NamedTuple):
+    """A queued task and the session its messages go to."""
+
+    task: Task
+    session: Session
+
+
+class TaskBoard:
+    """Where tasks are admitted, moved between states (one log line each) and finally forgotten.
+
+    The queue is a bounded memory channel: admission is ``send_nowait``, so a full queue is
+    answered at once instead of making the client wait.
+    """
+
+    def __init__(self, *, ttl: float, max_queue: int):
+        if max_queue < 1:
+            raise ValueError("max_queue must be >= 1")
+        self.registry = TaskRegistry(ttl)
+        self.max_queue = max_queue
+        self._send, self.receive = trio.open_memory_channel[Ticket](max_queue)
+        self._sweep_scope: trio.CancelScope | None = None
+        self.done = 0
+
+    @property
+    def queue_depth(self) -> int:
+        return self._send.statistics().current_buffer_used
+
+    def submit(self, session: Session, job: SynthesisJob) -> Task | None:
+        """Queue a new task for ``job``; ``None`` when the queue is full."""
+        task = Task(str(uuid.uuid4()), session.session_id, job, datetime.now())
+        try:
+            self._send.send_nowait(Ticket(task, session))
+        except trio.WouldBlock:
+            return None
+        self.registry.add(task)
+        session.tasks.add(task.task_id)
+        log.info("task queued session=%s task=%s", session.session_id, task.task_id)
+        return task
+
+    def move(
+        self, task: Task, state: TaskState, session: Session, error: str | None = None
+    ) -> None:
+        self.registry.move(task, state, wall=datetime.now(), now=trio.current_time(), error=error)
+        suffix = f" error={error!r}" if error else ""
+        log.info("task %s session=%s task=%s%s", state, task.session_id, task.task_id, suffix)
+        if task.finished:
+            session.tasks.discard(task.task_id)
+            self.done += 1
+            self._wake_sweeper()
+
+    def cancel_pending(self, session: Session) -> None:
+        """A session is gone: its waiting tasks will never run. A running one stops in the worker."""
+        for task_id in list(session.tasks):
+            task = self.registry.get(task_id)
+            if task is not None and task.state == "pending":
+                self.move(task, "cancelled", session, "客户端已断开连接")
+
+    def close(self) -> None:
+        self._send.close()
+
+    async def sweep(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Forget finished tasks once their ttl is up; sleeps until the next one is due."""
+        task_status.started()
+        while True:
+            due = self.registry.next_expiry()
+            with trio.CancelScope(deadline=math.inf if due is None else due) as scope:
+                self._sweep_scope = scope
+                await trio.sleep_forever()
+            self._sweep_scope = None
+            for task in self.registry.expire(trio.current_time()):
+                log.debug("task expired session=%s task=%s", task.session_id, task.task_id)
+
+    def _wake_sweeper(self) -> None:
+        due = self.registry.next_expiry()
+        if self._sweep_scope is not None and due is not None:
+            self._sweep_scope.deadline = min(self._sweep_scope.deadline, due)

@@ -1,0 +1,100 @@
+"""The weight-free ``tone`` engine: speech-length tone sequences for protocol work and load tests."""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..core.engine import PCM, SAMPLE_RATE, SynthesisJob
+from ..core.segment import speech_seconds, split_segments, tokens
+
+_EDGE = int(0.005 * SAMPLE_RATE)  # 5 ms fades keep notes click-free
+
+
+def _stable_hash(*parts: object) -> int:
+    return zlib.crc32("\x1f".join(map(str, parts)).encode())
+
+
+class ToneEngine:
+    """Renders each text segment as one note per token, lasting about as long as speaking it.
+
+    The voice (base pitch) comes from the prompt file's identity; each emotion input shifts
+    pitch and brightness, scaled by ``emo_alpha``; ``use_random`` detunes the notes (seeded by
+    the job's ``seed`` when given). ``rtf`` seconds of wall time are spent per second of audio,
+    so queueing behaves like a real accelerator under load.
+    """
+
+    name = "tone"
+
+    def __init__(self, rtf: float = 0.0, *, fail_on: str | None = None):
+        if rtf < 0:
+            raise ValueError("rtf must be >= 0")
+        self.rtf = rtf
+        # Test hook: a job whose text contains this marker raises, as a broken model would.
+        self.fail_on = fail_on
+
+    def warm_up(self) -> None:
+        pass
+
+    def synthesize(self, job: SynthesisJob) -> Iterator[PCM]:
+        segments = split_segments(job.text, job.max_tokens)
+        silence = np.zeros(job.interval_silence * SAMPLE_RATE // 1000, dtype=np.int16)
+        base, brightness = self._voice(job)
+        rng = np.random.default_rng(job.seed) if job.use_random else None
+        for index, segment in enumerate(segments):
+            started = time.monotonic()
+            if self.fail_on is not None and self.fail_on in segment:
+                raise RuntimeError(f"tone engine failed on purpose ({self.fail_on!r})")
+            pcm = self._render(segment, base, brightness, rng)
+            if index < len(segments) - 1:
+                pcm = np.concatenate([pcm, silence])
+            if self.rtf:
+                spent = time.monotonic() - started
+                time.sleep(max(0.0, self.rtf * len(pcm) / SAMPLE_RATE - spent))
+            yield pcm
+
+    def _voice(self, job: SynthesisJob) -> tuple[float, float]:
+        try:
+            stat = os.stat(job.prompt_audio)
+            identity = _stable_hash(job.prompt_audio, stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            identity = _stable_hash(job.prompt_audio)
+        base = 110.0 + identity % 120  # 110–230 Hz, a speaking-voice range
+        shift, brightness = 0.0, 0.3
+        if job.emo_mode == "vector" and job.emo_vector is not None:
+            # happy, angry, sad, afraid, disgusted, melancholic, surprised, calm
+            pitch = (0.25, 0.1, -0.2, 0.15, -0.05, -0.25, 0.3, 0.0)
+            bright = (0.3, 0.6, -0.2, 0.1, 0.2, -0.25, 0.4, -0.1)
+            shift = sum(w * p for w, p in zip(job.emo_vector, pitch))
+            brightness += sum(w * b for w, b in zip(job.emo_vector, bright))
+        elif job.emo_mode in ("audio", "text"):
+            source = job.emo_audio if job.emo_mode == "audio" else job.emo_text
+            mood = _stable_hash(job.emo_mode, source) % 1000 / 1000.0 - 0.5
+            shift = 0.5 * mood * job.emo_alpha
+            brightness += 0.4 * mood * job.emo_alpha
+        return base * 2.0**shift, min(0.9, max(0.0, brightness))
+
+    def _render(
+        self, text: str, base: float, brightness: float, rng: np.random.Generator | None
+    ) -> PCM:
+        words = tokens(text) or [text]
+        total = int(speech_seconds(text) * SAMPLE_RATE)
+        per = max(2 * _EDGE + 1, total // len(words))
+        t = np.arange(per) / SAMPLE_RATE
+        envelope = np.ones(per)
+        ramp = np.linspace(0.0, 1.0, _EDGE)
+        envelope[:_EDGE], envelope[-_EDGE:] = ramp, ramp[::-1]
+        notes = []
+        for word in words:
+            semitones = float(_stable_hash(word) % 12 - 5)
+            if rng is not None:
+                semitones += rng.uniform(-1.0, 1.0)
+            f = base * 2.0 ** (semitones / 12)
+            wave = np.sin(2 * np.pi * f * t) + brightness * np.sin(4 * np.pi * f * t)
+            notes.append(wave * envelope)
+        audio = np.concatenate(notes) * (0.3 / (1.0 + brightness))
+        return (audio * 32767).astype(np.int16)

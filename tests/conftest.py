@@ -1,0 +1,198 @@
+"""Shared test fixtures: in-process servers on port 0 and real WebSocket clients against them."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+import soundfile
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from indextts_server.core.engine import PCM, Engine, SynthesisJob
+from indextts_server.io.server import Server, ServerConfig
+from indextts_server.io.tone import ToneEngine
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPT = "asset/zero_shot_prompt.wav"
+EMO_PROMPT = "asset/emo_prompt.wav"
+UUID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+ISO_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}$"
+CLIENT_MAX_MESSAGE = 64 << 20
+
+Json = dict[str, Any]
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The seed's examples name audio relative to the server's working directory.
+    monkeypatch.chdir(REPO)
+
+
+def tts(text: str = "大家好，我现在正在体验 AI 科技！", **fields: Any) -> Json:
+    """The seed's own example request, with ``fields`` changed."""
+    request: Json = {
+        "type": "tts_stream",
+        "text": text,
+        "prompt_audio": PROMPT,
+        "emo_mode": "none",
+        "interval_silence": 200,
+        "max_tokens": 120,
+        "use_random": False,
+    }
+    request.update(fields)
+    return request
+
+
+class Client:
+    """A WebSocket client that speaks JSON text and receives WAV bytes."""
+
+    def __init__(self, ws: WebSocketConnection, welcome: Json):
+        self.ws = ws
+        self.welcome = welcome
+        self.session_id: str = welcome["session_id"]
+
+    async def send(self, payload: Json | str | bytes) -> None:
+        if isinstance(payload, dict):
+            payload = json.dumps(payload, ensure_ascii=False)
+        await self.ws.send_message(payload)
+
+    async def recv(self) -> Json | bytes:
+        message = await self.ws.get_message()
+        if isinstance(message, bytes):
+            return message
+        value = json.loads(message)
+        assert isinstance(value, dict)
+        return value
+
+    async def recv_json(self) -> Json:
+        message = await self.recv()
+        assert isinstance(message, dict), f"expected JSON, got {len(message)} binary bytes"
+        return message
+
+    async def recv_audio(self) -> bytes:
+        message = await self.recv()
+        assert isinstance(message, bytes), f"expected audio, got {message}"
+        return message
+
+    async def request(self, payload: Json) -> tuple[str, bytes]:
+        """Send one request and read the seed's four replies; return the task id and the WAV."""
+        await self.send(payload)
+        queued = await self.recv_json()
+        assert queued["type"] == "queued", queued
+        task_id: str = queued["task_id"]
+        assert await self.recv_json() == self.reply("start", task_id)
+        wav = await self.recv_audio()
+        assert await self.recv_json() == self.reply("end", task_id)
+        return task_id, wav
+
+    async def error(self, payload: Json | str | bytes) -> Json:
+        await self.send(payload)
+        return await self.recv_json()
+
+    def reply(self, kind: str, task_id: str) -> Json:
+        messages = {"queued": "任务已加入队列，等待处理", "start": "开始生成音频", "end": "生成完成"}
+        return {
+            "type": kind,
+            "task_id": task_id,
+            "session_id": self.session_id,
+            "message": messages[kind],
+        }
+
+    def error_reply(self, message: str, task_id: str | None = None) -> Json:
+        return {
+            "status": "error",
+            "task_id": task_id,
+            "session_id": self.session_id,
+            "message": message,
+        }
+
+
+class Running:
+    """A server started in-process for one test."""
+
+    def __init__(self, server: Server, port: int):
+        self.server = server
+        self.port = port
+        self.url = f"ws://127.0.0.1:{port}"
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[Client]:
+        async with open_websocket_url(self.url, max_message_size=CLIENT_MAX_MESSAGE) as ws:
+            welcome = json.loads(await ws.get_message())
+            yield Client(ws, welcome)
+
+
+StartServer = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+def start_server(nursery: trio.Nursery) -> StartServer:
+    async def start(engine: Engine | None = None, **config: Any) -> Running:
+        settings = ServerConfig(host="127.0.0.1", port=0, **config)
+        server = Server(settings, engine or ToneEngine())
+        listening = await nursery.start(server.run)
+        return Running(server, listening.port)
+
+    return start
+
+
+@pytest.fixture
+async def server(start_server: StartServer) -> Running:
+    return await start_server()
+
+
+@pytest.fixture
+async def client(server: Running) -> AsyncIterator[Client]:
+    async with server.connect() as c:
+        yield c
+
+
+def decode_wav(wav: bytes) -> tuple[PCM, int, Any]:
+    info = soundfile.info(io.BytesIO(wav))
+    pcm, rate = soundfile.read(io.BytesIO(wav), dtype="int16")
+    return np.asarray(pcm, dtype=np.int16), int(rate), info
+
+
+class RecordingEngine:
+    """Wraps an engine and records, thread-safely, which jobs ran and how far each got."""
+
+    def __init__(self, inner: Engine):
+        self.inner = inner
+        self.name = inner.name
+        self.lock = threading.Lock()
+        self.events: list[tuple[str, str]] = []  # (what, text)
+        self.segments_started = threading.Event()
+
+    def warm_up(self) -> None:
+        self.inner.warm_up()
+
+    def synthesize(self, job: SynthesisJob) -> Iterator[PCM]:
+        self._note("begin", job.text)
+        try:
+            for pcm in self.inner.synthesize(job):
+                self._note("segment", job.text)
+                self.segments_started.set()
+                yield pcm
+        finally:
+            self._note("finish", job.text)
+
+    def _note(self, what: str, text: str) -> None:
+        with self.lock:
+            self.events.append((what, text))
+
+    def texts(self, what: str) -> list[str]:
+        with self.lock:
+            return [text for kind, text in self.events if kind == what]
+
+
+def encode(value: object) -> str:
+    return msgspec.json.encode(value).decode()
