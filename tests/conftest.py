@@ -37,7 +37,7 @@ def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
 
 
-def tts(text: str = "大家好，我现在正在体验 AI 科技！", **fields: Any) -> Json:
+def tts(text: Any = "大家好，我现在正在体验 AI 科技！", **fields: Any) -> Json:
     """The seed's own example request, with ``fields`` changed."""
     request: Json = {
         "type": "tts_stream",
@@ -196,3 +196,34 @@ class RecordingEngine:
 
 def encode(value: object) -> str:
     return msgspec.json.encode(value).decode()
+
+
+class GatedEngine(RecordingEngine):
+    """A recording tone engine that holds every segment after a job's first until ``release``.
+
+    Lets a test keep a task running for as long as it needs, without timing assumptions.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(ToneEngine())
+        self.gate = threading.Event()
+
+    def synthesize(self, job: SynthesisJob) -> Iterator[PCM]:
+        for index, pcm in enumerate(super().synthesize(job)):
+            if index > 0:
+                self.gate.wait(timeout=30)
+            yield pcm
+
+    async def first_segment(self) -> None:
+        """Wait until some job has produced its first segment."""
+        await trio.to_thread.run_sync(self.segments_started.wait, 30)
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    """Wait for server-side state that has no event of its own (bounded by the test's deadline)."""
+    with trio.fail_after(10):
+        while not predicate():  # noqa: ASYNC110 - the state has no event to wait on
+            await trio.sleep(0.005)

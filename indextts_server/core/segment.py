@@ -7,6 +7,7 @@ sentence that is still too long splits at commas and then at token boundaries.
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Final
 
@@ -59,7 +60,7 @@ def _hard_cut(text: str, max_tokens: int) -> list[str]:
     matches = list(_TOKEN.finditer(text))
     cuts = [matches[i].start() for i in range(max_tokens, len(matches), max_tokens)]
     bounds = [0, *cuts, len(text)]
-    return [text[a:b].strip() for a, b in zip(bounds, bounds[1:])]
+    return [text[a:b].strip() for a, b in itertools.pairwise(bounds)]
 
 
 def _merge(pieces: list[str], max_tokens: int) -> list[str]:

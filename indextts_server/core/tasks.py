@@ -33,14 +33,14 @@ class Task:
     """One accepted ``tts_stream`` request and where it stands."""
 
     __slots__ = (
-        "task_id",
-        "session_id",
-        "job",
-        "state",
-        "created_at",
         "completed_at",
+        "created_at",
         "error_message",
         "finished_at",
+        "job",
+        "session_id",
+        "state",
+        "task_id",
     )
 
     def __init__(self, task_id: str, session_id: str, job: SynthesisJob, created_at: datetime):

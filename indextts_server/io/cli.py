@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -114,11 +115,19 @@ def setup_logging(level: str) -> None:
     )
 
 
+async def serve(server: Server) -> None:
+    """Run ``server`` until SIGINT or SIGTERM."""
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await nursery.start(server.run)
+            async for signum in signals:
+                log.info("%s received; stopping", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     setup_logging(args.log_level)
     engine = build_engine(args)
-    try:
-        trio.run(Server(config_from(args), engine).run)
-    except KeyboardInterrupt:
-        log.info("interrupted; exiting")
+    trio.run(serve, Server(config_from(args), engine))

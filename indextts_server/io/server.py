@@ -37,6 +37,13 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     audio_roots: tuple[str, ...] = (".",)
 
 
+def endpoint_url(endpoint: object) -> str:
+    address = str(getattr(endpoint, "address", endpoint))
+    port = getattr(endpoint, "port", "?")
+    host = f"[{address}]" if ":" in address else address
+    return f"ws://{host}:{port}"
+
+
 def queue_full(max_queue: int) -> str:
     return f"服务器繁忙：队列已满（最多 {max_queue} 个等待任务），请稍后重试"
 
@@ -70,8 +77,8 @@ class Server:
                     max_message_size=self.config.max_message_bytes,
                 )
             )
-            for listener in server.listeners:
-                log.info("listening on %s (engine %s)", listener, self.engine.name)
+            for endpoint in server.listeners:
+                log.info("listening on %s (engine %s)", endpoint_url(endpoint), self.engine.name)
             task_status.started(server)
 
     async def _serve_connection(self, request: WebSocketRequest) -> None:

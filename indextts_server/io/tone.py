@@ -69,8 +69,8 @@ class ToneEngine:
             # happy, angry, sad, afraid, disgusted, melancholic, surprised, calm
             pitch = (0.25, 0.1, -0.2, 0.15, -0.05, -0.25, 0.3, 0.0)
             bright = (0.3, 0.6, -0.2, 0.1, 0.2, -0.25, 0.4, -0.1)
-            shift = sum(w * p for w, p in zip(job.emo_vector, pitch))
-            brightness += sum(w * b for w, b in zip(job.emo_vector, bright))
+            shift = sum(w * p for w, p in zip(job.emo_vector, pitch, strict=False))
+            brightness += sum(w * b for w, b in zip(job.emo_vector, bright, strict=False))
         elif job.emo_mode in ("audio", "text"):
             source = job.emo_audio if job.emo_mode == "audio" else job.emo_text
             mood = _stable_hash(job.emo_mode, source) % 1000 / 1000.0 - 0.5

@@ -1,0 +1,127 @@
+"""The seed's own Python client example, run as written against a server started from the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+SEED = REPO / "docs" / "protocol.zh.md"
+SEED_PORT = 8770
+
+
+def seed_example(language: str) -> str:
+    """The code block that follows the seed's "### <language> 客户端" heading."""
+    text = SEED.read_text(encoding="utf-8")
+    match = re.search(rf"### {language} 客户端\s*```\w+\n(.*?)```", text, re.S)
+    assert match, f"no {language} example in the seed"
+    return match.group(1)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.fixture
+def cli_server(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """``python -m indextts_server --engine tone`` on the seed's port (any free port if taken)."""
+    port = SEED_PORT if port_is_free(SEED_PORT) else 0
+    process = subprocess.Popen(
+        [sys.executable, "-m", "indextts_server", "--engine", "tone", "--host", "127.0.0.1",
+         "--port", str(port)],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        found = re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line)
+        if found:
+            port = int(found.group(1))
+            break
+    else:
+        pytest.fail(f"server exited without listening (code {process.wait()})")
+    try:
+        yield port, process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_cli_server_logs_one_listening_line_and_stops_on_sigterm(
+    cli_server: tuple[int, subprocess.Popen[str]],
+) -> None:
+    _, process = cli_server
+    process.terminate()
+    assert process.wait(timeout=10) == 0
+
+
+def test_seed_python_client_runs_unchanged(
+    cli_server: tuple[int, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    port, _ = cli_server
+    code = seed_example("Python")
+    if port != SEED_PORT:
+        code = code.replace(f"127.0.0.1:{SEED_PORT}", f"127.0.0.1:{port}")
+    script = tmp_path / "seed_client.py"
+    script.write_text(code, encoding="utf-8")
+    env = dict(os.environ)
+    if find_spec("torchaudio") is None:
+        # The example imports torchaudio but never uses it; the light test environment has no
+        # torch, so an empty module stands in for the import alone.
+        (tmp_path / "torchaudio.py").write_text("", encoding="utf-8")
+        env["PYTHONPATH"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "连接成功: 已连接到 IndexTTS WebSocket"
+    assert re.fullmatch(r"任务已排队: [0-9a-f]{8}\.\.\.", lines[1])
+    assert lines[2] == "开始生成音频"
+    assert re.fullmatch(r"收到音频数据 \(\d{5,} 字节\)", lines[3])
+    assert lines[4:] == ["生成完成"]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+def test_seed_javascript_client_runs_unchanged(
+    cli_server: tuple[int, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    port, _ = cli_server
+    code = seed_example("JavaScript")
+    if port != SEED_PORT:
+        code = code.replace(f"127.0.0.1:{SEED_PORT}", f"127.0.0.1:{port}")
+    script = tmp_path / "seed_client.js"
+    script.write_text(code, encoding="utf-8")
+    # Node 20 has the browser's WebSocket (binaryType "blob") behind this flag; 22+ by default.
+    result = subprocess.run(
+        ["node", "--experimental-websocket", "--no-warnings", str(script)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    # The example logs whole objects too (over several lines); its own lines come in this order.
+    expected = [
+        r"连接成功", r"会话ID: [0-9a-f-]{36}", r"任务已排队: [0-9a-f-]{36}", r"开始生成音频",
+        r"收到完整音频", r"生成完成",
+    ]
+    at = 0
+    for pattern in expected:
+        found = re.compile(rf"^{pattern}$", re.M).search(result.stdout, at)
+        assert found, f"{pattern!r} missing after offset {at}:\n{result.stdout}"
+        at = found.end()
