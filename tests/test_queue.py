@@ -81,9 +81,7 @@ async def test_full_queue_answers_busy_at_once(start_server: Any) -> None:
         await client.send(tts("等待中的任务。"))
         waiting = (await client.recv_json())["task_id"]
         refused = await client.error(tts("放不下了。"))
-        assert refused == client.error_reply(
-            "服务器繁忙：队列已满（最多 1 个等待任务），请稍后重试"
-        )
+        assert refused == client.error_reply("服务器繁忙：队列已满（最多 1 个等待任务），请稍后重试")
         engine.release()
         messages = [await client.recv() for _ in range(5)]
         ends = [m["task_id"] for m in messages if isinstance(m, dict) and m.get("type") == "end"]

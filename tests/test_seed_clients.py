@@ -42,8 +42,17 @@ def cli_server(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
     """``python -m indextts_server --engine tone`` on the seed's port (any free port if taken)."""
     port = SEED_PORT if port_is_free(SEED_PORT) else 0
     process = subprocess.Popen(
-        [sys.executable, "-m", "indextts_server", "--engine", "tone", "--host", "127.0.0.1",
-         "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "indextts_server",
+            "--engine",
+            "tone",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,
@@ -87,7 +96,11 @@ def test_seed_python_client_runs_unchanged(
         (tmp_path / "torchaudio.py").write_text("", encoding="utf-8")
         env["PYTHONPATH"] = str(tmp_path)
     result = subprocess.run(
-        [sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True,
+        [sys.executable, str(script)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
@@ -112,13 +125,20 @@ def test_seed_javascript_client_runs_unchanged(
     # Node 20 has the browser's WebSocket (binaryType "blob") behind this flag; 22+ by default.
     result = subprocess.run(
         ["node", "--experimental-websocket", "--no-warnings", str(script)],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     # The example logs whole objects too (over several lines); its own lines come in this order.
     expected = [
-        r"连接成功", r"会话ID: [0-9a-f-]{36}", r"任务已排队: [0-9a-f-]{36}", r"开始生成音频",
-        r"收到完整音频", r"生成完成",
+        r"连接成功",
+        r"会话ID: [0-9a-f-]{36}",
+        r"任务已排队: [0-9a-f-]{36}",
+        r"开始生成音频",
+        r"收到完整音频",
+        r"生成完成",
     ]
     at = 0
     for pattern in expected:

@@ -12,12 +12,13 @@ from .protocol import (
     MAX_TOKENS_MAX,
     MAX_TOKENS_MIN,
     SEED_MAX,
+    Cancel,
     Request,
     TaskStatusQuery,
     TtsStream,
 )
 
-REQUEST_TYPES: Final = ("tts_stream", "task_status")
+REQUEST_TYPES: Final = ("tts_stream", "task_status", "cancel")
 
 # One message per field, so that any way a field can be wrong reads the same to the client.
 FIELD_ERRORS: Final[dict[str, str]] = {
@@ -33,11 +34,15 @@ FIELD_ERRORS: Final[dict[str, str]] = {
     "use_random": "use_random 必须是布尔值（true 或 false）",
     "seed": f"seed 必须是 0 到 {SEED_MAX} 之间的整数",
     "task_id": "缺少有效的 task_id",
+    "stream": "stream 必须是布尔值（true 或 false）",
+    "format": "format 必须是 wav/pcm/flac/mp3",
+    "quick_first": f"quick_first 必须是 0 到 {MAX_TOKENS_MAX} 之间的整数",
+    "details": "details 必须是布尔值（true 或 false）",
 }
 
 MALFORMED_JSON: Final = "消息不是有效的 JSON"
 NOT_AN_OBJECT: Final = "消息必须是 JSON 对象"
-MISSING_TYPE: Final = "缺少 type 字段（可选值: tts_stream/task_status）"
+MISSING_TYPE: Final = f"缺少 type 字段（可选值: {'/'.join(REQUEST_TYPES)}）"
 BINARY_FRAME: Final = "不支持二进制消息，请发送 JSON 文本消息"
 
 _MISSING_FIELD = re.compile(r"missing required field `([A-Za-z_]+)`")
@@ -93,4 +98,4 @@ def _explain_type(frame: str | bytes) -> str:
     return MISSING_TYPE
 
 
-__all__ = ["RequestError", "TaskStatusQuery", "TtsStream", "decode_request"]
+__all__ = ["Cancel", "RequestError", "TaskStatusQuery", "TtsStream", "decode_request"]

@@ -9,6 +9,7 @@ import msgspec
 from .engine import EmoMode
 
 TaskState = Literal["pending", "running", "completed", "failed", "cancelled"]
+AudioFormat = Literal["wav", "pcm", "flac", "mp3"]
 
 # Documented ranges; the seed gives the defaults, the project gives the bounds.
 MAX_TOKENS_MIN: Final = 20
@@ -17,12 +18,13 @@ INTERVAL_SILENCE_MAX: Final = 5000
 SEED_MAX: Final = 2**32 - 1
 
 WELCOME_MESSAGE: Final = "已连接到 IndexTTS WebSocket"
-USAGE: Final = (
-    '发送 {"type":"tts_stream", "text":"...", "emo_mode":"none/audio/vector/text", ...} 开始合成'
-)
+USAGE: Final = '发送 {"type":"tts_stream", "text":"...", "emo_mode":"none/audio/vector/text", ...} 开始合成'
 QUEUED_MESSAGE: Final = "任务已加入队列，等待处理"
 START_MESSAGE: Final = "开始生成音频"
 END_MESSAGE: Final = "生成完成"
+CANCELLED_MESSAGE: Final = "任务已取消"
+CANCELLING_MESSAGE: Final = "任务将在当前段落完成后取消"
+DISCONNECTED_MESSAGE: Final = "客户端已断开连接"
 
 UnitFloat = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 EmoVector = Annotated[list[UnitFloat], msgspec.Meta(min_length=8, max_length=8)]
@@ -45,8 +47,18 @@ class TtsStream(msgspec.Struct, tag_field="type", tag="tts_stream", kw_only=True
     interval_silence: Annotated[int, msgspec.Meta(ge=0, le=INTERVAL_SILENCE_MAX)] | None = None
     max_tokens: Annotated[int, msgspec.Meta(ge=MAX_TOKENS_MIN, le=MAX_TOKENS_MAX)] | None = None
     use_random: bool | None = None
-    # Extension (opt-in): fixes the sampler so identical requests give identical audio.
+    # Extensions (opt-in). ``seed`` fixes sampling and changes nothing else. A request that sets
+    # any of the others is "extended": its replies also carry the queue position, the format and
+    # the timing. A request without them sees exactly the seed's replies.
     seed: Annotated[int, msgspec.Meta(ge=0, le=SEED_MAX)] | None = None
+    stream: bool | None = None
+    format: AudioFormat | None = None
+    quick_first: Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_MAX)] | None = None
+    details: bool | None = None
+
+    @property
+    def extended(self) -> bool:
+        return any(value is not None for value in (self.stream, self.format, self.quick_first, self.details))
 
     def __post_init__(self) -> None:
         if not self.text.strip():
@@ -68,7 +80,13 @@ class TaskStatusQuery(msgspec.Struct, tag_field="type", tag="task_status", kw_on
     task_id: str
 
 
-Request = TtsStream | TaskStatusQuery
+class Cancel(msgspec.Struct, tag_field="type", tag="cancel", kw_only=True):
+    """``{"type": "cancel", "task_id": ...}`` (extension): stop one of this session's tasks."""
+
+    task_id: str
+
+
+Request = TtsStream | TaskStatusQuery | Cancel
 
 
 class Welcome(msgspec.Struct, kw_only=True):
@@ -83,6 +101,8 @@ class Queued(msgspec.Struct, kw_only=True):
     task_id: str
     session_id: str
     message: str = QUEUED_MESSAGE
+    # Extended requests only: 1 means next in line (a task may be running ahead of it).
+    position: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class Start(msgspec.Struct, kw_only=True):
@@ -90,6 +110,19 @@ class Start(msgspec.Struct, kw_only=True):
     task_id: str
     session_id: str
     message: str = START_MESSAGE
+    format: AudioFormat | msgspec.UnsetType = msgspec.UNSET
+    sample_rate: int | msgspec.UnsetType = msgspec.UNSET
+    stream: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class Timing(msgspec.Struct, kw_only=True):
+    """Seconds, measured by the server: from acceptance to start, to first audio, to the end."""
+
+    queue_wait: float
+    first_audio: float
+    total: float
+    audio_seconds: float
+    rtf: float
 
 
 class End(msgspec.Struct, kw_only=True):
@@ -97,6 +130,17 @@ class End(msgspec.Struct, kw_only=True):
     task_id: str
     session_id: str
     message: str = END_MESSAGE
+    timing: Timing | msgspec.UnsetType = msgspec.UNSET
+
+
+class CancelReply(msgspec.Struct, kw_only=True):
+    """The answer to a ``cancel``: ``cancelled`` at once, or ``cancelling`` at the next segment."""
+
+    type: Literal["cancel"] = "cancel"
+    task_id: str
+    session_id: str
+    status: Literal["cancelled", "cancelling"]
+    message: str
 
 
 class Error(msgspec.Struct, kw_only=True):
@@ -116,4 +160,4 @@ class TaskStatusReply(msgspec.Struct, kw_only=True):
     error_message: str | None
 
 
-Reply = Welcome | Queued | Start | End | Error | TaskStatusReply
+Reply = Welcome | Queued | Start | End | Error | TaskStatusReply | CancelReply

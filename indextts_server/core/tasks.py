@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Final
 
-from .engine import SynthesisJob
-from .protocol import TaskState, TaskStatusReply
+import msgspec
+
+from .engine import SAMPLE_RATE, SynthesisJob
+from .protocol import AudioFormat, TaskState, TaskStatusReply, Timing
 
 TRANSITIONS: Final[dict[TaskState, frozenset[TaskState]]] = {
     "pending": frozenset({"running", "cancelled"}),
@@ -29,30 +31,78 @@ def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")
 
 
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """How a task's audio and replies go out: the opt-in extensions of its request."""
+
+    stream: bool = False
+    format: AudioFormat = "wav"
+    extended: bool = False
+
+
+SEED_DELIVERY: Final = Delivery()
+"""A request without extensions: one WAV, the seed's replies."""
+
+
 class Task:
-    """One accepted ``tts_stream`` request and where it stands."""
+    """One accepted ``tts_stream`` request and where it stands.
+
+    The ``*_at`` floats are monotonic seconds; ``created_at``/``completed_at`` are the wall-clock
+    timestamps clients see.
+    """
 
     __slots__ = (
+        "accepted_at",
+        "cancel_requested",
         "completed_at",
         "created_at",
+        "delivery",
         "error_message",
         "finished_at",
+        "first_audio_at",
         "job",
         "session_id",
+        "started_at",
         "state",
         "task_id",
     )
 
-    def __init__(self, task_id: str, session_id: str, job: SynthesisJob, created_at: datetime):
+    def __init__(
+        self,
+        task_id: str,
+        session_id: str,
+        job: SynthesisJob,
+        created_at: datetime,
+        *,
+        delivery: Delivery = SEED_DELIVERY,
+        accepted_at: float = 0.0,
+    ):
         self.task_id = task_id
         self.session_id = session_id
         self.job = job
+        self.delivery = delivery
         self.state: TaskState = "pending"
         self.created_at = created_at
         self.completed_at: datetime | None = None
         self.error_message: str | None = None
-        # Monotonic time of reaching a final state; retention counts from here.
+        self.cancel_requested = False
+        self.accepted_at = accepted_at
+        self.started_at: float | None = None
+        self.first_audio_at: float | None = None
+        # Reaching a final state; retention counts from here.
         self.finished_at: float | None = None
+
+    def timing(self, samples: int, compute_seconds: float) -> Timing:
+        """The breakdown an extended ``end`` carries, once the task has completed."""
+        assert self.started_at is not None and self.finished_at is not None
+        audio = samples / SAMPLE_RATE
+        first = self.first_audio_at if self.first_audio_at is not None else self.finished_at
+        return Timing(
+            queue_wait=round(self.started_at - self.accepted_at, 6),
+            first_audio=round(first - self.accepted_at, 6),
+            total=round(self.finished_at - self.accepted_at, 6),
+            audio_seconds=round(audio, 6),
+            rtf=round(compute_seconds / audio, 6) if audio > 0 else 0.0,
+        )
 
     @property
     def finished(self) -> bool:
@@ -112,6 +162,8 @@ class TaskRegistry:
         if state not in TRANSITIONS[task.state]:
             raise InvalidTransition(f"{task.task_id}: {task.state} -> {state}")
         task.state = state
+        if state == "running":
+            task.started_at = now
         if state in FINISHED:
             task.completed_at = wall
             task.error_message = error

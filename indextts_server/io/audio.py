@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ import numpy as np
 import soundfile
 
 from ..core.engine import PCM, SAMPLE_RATE
+from ..core.protocol import AudioFormat
 
 
 def wav_bytes(pcm: PCM, sample_rate: int = SAMPLE_RATE) -> bytes:
@@ -33,6 +35,21 @@ def wav_bytes(pcm: PCM, sample_rate: int = SAMPLE_RATE) -> bytes:
         len(data),
     )
     return header + data
+
+
+def encode_audio(pcm: PCM, audio_format: AudioFormat) -> bytes:
+    """``pcm`` as one complete file (or raw little-endian samples for ``pcm``).
+
+    WAV and PCM are cheap; FLAC and MP3 go through libsndfile, so call those from a thread.
+    """
+    if audio_format == "wav":
+        return wav_bytes(pcm)
+    if audio_format == "pcm":
+        return np.ascontiguousarray(pcm, dtype="<i2").tobytes()
+    buffer = io.BytesIO()
+    subtype = "PCM_16" if audio_format == "flac" else "MPEG_LAYER_III"
+    soundfile.write(buffer, pcm, SAMPLE_RATE, format=audio_format.upper(), subtype=subtype)
+    return buffer.getvalue()
 
 
 class AudioPathError(Exception):

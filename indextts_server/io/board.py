@@ -11,8 +11,8 @@ from typing import NamedTuple
 import trio
 
 from ..core.engine import SynthesisJob
-from ..core.protocol import TaskState
-from ..core.tasks import Task, TaskRegistry
+from ..core.protocol import DISCONNECTED_MESSAGE, TaskState
+from ..core.tasks import SEED_DELIVERY, Delivery, Task, TaskRegistry
 from .session import Session
 
 log = logging.getLogger("indextts_server")
@@ -28,8 +28,8 @@ class Ticket(NamedTuple):
 class TaskBoard:
     """Where tasks are admitted, moved between states (one log line each) and finally forgotten.
 
-    The queue is a bounded memory channel: admission is ``send_nowait``, so a full queue is
-    answered at once instead of making the client wait.
+    The queue is a bounded memory channel and admission never waits: a full queue is answered
+    at once instead of making the client wait.
     """
 
     def __init__(self, *, ttl: float, max_queue: int):
@@ -37,30 +37,47 @@ class TaskBoard:
             raise ValueError("max_queue must be >= 1")
         self.registry = TaskRegistry(ttl)
         self.max_queue = max_queue
-        self._send, self.receive = trio.open_memory_channel[Ticket](max_queue)
+        # Admission counts waiting tasks; the channel has room for cancelled leftovers too, and
+        # refuses (busy) only if they ever pile up beyond that.
+        self._send, self.receive = trio.open_memory_channel[Ticket](2 * max_queue)
         self._sweep_scope: trio.CancelScope | None = None
+        # Tasks still waiting, in queue order (cancelled ones leave at once, unlike the channel).
+        self._waiting: dict[str, None] = {}
         self.done = 0
 
     @property
     def queue_depth(self) -> int:
-        return self._send.statistics().current_buffer_used
+        """Tasks waiting to run (not counting a running one or cancelled leftovers)."""
+        return len(self._waiting)
 
-    def submit(self, session: Session, job: SynthesisJob) -> Task | None:
-        """Queue a new task for ``job``; ``None`` when the queue is full."""
-        task = Task(str(uuid.uuid4()), session.session_id, job, datetime.now())
+    def submit(self, session: Session, job: SynthesisJob, delivery: Delivery = SEED_DELIVERY) -> Task | None:
+        """Queue a new task for ``job``; ``None`` when the queue is full.
+
+        Right after a submit, ``queue_depth`` is the new task's position (1: next to run).
+        """
+        if len(self._waiting) >= self.max_queue:
+            return None
+        task = Task(
+            str(uuid.uuid4()),
+            session.session_id,
+            job,
+            datetime.now(),
+            delivery=delivery,
+            accepted_at=trio.current_time(),
+        )
         try:
             self._send.send_nowait(Ticket(task, session))
         except trio.WouldBlock:
             return None
         self.registry.add(task)
+        self._waiting[task.task_id] = None
         session.tasks.add(task.task_id)
         log.info("task queued session=%s task=%s", session.session_id, task.task_id)
         return task
 
-    def move(
-        self, task: Task, state: TaskState, session: Session, error: str | None = None
-    ) -> None:
+    def move(self, task: Task, state: TaskState, session: Session, error: str | None = None) -> None:
         self.registry.move(task, state, wall=datetime.now(), now=trio.current_time(), error=error)
+        self._waiting.pop(task.task_id, None)
         suffix = f" error={error!r}" if error else ""
         log.info("task %s session=%s task=%s%s", state, task.session_id, task.task_id, suffix)
         if task.finished:
@@ -73,7 +90,7 @@ class TaskBoard:
         for task_id in list(session.tasks):
             task = self.registry.get(task_id)
             if task is not None and task.state == "pending":
-                self.move(task, "cancelled", session, "客户端已断开连接")
+                self.move(task, "cancelled", session, DISCONNECTED_MESSAGE)
 
     def close(self) -> None:
         self._send.close()

@@ -24,9 +24,7 @@ def parser() -> argparse.ArgumentParser:
     )
     seed = p.add_argument_group("the seed's flags")
     seed.add_argument("--model-dir", default="models/IndexTTS-2", help="IndexTTS 模型目录路径")
-    seed.add_argument(
-        "--cfg-path", default="models/IndexTTS-2/config.yaml", help="IndexTTS 配置文件路径"
-    )
+    seed.add_argument("--cfg-path", default="models/IndexTTS-2/config.yaml", help="IndexTTS 配置文件路径")
     seed.add_argument("--device", default="cuda", help="运行设备（cuda 或 cpu）")
     seed.add_argument("--host", default="0.0.0.0", help="服务器绑定地址")
     seed.add_argument("--port", type=int, default=8770, help="服务器端口号 (0: any free port)")
@@ -48,9 +46,7 @@ def parser() -> argparse.ArgumentParser:
     srv.add_argument(
         "--task-ttl", type=_non_negative, default=300.0, help="seconds a finished task stays queryable"
     )
-    srv.add_argument(
-        "--max-text-chars", type=_positive_int, default=2000, help="longest accepted text"
-    )
+    srv.add_argument("--max-text-chars", type=_positive_int, default=2000, help="longest accepted text")
     srv.add_argument(
         "--max-message-bytes",
         type=_positive_int,
@@ -64,9 +60,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="directory that prompt_audio/emo_audio must lie in (repeatable; default: the working directory)",
     )
-    srv.add_argument(
-        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
-    )
+    srv.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
 

@@ -18,7 +18,18 @@ from trio_websocket import (
 
 from ..core.decode import BINARY_FRAME, RequestError, decode_request
 from ..core.engine import Engine, SynthesisJob
-from ..core.protocol import Error, Queued, TaskStatusQuery, TtsStream, Welcome
+from ..core.protocol import (
+    CANCELLED_MESSAGE,
+    CANCELLING_MESSAGE,
+    Cancel,
+    CancelReply,
+    Error,
+    Queued,
+    TaskStatusQuery,
+    TtsStream,
+    Welcome,
+)
+from ..core.tasks import Delivery
 from .audio import AudioPathError, check_audio_path, resolve_roots
 from .board import TaskBoard
 from .session import OUTBOX_SIZE, Outgoing, Session
@@ -52,6 +63,14 @@ def unknown_task(task_id: str) -> str:
     return f"任务不存在或已过期: {task_id}"
 
 
+def not_your_task(task_id: str) -> str:
+    return f"只能取消本会话创建的任务: {task_id}"
+
+
+def already_finished(task_id: str, state: str) -> str:
+    return f"任务已结束（{state}），无法取消: {task_id}"
+
+
 class Server:
     def __init__(self, config: ServerConfig, engine: Engine):
         self.config = config
@@ -61,9 +80,7 @@ class Server:
         self.roots = resolve_roots(config.audio_roots)
         self.sessions: dict[str, Session] = {}
 
-    async def run(
-        self, *, task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.worker.run)
             await nursery.start(self.board.sweep)
@@ -138,6 +155,38 @@ class Server:
                     self._error(session, unknown_task(task_id), task_id)
                 else:
                     session.send(task.status_reply(session.session_id))
+            case Cancel(task_id=task_id):
+                self._cancel(task_id, session)
+
+    def _cancel(self, task_id: str, session: Session) -> None:
+        task = self.board.registry.get(task_id)
+        if task is None:
+            self._error(session, unknown_task(task_id), task_id)
+        elif task.session_id != session.session_id:
+            self._error(session, not_your_task(task_id), task_id)
+        elif task.finished:
+            self._error(session, already_finished(task_id, task.state), task_id)
+        elif task.state == "pending":
+            self.board.move(task, "cancelled", session, CANCELLED_MESSAGE)
+            session.send(
+                CancelReply(
+                    task_id=task_id,
+                    session_id=session.session_id,
+                    status="cancelled",
+                    message=CANCELLED_MESSAGE,
+                )
+            )
+            self._error(session, CANCELLED_MESSAGE, task_id)
+        elif not task.cancel_requested:
+            task.cancel_requested = True  # the worker stops at the next segment boundary
+            session.send(
+                CancelReply(
+                    task_id=task_id,
+                    session_id=session.session_id,
+                    status="cancelling",
+                    message=CANCELLING_MESSAGE,
+                )
+            )
 
     async def _submit(self, request: TtsStream, session: Session) -> None:
         try:
@@ -145,11 +194,19 @@ class Server:
         except AudioPathError as error:
             self._error(session, str(error))
             return
-        task = self.board.submit(session, job)
+        delivery = Delivery(
+            stream=bool(request.stream),
+            format=request.format or "wav",
+            extended=request.extended,
+        )
+        task = self.board.submit(session, job, delivery)
         if task is None:
             self._error(session, queue_full(self.config.max_queue))
             return
-        session.send(Queued(task_id=task.task_id, session_id=session.session_id))
+        queued = Queued(task_id=task.task_id, session_id=session.session_id)
+        if delivery.extended:
+            queued.position = self.board.queue_depth
+        session.send(queued)
 
     def _job(self, request: TtsStream) -> SynthesisJob:
         """The engine's view of a request: defaults applied, audio paths checked and resolved."""
@@ -171,6 +228,7 @@ class Server:
             max_tokens=120 if request.max_tokens is None else request.max_tokens,
             use_random=bool(request.use_random),
             seed=request.seed,
+            quick_first=request.quick_first or 0,
         )
 
     def _error(self, session: Session, message: str, task_id: str | None = None) -> None:

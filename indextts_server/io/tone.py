@@ -78,9 +78,7 @@ class ToneEngine:
             brightness += 0.4 * mood * job.emo_alpha
         return base * 2.0**shift, min(0.9, max(0.0, brightness))
 
-    def _render(
-        self, text: str, base: float, brightness: float, rng: np.random.Generator | None
-    ) -> PCM:
+    def _render(self, text: str, base: float, brightness: float, rng: np.random.Generator | None) -> PCM:
         words = tokens(text) or [text]
         total = int(speech_seconds(text) * SAMPLE_RATE)
         per = max(2 * _EDGE + 1, total // len(words))

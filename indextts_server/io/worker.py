@@ -9,9 +9,9 @@ from typing import TypeVar
 import numpy as np
 import trio
 
-from ..core.engine import PCM, Engine
-from ..core.protocol import End, Error, Start
-from .audio import wav_bytes
+from ..core.engine import PCM, SAMPLE_RATE, Engine
+from ..core.protocol import CANCELLED_MESSAGE, DISCONNECTED_MESSAGE, End, Error, Start
+from .audio import encode_audio
 from .board import TaskBoard, Ticket
 
 log = logging.getLogger("indextts_server")
@@ -52,38 +52,75 @@ class InferenceWorker:
     async def _process(self, ticket: Ticket) -> None:
         task, session = ticket
         self.board.move(task, "running", session)
-        session.send(Start(task_id=task.task_id, session_id=session.session_id))
+        start = Start(task_id=task.task_id, session_id=session.session_id)
+        if task.delivery.extended:
+            start.format = task.delivery.format
+            start.sample_rate = SAMPLE_RATE
+            start.stream = task.delivery.stream
+        session.send(start)
         try:
-            pcm = await self._synthesize(ticket)
+            result = await self._synthesize(ticket)
         except Exception as exc:
             log.exception("engine failed session=%s task=%s", session.session_id, task.task_id)
             message = engine_error(exc)
             self.board.move(task, "failed", session, message)
             session.send(Error(task_id=task.task_id, session_id=session.session_id, message=message))
             return
-        if pcm is None:
-            self.board.move(task, "cancelled", session, "客户端已断开连接")
+        if result is None:
+            reason = CANCELLED_MESSAGE if task.cancel_requested else DISCONNECTED_MESSAGE
+            self.board.move(task, "cancelled", session, reason)
+            session.send(Error(task_id=task.task_id, session_id=session.session_id, message=reason))
             return
+        samples, compute = result
         self.board.move(task, "completed", session)
-        session.deliver(wav_bytes(pcm))
-        session.send(End(task_id=task.task_id, session_id=session.session_id))
+        end = End(task_id=task.task_id, session_id=session.session_id)
+        if task.delivery.extended:
+            end.timing = task.timing(samples, compute)
+        session.send(end)
 
-    async def _synthesize(self, ticket: Ticket) -> PCM | None:
-        """The whole utterance, or ``None`` if the session went away before it was done."""
-        segments: Iterator[PCM] = await self._call(self.engine.synthesize, ticket.task.job)
+    async def _synthesize(self, ticket: Ticket) -> tuple[int, float] | None:
+        """Run the engine and deliver the audio; ``None`` if the task was stopped first.
+
+        Returns the number of samples delivered and the seconds spent inside the engine.
+        """
+        task, session = ticket
+        stream = task.delivery.stream
+        segments: Iterator[PCM] = await self._call(self.engine.synthesize, task.job)
         chunks: list[PCM] = []
+        samples, compute = 0, 0.0
         try:
-            while ticket.session.open:
+            while True:
+                if task.cancel_requested or not session.open:
+                    return None
+                began = trio.current_time()
                 chunk = await self._call(next, segments, None)
+                compute += trio.current_time() - began
                 if chunk is None:
-                    return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-                chunks.append(chunk)
-            return None
+                    break
+                samples += len(chunk)
+                if stream:
+                    await self._deliver(ticket, chunk)
+                else:
+                    chunks.append(chunk)
         finally:
             close: Callable[[], object] | None = getattr(segments, "close", None)
             if close is not None:
                 with trio.CancelScope(shield=True):
                     await self._call(close)
+        if not stream:
+            await self._deliver(ticket, np.concatenate(chunks) if chunks else np.zeros(0, np.int16))
+        return samples, compute
+
+    async def _deliver(self, ticket: Ticket, pcm: PCM) -> None:
+        task, session = ticket
+        audio_format = task.delivery.format
+        if audio_format in ("wav", "pcm"):
+            data = encode_audio(pcm, audio_format)
+        else:
+            data = await trio.to_thread.run_sync(encode_audio, pcm, audio_format)
+        if task.first_audio_at is None:
+            task.first_audio_at = trio.current_time()
+        session.deliver(data)
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
