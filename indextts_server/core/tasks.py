@@ -52,7 +52,7 @@ class Task:
 
     __slots__ = (
         "accepted_at",
-        "cancel_requested",
+        "stop_reason",
         "completed_at",
         "created_at",
         "delivery",
@@ -84,7 +84,8 @@ class Task:
         self.created_at = created_at
         self.completed_at: datetime | None = None
         self.error_message: str | None = None
-        self.cancel_requested = False
+        # Set to stop a running task at its next segment boundary; the text its client is sent.
+        self.stop_reason: str | None = None
         self.accepted_at = accepted_at
         self.started_at: float | None = None
         self.first_audio_at: float | None = None

@@ -6,16 +6,32 @@ import logging
 import math
 import uuid
 from datetime import datetime
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import trio
 
-from ..core.engine import SynthesisJob
+from ..core.engine import SAMPLE_RATE, SynthesisJob
 from ..core.protocol import DISCONNECTED_MESSAGE, TaskState
 from ..core.tasks import SEED_DELIVERY, Delivery, Task, TaskRegistry
 from .session import Session
 
 log = logging.getLogger("indextts_server")
+
+
+class TaskObserver(Protocol):
+    """Where finished tasks are counted (the metrics)."""
+
+    def task_finished(
+        self,
+        outcome: str,
+        *,
+        latency: float,
+        queue_wait: float,
+        audio_seconds: float,
+        compute_seconds: float,
+    ) -> None: ...
+
+    def engine_error(self) -> None: ...
 
 
 class Ticket(NamedTuple):
@@ -42,20 +58,23 @@ class TaskBoard:
         self._send, self.receive = trio.open_memory_channel[Ticket](2 * max_queue)
         self._sweep_scope: trio.CancelScope | None = None
         # Tasks still waiting, in queue order (cancelled ones leave at once, unlike the channel).
-        self._waiting: dict[str, None] = {}
+        self._tickets: dict[str, Ticket] = {}
         self.done = 0
+        self.metrics: TaskObserver | None = None
+        # Set (and replaced) on every transition: wait on it to see the board change.
+        self.changed = trio.Event()
 
     @property
     def queue_depth(self) -> int:
         """Tasks waiting to run (not counting a running one or cancelled leftovers)."""
-        return len(self._waiting)
+        return len(self._tickets)
 
     def submit(self, session: Session, job: SynthesisJob, delivery: Delivery = SEED_DELIVERY) -> Task | None:
         """Queue a new task for ``job``; ``None`` when the queue is full.
 
         Right after a submit, ``queue_depth`` is the new task's position (1: next to run).
         """
-        if len(self._waiting) >= self.max_queue:
+        if len(self._tickets) >= self.max_queue:
             return None
         task = Task(
             str(uuid.uuid4()),
@@ -70,20 +89,51 @@ class TaskBoard:
         except trio.WouldBlock:
             return None
         self.registry.add(task)
-        self._waiting[task.task_id] = None
+        self._tickets[task.task_id] = Ticket(task, session)
         session.tasks.add(task.task_id)
         log.info("task queued session=%s task=%s", session.session_id, task.task_id)
         return task
 
-    def move(self, task: Task, state: TaskState, session: Session, error: str | None = None) -> None:
-        self.registry.move(task, state, wall=datetime.now(), now=trio.current_time(), error=error)
-        self._waiting.pop(task.task_id, None)
+    def move(
+        self,
+        task: Task,
+        state: TaskState,
+        session: Session,
+        error: str | None = None,
+        *,
+        samples: int = 0,
+        compute: float = 0.0,
+        engine_error: bool = False,
+    ) -> None:
+        now = trio.current_time()
+        self.registry.move(task, state, wall=datetime.now(), now=now, error=error)
+        self._tickets.pop(task.task_id, None)
         suffix = f" error={error!r}" if error else ""
         log.info("task %s session=%s task=%s%s", state, task.session_id, task.task_id, suffix)
         if task.finished:
             session.tasks.discard(task.task_id)
             self.done += 1
             self._wake_sweeper()
+            if self.metrics is not None:
+                started = task.started_at if task.started_at is not None else now
+                self.metrics.task_finished(
+                    state,
+                    latency=now - task.accepted_at,
+                    queue_wait=started - task.accepted_at,
+                    audio_seconds=samples / SAMPLE_RATE,
+                    compute_seconds=compute,
+                )
+                if engine_error:
+                    self.metrics.engine_error()
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def cancel_waiting(self, reason: str) -> list[Ticket]:
+        """Cancel every waiting task (shutdown); return them so their clients can be told."""
+        gone = list(self._tickets.values())
+        for task, session in gone:
+            self.move(task, "cancelled", session, reason)
+        return gone
 
     def cancel_pending(self, session: Session) -> None:
         """A session is gone: its waiting tasks will never run. A running one stops in the worker."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -60,7 +61,77 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="directory that prompt_audio/emo_audio must lie in (repeatable; default: the working directory)",
     )
+    srv.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="tone engine: inference tasks sharing the FIFO (indextts2: one per --device entry)",
+    )
     srv.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    model = p.add_argument_group("indextts2 engine")
+    model.add_argument("--fp16", action="store_true", help="half-precision inference (CUDA)")
+    model.add_argument("--cuda-kernel", action="store_true", help="BigVGAN's fused CUDA kernel")
+    model.add_argument("--deepspeed", action="store_true", help="DeepSpeed inference for the GPT")
+    model.add_argument("--accel", action="store_true", help="the model's accelerated GPT engine")
+    model.add_argument("--torch-compile", action="store_true", help="torch.compile the s2mel model")
+    model.add_argument(
+        "--max-mel-tokens",
+        type=_positive_int,
+        default=1500,
+        help="cap on generated mel tokens per segment (the model's own default)",
+    )
+    model.add_argument(
+        "--download",
+        action="store_true",
+        help="download IndexTeam/IndexTTS-2 into --model-dir if it is missing",
+    )
+
+    ops = p.add_argument_group("operations")
+    ops.add_argument(
+        "--drain-timeout",
+        type=_non_negative,
+        default=30.0,
+        help="on SIGTERM/SIGINT, seconds the running task may take to finish",
+    )
+    ops.add_argument(
+        "--max-pending-per-session",
+        type=_non_negative_int,
+        default=16,
+        help="tasks one connection may have waiting or running (0: no limit)",
+    )
+    ops.add_argument(
+        "--task-timeout",
+        type=_non_negative,
+        default=600.0,
+        help="seconds a task may run before it fails (0: no limit)",
+    )
+    ops.add_argument(
+        "--idle-timeout",
+        type=_non_negative,
+        default=600.0,
+        help="close connections silent this long with nothing in flight (0: never)",
+    )
+    ops.add_argument(
+        "--ping-interval",
+        type=_non_negative,
+        default=20.0,
+        help="seconds between heartbeat pings (0: no pings)",
+    )
+    ops.add_argument("--ping-timeout", type=_non_negative, default=20.0, help="seconds to wait for a pong")
+    ops.add_argument(
+        "--auth-token",
+        default=os.environ.get("INDEXTTS_SERVER_AUTH_TOKEN"),
+        help="require this token (Authorization: Bearer, or ?token=); "
+        "default: $INDEXTTS_SERVER_AUTH_TOKEN, else no auth",
+    )
+    ops.add_argument(
+        "--allow-origin",
+        action="append",
+        dest="allowed_origins",
+        metavar="ORIGIN",
+        help="accept only handshakes from this Origin (repeatable; default: any)",
+    )
     return p
 
 
@@ -68,6 +139,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
     return value
 
 
@@ -87,14 +165,22 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         max_text_chars=args.max_text_chars,
         max_message_bytes=args.max_message_bytes,
         audio_roots=tuple(args.audio_roots or (".",)),
+        drain_timeout=args.drain_timeout,
+        max_pending_per_session=args.max_pending_per_session,
+        task_timeout=args.task_timeout,
+        idle_timeout=args.idle_timeout,
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
+        auth_token=args.auth_token or None,
+        allowed_origins=tuple(args.allowed_origins or ()),
     )
 
 
-def build_engine(args: argparse.Namespace) -> Engine:
+def build_engines(args: argparse.Namespace) -> list[Engine]:
     if args.engine == "tone":
         from .tone import ToneEngine
 
-        return ToneEngine(args.tone_rtf)
+        return [ToneEngine(args.tone_rtf) for _ in range(args.workers)]
     raise SystemExit(
         "模型加载失败: the indextts2 engine is not available in this build; "
         "start with --engine tone to try the protocol"
@@ -109,19 +195,35 @@ def setup_logging(level: str) -> None:
     )
 
 
-async def serve(server: Server) -> None:
-    """Run ``server`` until SIGINT or SIGTERM."""
-    async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            await nursery.start(server.run)
+async def _watch_signals(
+    server: Server, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """First SIGINT/SIGTERM drains the server; a second one exits at once."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async with trio.open_nursery() as nursery:
             async for signum in signals:
-                log.info("%s received; stopping", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
+                name = signal.Signals(signum).name
+                if not server.draining:
+                    log.info("%s received; draining (a second signal exits at once)", name)
+                    nursery.start_soon(server.drain)
+                else:
+                    log.warning("%s received again; exiting now", name)
+                    logging.shutdown()
+                    os._exit(1)
+
+
+async def serve(server: Server) -> None:
+    """Run ``server`` until a signal has drained it."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_watch_signals, server)
+        await server.run()
+        nursery.cancel_scope.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     setup_logging(args.log_level)
-    engine = build_engine(args)
-    trio.run(serve, Server(config_from(args), engine))
+    engines = build_engines(args)
+    trio.run(serve, Server(config_from(args), engines))
+    log.info("stopped")

@@ -1,10 +1,15 @@
-"""The WebSocket server: a nursery per connection, one inference task, one sweeper."""
+"""The WebSocket server: a nursery per connection, the inference task(s), the sweeper, the drain."""
 
 from __future__ import annotations
 
+import hmac
 import logging
+import math
 import uuid
+from collections.abc import Sequence
 from functools import partial
+from typing import Final, Protocol
+from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 import trio
@@ -31,14 +36,16 @@ from ..core.protocol import (
 )
 from ..core.tasks import Delivery
 from .audio import AudioPathError, check_audio_path, resolve_roots
-from .board import TaskBoard
-from .session import OUTBOX_SIZE, Outgoing, Session
+from .board import TaskBoard, TaskObserver
+from .session import OUTBOX_SIZE, Close, Outgoing, Session
 from .worker import InferenceWorker
 
 log = logging.getLogger("indextts_server")
 
 
 class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the server is told at start-up; the CLI documents each one."""
+
     host: str = "0.0.0.0"
     port: int = 8770
     max_queue: int = 100
@@ -46,6 +53,19 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_text_chars: int = 2000
     max_message_bytes: int = 1 << 20
     audio_roots: tuple[str, ...] = (".",)
+    drain_timeout: float = 30.0
+    max_pending_per_session: int = 16
+    task_timeout: float = 600.0
+    idle_timeout: float = 600.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    auth_token: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+
+
+SHUTTING_DOWN: Final = "服务器正在关闭，请稍后重连"
+GOING_AWAY: Final = 1001
+POLICY_VIOLATION: Final = 1008
 
 
 def endpoint_url(endpoint: object) -> str:
@@ -53,6 +73,10 @@ def endpoint_url(endpoint: object) -> str:
     port = getattr(endpoint, "port", "?")
     host = f"[{address}]" if ":" in address else address
     return f"ws://{host}:{port}"
+
+
+def too_many_in_flight(limit: int) -> str:
+    return f"本会话进行中的任务过多（最多 {limit} 个），请等待已有任务完成"
 
 
 def queue_full(max_queue: int) -> str:
@@ -71,63 +95,235 @@ def already_finished(task_id: str, state: str) -> str:
     return f"任务已结束（{state}），无法取消: {task_id}"
 
 
+class ServerMetrics(TaskObserver, Protocol):
+    """What the server reports to the metrics, beyond finished tasks."""
+
+    def connection_opened(self) -> None: ...
+
+    def connection_closed(self) -> None: ...
+
+    def task_refused(self) -> None: ...
+
+
 class Server:
-    def __init__(self, config: ServerConfig, engine: Engine):
+    """The service. ``run`` serves until ``drain`` (or cancellation) ends it.
+
+    One engine per inference task: the seed's one-at-a-time behaviour is one engine; several
+    engines (one per device) take tasks from the same FIFO.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        engines: Engine | Sequence[Engine],
+        *,
+        metrics: ServerMetrics | None = None,
+        listeners: Sequence[trio.SocketListener] = (),
+    ):
         self.config = config
-        self.engine = engine
+        self.engines = [engines] if not isinstance(engines, Sequence) else list(engines)
+        if not self.engines:
+            raise ValueError("at least one engine is needed")
+        self.engine = self.engines[0]
         self.board = TaskBoard(ttl=config.task_ttl, max_queue=config.max_queue)
-        self.worker = InferenceWorker(engine, self.board)
+        self.board.metrics = metrics
+        self.metrics = metrics
+        self.workers = [
+            InferenceWorker(
+                engine,
+                self.board,
+                self.board.receive.clone(),
+                task_timeout=config.task_timeout,
+                name=f"worker-{index}",
+            )
+            for index, engine in enumerate(self.engines)
+        ]
         self.roots = resolve_roots(config.audio_roots)
         self.sessions: dict[str, Session] = {}
+        self.draining = False
+        self.listening = False
+        self._adopted = list(listeners)
+        self._listen_scope = trio.CancelScope()
+        self._stop_scope = trio.CancelScope()
+        self._sessions_gone = trio.Event()  # set when the last session closes while draining
+
+    @property
+    def ready(self) -> bool:
+        return self.listening and not self.draining
 
     async def run(self, *, task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.worker.run)
-            await nursery.start(self.board.sweep)
-            server: WebSocketServer = await nursery.start(
-                partial(
-                    serve_websocket,
+        with self._stop_scope:
+            async with trio.open_nursery() as services:
+                for worker in self.workers:
+                    await services.start(worker.run)
+                self.board.receive.close()  # each worker holds its own clone
+                await services.start(self.board.sweep)
+                async with trio.open_nursery() as connections:
+                    server = await connections.start(self._listen, connections)
+                    task_status.started(server)
+                services.cancel_scope.cancel()
+
+    async def _listen(
+        self,
+        connections: trio.Nursery,
+        *,
+        task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with self._listen_scope:
+            if self._adopted:
+                server = WebSocketServer(
                     self._serve_connection,
-                    self.config.host,
-                    self.config.port,
-                    None,
+                    self._adopted,
+                    handler_nursery=connections,
                     max_message_size=self.config.max_message_bytes,
                 )
-            )
+                await connections.start(server.run)
+            else:
+                server = await connections.start(
+                    partial(
+                        serve_websocket,
+                        self._serve_connection,
+                        self.config.host,
+                        self.config.port,
+                        None,
+                        handler_nursery=connections,
+                        max_message_size=self.config.max_message_bytes,
+                    )
+                )
             for endpoint in server.listeners:
                 log.info("listening on %s (engine %s)", endpoint_url(endpoint), self.engine.name)
+            self.listening = True
             task_status.started(server)
+            await trio.sleep_forever()
+        self.listening = False
+
+    async def drain(self) -> None:
+        """Graceful shutdown: stop accepting, finish the running tasks, tell everyone, close.
+
+        Running tasks get ``drain_timeout`` seconds, then stop at their next segment boundary.
+        Waiting tasks are cancelled with a clear error. Every connection is closed with 1001.
+        """
+        if self.draining:
+            return
+        self.draining = True
+        self._listen_scope.cancel()
+        log.info("draining: %d running, %d waiting", self.busy_workers, self.board.queue_depth)
+        for task, session in self.board.cancel_waiting(SHUTTING_DOWN):
+            session.send(Error(task_id=task.task_id, session_id=session.session_id, message=SHUTTING_DOWN))
+        with trio.move_on_after(self.config.drain_timeout):
+            while self.busy_workers:
+                await self.board.changed.wait()
+        for worker in self.workers:
+            if worker.current is not None:
+                log.warning("drain timeout: stopping task=%s", worker.current.task.task_id)
+                worker.current.task.stop_reason = SHUTTING_DOWN
+        while self.busy_workers:
+            await self.board.changed.wait()
+        for session in list(self.sessions.values()):
+            session.close(GOING_AWAY, "server shutting down")
+        with trio.move_on_after(5):
+            if self.sessions:
+                await self._sessions_gone.wait()
+        self._stop_scope.cancel()
+
+    @property
+    def busy_workers(self) -> int:
+        return sum(worker.current is not None for worker in self.workers)
 
     async def _serve_connection(self, request: WebSocketRequest) -> None:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            status, body = refusal
+            log.info("handshake refused (%d) remote=%s", status, request.remote)
+            await request.reject(
+                status, extra_headers=[(b"Content-Type", b"text/plain; charset=utf-8")], body=body.encode()
+            )
+            return
         ws = await request.accept()
         outbox, pending = trio.open_memory_channel[Outgoing](OUTBOX_SIZE)
         session = Session(str(uuid.uuid4()), outbox)
         self.sessions[session.session_id] = session
+        if self.metrics is not None:
+            self.metrics.connection_opened()
         log.info("session opened session=%s remote=%s", session.session_id, ws.remote)
         try:
             async with trio.open_nursery() as nursery:
                 session.bind(nursery.cancel_scope)
                 nursery.start_soon(self._write, ws, pending, session)
+                nursery.start_soon(self._heartbeat, ws, session)
                 session.send(Welcome(session_id=session.session_id))
                 await self._read(ws, session)
                 nursery.cancel_scope.cancel()
         finally:
             session.open = False
             del self.sessions[session.session_id]
+            if self.draining and not self.sessions:
+                self._sessions_gone.set()
             self.board.cancel_pending(session)
+            if self.metrics is not None:
+                self.metrics.connection_closed()
             if session.overflowed:
                 with trio.move_on_after(1, shield=True):
-                    await ws.aclose(1008, "客户端接收过慢")
+                    await ws.aclose(POLICY_VIOLATION, "client is not reading")
             log.info("session closed session=%s", session.session_id)
+
+    def _refusal(self, request: WebSocketRequest) -> tuple[int, str] | None:
+        """Why the handshake must be refused (status, body), or ``None`` to accept it."""
+        headers = {name.lower(): value for name, value in request.headers}
+        if self.config.allowed_origins:
+            origin = headers.get(b"origin", b"").decode("latin-1")
+            if origin not in self.config.allowed_origins:
+                return 403, "origin not allowed\n"
+        token = self.config.auth_token
+        if token:
+            offered = None
+            authorization = headers.get(b"authorization", b"").decode("latin-1")
+            if authorization.lower().startswith("bearer "):
+                offered = authorization[7:].strip()
+            else:
+                query = parse_qs(urlsplit(request.path).query)
+                offered = query.get("token", [None])[0]
+            if offered is None or not hmac.compare_digest(offered.encode(), token.encode()):
+                return 401, "missing or wrong token\n"
+        return None
 
     async def _write(
         self, ws: WebSocketConnection, pending: trio.MemoryReceiveChannel[Outgoing], session: Session
     ) -> None:
         try:
             async for message in pending:
+                if isinstance(message, Close):
+                    await ws.aclose(message.code, message.reason)
+                    return
                 await ws.send_message(message)
         except ConnectionClosed:
             session.drop()
+
+    async def _heartbeat(self, ws: WebSocketConnection, session: Session) -> None:
+        """Ping idle peers and drop dead ones; close sessions idle past ``idle_timeout``."""
+        interval, timeout = self.config.ping_interval, self.config.idle_timeout
+        period = min(p for p in (interval, timeout, math.inf) if p > 0)
+        if period == math.inf:
+            return
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            if timeout > 0 and not session.tasks and now - session.last_activity >= timeout:
+                log.info("session idle for %gs; closing session=%s", timeout, session.session_id)
+                session.close(GOING_AWAY, "idle timeout")
+                return
+            if interval > 0:
+                with trio.move_on_after(self.config.ping_timeout) as waited:
+                    try:
+                        await ws.ping()
+                    except ConnectionClosed:
+                        return
+                if waited.cancelled_caught:
+                    log.info(
+                        "no pong in %gs; dropping session=%s", self.config.ping_timeout, session.session_id
+                    )
+                    session.drop()
+                    return
 
     async def _read(self, ws: WebSocketConnection, session: Session) -> None:
         while True:
@@ -135,6 +331,7 @@ class Server:
                 frame = await ws.get_message()
             except ConnectionClosed:
                 return
+            session.last_activity = trio.current_time()
             await self._handle(frame, session)
 
     async def _handle(self, frame: str | bytes, session: Session) -> None:
@@ -177,8 +374,8 @@ class Server:
                 )
             )
             self._error(session, CANCELLED_MESSAGE, task_id)
-        elif not task.cancel_requested:
-            task.cancel_requested = True  # the worker stops at the next segment boundary
+        elif task.stop_reason is None:
+            task.stop_reason = CANCELLED_MESSAGE  # the worker stops at the next segment boundary
             session.send(
                 CancelReply(
                     task_id=task_id,
@@ -189,6 +386,13 @@ class Server:
             )
 
     async def _submit(self, request: TtsStream, session: Session) -> None:
+        limit = self.config.max_pending_per_session
+        if self.draining:
+            self._error(session, SHUTTING_DOWN)
+            return
+        if limit and len(session.tasks) >= limit:
+            self._error(session, too_many_in_flight(limit))
+            return
         try:
             job = await trio.to_thread.run_sync(self._job, request)
         except AudioPathError as error:
@@ -201,6 +405,8 @@ class Server:
         )
         task = self.board.submit(session, job, delivery)
         if task is None:
+            if self.metrics is not None:
+                self.metrics.task_refused()
             self._error(session, queue_full(self.config.max_queue))
             return
         queued = Queued(task_id=task.task_id, session_id=session.session_id)

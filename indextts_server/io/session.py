@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Final
+from typing import Final, NamedTuple
 
 import msgspec
 import trio
@@ -17,7 +17,15 @@ OUTBOX_SIZE: Final = 1024
 
 _encoder: Final = msgspec.json.Encoder()
 
-Outgoing = str | bytes
+
+class Close(NamedTuple):
+    """Outbox sentinel: close the connection with this code once everything before it is sent."""
+
+    code: int
+    reason: str
+
+
+Outgoing = str | bytes | Close
 
 
 def encode(reply: Reply) -> str:
@@ -37,6 +45,7 @@ class Session:
         self.open = True
         self.overflowed = False
         self.tasks: set[str] = set()
+        self.last_activity = trio.current_time()
         self._outbox = outbox
         self._scope: trio.CancelScope | None = None
 
@@ -59,7 +68,13 @@ class Session:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.drop()
 
+    def close(self, code: int, reason: str) -> None:
+        """Close after the messages already handed over have been written."""
+        self.deliver(Close(code, reason))
+        self.open = False
+
     def drop(self) -> None:
+        """Abandon the connection now, unsent messages and all."""
         self.open = False
         if self._scope is not None:
             self._scope.cancel()

@@ -1,8 +1,9 @@
-"""The single inference task: takes tasks from the global FIFO and runs the engine in a thread."""
+"""The inference task: takes tasks from the global FIFO and runs its engine in a worker thread."""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -10,7 +11,7 @@ import numpy as np
 import trio
 
 from ..core.engine import PCM, SAMPLE_RATE, Engine
-from ..core.protocol import CANCELLED_MESSAGE, DISCONNECTED_MESSAGE, End, Error, Start
+from ..core.protocol import DISCONNECTED_MESSAGE, End, Error, Start
 from .audio import encode_audio
 from .board import TaskBoard, Ticket
 
@@ -24,30 +25,58 @@ def engine_error(exc: BaseException) -> str:
     return f"音频生成失败: {detail}"
 
 
+def task_timed_out(seconds: float) -> str:
+    return f"任务超时：超过 {seconds:g} 秒未完成"
+
+
+class TaskTimeout(Exception):
+    """The task ran past ``--task-timeout``."""
+
+
 class InferenceWorker:
     """Runs one task at a time, in queue order, whoever sent it.
 
     The engine is blocking, so every call into it goes through ``trio.to_thread.run_sync``
     under a ``CapacityLimiter(1)``: one thread at a time ever touches the model. The engine is
-    advanced one segment per call, so a task whose client has gone stops at the next segment.
+    advanced one segment per call, so a task that is cancelled, or whose client has gone, stops
+    at the next segment boundary.
+
+    A task that outlives ``task_timeout`` fails at once and the worker moves on to the next
+    task; the thread still inside the engine is abandoned but keeps the limiter until it
+    returns, so the model is never entered twice at the same time.
     """
 
-    def __init__(self, engine: Engine, board: TaskBoard):
+    def __init__(
+        self,
+        engine: Engine,
+        board: TaskBoard,
+        receive: trio.MemoryReceiveChannel[Ticket],
+        *,
+        task_timeout: float = 0.0,
+        name: str = "worker-0",
+    ):
         self.engine = engine
         self.board = board
+        self.receive = receive
+        self.task_timeout = task_timeout
+        self.name = name
         self.limiter = trio.CapacityLimiter(1)
         self.current: Ticket | None = None
+        self.last_progress = 0.0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.last_progress = trio.current_time()
         task_status.started()
-        async for ticket in self.board.receive:
-            if ticket.task.state != "pending":
-                continue  # cancelled while it waited
-            self.current = ticket
-            try:
-                await self._process(ticket)
-            finally:
-                self.current = None
+        async with self.receive:
+            async for ticket in self.receive:
+                if ticket.task.state != "pending":
+                    continue  # cancelled while it waited
+                self.current = ticket
+                try:
+                    await self._process(ticket)
+                finally:
+                    self.current = None
+                    self.last_progress = trio.current_time()
 
     async def _process(self, ticket: Ticket) -> None:
         task, session = ticket
@@ -61,18 +90,22 @@ class InferenceWorker:
         try:
             result = await self._synthesize(ticket)
         except Exception as exc:
-            log.exception("engine failed session=%s task=%s", session.session_id, task.task_id)
-            message = engine_error(exc)
-            self.board.move(task, "failed", session, message)
+            if isinstance(exc, TaskTimeout):
+                message = task_timed_out(self.task_timeout)
+                log.warning("task timed out session=%s task=%s", session.session_id, task.task_id)
+            else:
+                message = engine_error(exc)
+                log.exception("engine failed session=%s task=%s", session.session_id, task.task_id)
+            self.board.move(task, "failed", session, message, engine_error=not isinstance(exc, TaskTimeout))
             session.send(Error(task_id=task.task_id, session_id=session.session_id, message=message))
             return
         if result is None:
-            reason = CANCELLED_MESSAGE if task.cancel_requested else DISCONNECTED_MESSAGE
+            reason = task.stop_reason or DISCONNECTED_MESSAGE
             self.board.move(task, "cancelled", session, reason)
             session.send(Error(task_id=task.task_id, session_id=session.session_id, message=reason))
             return
         samples, compute = result
-        self.board.move(task, "completed", session)
+        self.board.move(task, "completed", session, samples=samples, compute=compute)
         end = End(task_id=task.task_id, session_id=session.session_id)
         if task.delivery.extended:
             end.timing = task.timing(samples, compute)
@@ -85,16 +118,25 @@ class InferenceWorker:
         """
         task, session = ticket
         stream = task.delivery.stream
-        segments: Iterator[PCM] = await self._call(self.engine.synthesize, task.job)
+        deadline = math.inf
+        if self.task_timeout > 0:
+            deadline = trio.current_time() + self.task_timeout
+        segments: Iterator[PCM] = await self._call(deadline, self.engine.synthesize, task.job)
         chunks: list[PCM] = []
         samples, compute = 0, 0.0
+        abandoned = False
         try:
             while True:
-                if task.cancel_requested or not session.open:
+                if task.stop_reason is not None or not session.open:
                     return None
                 began = trio.current_time()
-                chunk = await self._call(next, segments, None)
+                try:
+                    chunk = await self._call(deadline, next, segments, None)
+                except TaskTimeout:
+                    abandoned = True
+                    raise
                 compute += trio.current_time() - began
+                self.last_progress = trio.current_time()
                 if chunk is None:
                     break
                 samples += len(chunk)
@@ -104,9 +146,9 @@ class InferenceWorker:
                     chunks.append(chunk)
         finally:
             close: Callable[[], object] | None = getattr(segments, "close", None)
-            if close is not None:
+            if close is not None and not abandoned:
                 with trio.CancelScope(shield=True):
-                    await self._call(close)
+                    await self._call(math.inf, close)
         if not stream:
             await self._deliver(ticket, np.concatenate(chunks) if chunks else np.zeros(0, np.int16))
         return samples, compute
@@ -122,5 +164,10 @@ class InferenceWorker:
             task.first_audio_at = trio.current_time()
         session.deliver(data)
 
-    async def _call(self, fn: Callable[..., T], *args: object) -> T:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+    async def _call(self, deadline: float, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` in a worker thread; past ``deadline`` the thread is abandoned."""
+        if deadline == math.inf:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        with trio.move_on_at(deadline):
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=True)
+        raise TaskTimeout

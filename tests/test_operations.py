@@ -1,0 +1,363 @@
+"""Production behaviour: drain, limits, heartbeat, auth, several workers, abrupt clients."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+
+from indextts_server.core.decode import RequestError, decode_request
+from indextts_server.core.engine import PCM, SynthesisJob
+from indextts_server.io.tone import ToneEngine
+
+from .conftest import REPO, GatedEngine, Running, tts, wait_until
+
+LONG = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"
+SHUTDOWN = "服务器正在关闭，请稍后重连"
+
+
+async def test_drain_finishes_the_running_task_cancels_the_waiting_and_closes_with_1001(
+    start_server: Any,
+) -> None:
+    engine = GatedEngine()
+    server: Running = await start_server(engine)
+    async with server.connect() as client:
+        await client.send(tts(LONG, max_tokens=20))
+        running = (await client.recv_json())["task_id"]
+        await client.recv_json()
+        await engine.first_segment()
+        await client.send(tts("等待中。"))
+        waiting = (await client.recv_json())["task_id"]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.server.drain)
+            assert await client.recv_json() == client.error_reply(SHUTDOWN, waiting)
+            assert await client.error(tts("太晚了。")) == client.error_reply(SHUTDOWN)
+            engine.release()
+            await client.recv_audio()
+            assert await client.recv_json() == client.reply("end", running)
+            with pytest.raises(ConnectionClosed) as closed:
+                await client.recv()
+            assert closed.value.reason is not None and closed.value.reason.code == 1001
+    with pytest.raises((OSError, HandshakeError)):
+        async with open_websocket_url(server.url):
+            pass
+
+
+async def test_drain_timeout_stops_the_running_task_at_a_segment_boundary(
+    start_server: Any,
+) -> None:
+    engine = GatedEngine()
+    server: Running = await start_server(engine, drain_timeout=0.2)
+    async with server.connect() as client:
+        await client.send(tts(LONG, max_tokens=20))
+        running = (await client.recv_json())["task_id"]
+        await client.recv_json()
+        await engine.first_segment()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.server.drain)
+            await trio.sleep(0.3)  # past the drain timeout
+            engine.release()
+            assert await client.recv_json() == client.error_reply(SHUTDOWN, running)
+            with pytest.raises(ConnectionClosed):
+                await client.recv()
+    assert server.server.board.registry.get(running).state == "cancelled"  # type: ignore[union-attr]
+
+
+def test_sigterm_during_a_busy_queue_answers_everyone_and_exits_zero() -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "indextts_server",
+            "--engine",
+            "tone",
+            "--tone-rtf",
+            "0.5",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--drain-timeout",
+            "20",
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    port = 0
+    for line in process.stderr:
+        found = re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line)
+        if found:
+            port = int(found.group(1))
+            break
+    finals: dict[str, list[str]] = {}
+
+    async def client(index: int, all_queued: trio.Event, counter: list[int]) -> None:
+        async with open_websocket_url(f"ws://127.0.0.1:{port}", max_message_size=1 << 26) as ws:
+            await ws.get_message()
+            mine: list[str] = []
+            for n in range(2):
+                await ws.send_message(json.dumps(tts(f"客户{index}的第{n}个请求。")))
+            outcome: list[str] = []
+            while len(outcome) < 2:
+                message = await ws.get_message()
+                if isinstance(message, bytes):
+                    continue
+                data = json.loads(message)
+                if data.get("type") == "queued":
+                    mine.append(data["task_id"])
+                    counter[0] += 1
+                    if counter[0] == 6:
+                        all_queued.set()
+                elif data.get("type") == "end":
+                    outcome.append("end")
+                elif data.get("status") == "error":
+                    assert data["message"] == SHUTDOWN
+                    outcome.append("error")
+            finals[str(index)] = outcome
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.get_message()
+            assert closed.value.reason is not None and closed.value.reason.code == 1001
+
+    async def main() -> None:
+        all_queued, counter = trio.Event(), [0]
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for index in range(3):
+                    nursery.start_soon(client, index, all_queued, counter)
+                await all_queued.wait()
+                process.send_signal(signal.SIGTERM)
+
+    try:
+        trio.run(main)
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+    outcomes = [o for pair in finals.values() for o in pair]
+    assert len(outcomes) == 6
+    assert outcomes.count("end") >= 1 and outcomes.count("error") >= 1
+
+
+class HangingEngine(ToneEngine):
+    """A tone engine that hangs inside a segment for texts containing "挂起" until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+
+    def synthesize(self, job: SynthesisJob) -> Iterator[PCM]:
+        for pcm in super().synthesize(job):
+            if "挂起" in job.text:
+                self.released.wait(timeout=30)
+            yield pcm
+
+
+async def test_task_timeout_fails_a_hung_task_and_the_queue_moves_on(start_server: Any) -> None:
+    engine = HangingEngine()
+    server: Running = await start_server(engine, task_timeout=0.3)
+    async with server.connect() as client:
+        await client.send(tts("这里会挂起。"))
+        hung = (await client.recv_json())["task_id"]
+        await client.recv_json()
+        assert await client.recv_json() == client.error_reply("任务超时：超过 0.3 秒未完成", hung)
+        await client.send({"type": "task_status", "task_id": hung})
+        assert (await client.recv_json())["status"] == "failed"
+        # The model is never entered twice at once: the next task starts once the hung call returns.
+        engine.released.set()
+        await client.request(tts("下一个任务。"))
+
+
+async def test_per_session_limit_on_tasks_in_flight(start_server: Any) -> None:
+    engine = GatedEngine()
+    server: Running = await start_server(engine, max_pending_per_session=2)
+    async with server.connect() as client, server.connect() as other:
+        await client.send(tts(LONG, max_tokens=20))
+        await client.recv_json()
+        await client.recv_json()
+        await engine.first_segment()
+        await client.send(tts("第二个。"))
+        await client.recv_json()
+        reply = await client.error(tts("第三个。"))
+        assert reply == client.error_reply("本会话进行中的任务过多（最多 2 个），请等待已有任务完成")
+        await other.send(tts("别的会话不受影响。"))
+        assert (await other.recv_json())["type"] == "queued"
+        engine.release()
+
+
+async def test_idle_connection_is_closed_with_1001(start_server: Any) -> None:
+    server: Running = await start_server(idle_timeout=0.2, ping_interval=0)
+    async with server.connect() as client:
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.recv()
+        assert closed.value.reason is not None and closed.value.reason.code == 1001
+
+
+async def raw_handshake(port: int, path: str = "/", headers: str = "") -> tuple[trio.SocketStream, bytes]:
+    """A bare TCP WebSocket handshake: a peer that then does whatever the test wants."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send_all(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"{headers}\r\n"
+        ).encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            break
+        response += chunk
+    return stream, response
+
+
+async def test_peer_that_never_answers_pings_is_dropped(start_server: Any) -> None:
+    server: Running = await start_server(ping_interval=0.1, ping_timeout=0.1)
+    stream, response = await raw_handshake(server.port)
+    assert response.startswith(b"HTTP/1.1 101")
+    await wait_until(lambda: len(server.server.sessions) == 1)
+    # It never reads its socket, so it never answers a ping: the server gives up on it.
+    await wait_until(lambda: len(server.server.sessions) == 0)
+    await stream.aclose()
+
+
+async def test_five_hundred_connections_dropped_abruptly_leave_the_server_healthy(
+    server: Running,
+) -> None:
+    streams = []
+    for _ in range(500):
+        stream, response = await raw_handshake(server.port)
+        assert response.startswith(b"HTTP/1.1 101")
+        streams.append(stream)
+    await wait_until(lambda: len(server.server.sessions) == 500)
+    for stream in streams:
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()  # RST, no close frame
+    await wait_until(lambda: len(server.server.sessions) == 0)
+    async with server.connect() as client:
+        await client.request(tts("一切正常。"))
+
+
+async def test_client_vanishing_mid_binary_does_not_disturb_others(server: Running) -> None:
+    stream, response = await raw_handshake(server.port)
+    assert response.startswith(b"HTTP/1.1 101")
+    frame = json.dumps(tts("很长的文本。" * 300, max_tokens=600)).encode()
+    # A masked text frame with a 16-bit length, as clients must send.
+    assert 126 <= len(frame) < 65536
+    mask = os.urandom(4)
+    header = bytes([0x81, 0x80 | 126]) + len(frame).to_bytes(2, "big") + mask
+    await stream.send_all(header + bytes(b ^ mask[i % 4] for i, b in enumerate(frame)))
+    received = b""
+    while len(received) < 100_000:  # well into the WAV
+        received += await stream.receive_some(65536)
+    await stream.aclose()
+    async with server.connect() as client:
+        await client.request(tts("我照常收到。"))
+    await wait_until(lambda: len(server.server.sessions) == 0)
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status"),
+    [
+        ("/", "", 401),
+        ("/", "Authorization: Bearer wrong\r\n", 401),
+        ("/?token=wrong", "", 401),
+        ("/", "Authorization: Bearer s3cret\r\n", 101),
+        ("/?token=s3cret", "", 101),
+    ],
+)
+async def test_auth_token_in_header_or_query(start_server: Any, path: str, headers: str, status: int) -> None:
+    server: Running = await start_server(auth_token="s3cret")
+    stream, response = await raw_handshake(server.port, path, headers)
+    assert response.split(b" ")[1] == str(status).encode()
+    await stream.aclose()
+
+
+async def test_allowed_origins(start_server: Any) -> None:
+    server: Running = await start_server(allowed_origins=("https://app.example",))
+    for origin, status in (("https://app.example", b"101"), ("https://evil.example", b"403")):
+        stream, response = await raw_handshake(server.port, "/", f"Origin: {origin}\r\n")
+        assert response.split(b" ")[1] == status
+        await stream.aclose()
+
+
+async def test_two_workers_run_two_tasks_at_once_in_fifo_order(start_server: Any) -> None:
+    first, second = GatedEngine(), GatedEngine()
+    server: Running = await start_server([first, second])
+    async with server.connect() as client:
+        texts = [f"第{i}个任务在这里呀呀呀呀。第二段文字在这里呀呀呀呀。" for i in range(3)]
+        for text in texts:
+            await client.send(tts(text, max_tokens=20))
+        kinds: list[str] = []
+        while kinds.count("queued") < 3 or kinds.count("start") < 2:
+            kinds.append((await client.recv_json())["type"])
+        assert kinds.count("start") == 2
+        await first.first_segment()
+        await second.first_segment()
+        began = first.texts("begin") + second.texts("begin")
+        assert sorted(began) == texts[:2]  # the first two, at the same time
+        first.release()
+        second.release()
+        ends = 0
+        while ends < 3:
+            message = await client.recv()
+            if isinstance(message, dict) and message.get("type") == "end":
+                ends += 1
+    # The third ran after the first two, on whichever worker came free.
+    assert sorted(first.texts("begin") + second.texts("begin")) == texts
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=200),
+        st.binary(max_size=200),
+        st.recursive(
+            st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
+            lambda children: (
+                st.lists(children, max_size=5)
+                | st.dictionaries(
+                    st.sampled_from(
+                        [
+                            "type",
+                            "text",
+                            "prompt_audio",
+                            "emo_mode",
+                            "emo_vector",
+                            "emo_alpha",
+                            "max_tokens",
+                            "task_id",
+                            "stream",
+                            "format",
+                        ]
+                    ),
+                    children,
+                    max_size=6,
+                )
+            ),
+            max_leaves=20,
+        ).map(lambda value: json.dumps(value)),
+    )
+)
+def test_decoder_never_raises_anything_but_a_request_error(frame: str | bytes) -> None:
+    try:
+        decode_request(frame, max_text_chars=2000)
+    except RequestError as error:
+        assert str(error)
