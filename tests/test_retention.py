@@ -12,7 +12,7 @@ import trio.testing
 from indextts_server.core.engine import SynthesisJob
 from indextts_server.core.tasks import InvalidTransition, Task, TaskRegistry
 from indextts_server.io.board import TaskBoard
-from indextts_server.io.session import Session
+from indextts_server.io.session import Outgoing, Session
 
 from .conftest import Running, tts
 
@@ -20,7 +20,7 @@ JOB = SynthesisJob(text="你好", prompt_audio="/p.wav")
 
 
 def _session() -> Session:
-    send, _ = trio.open_memory_channel[str | bytes](10)
+    send, _ = trio.open_memory_channel[Outgoing](10)
     return Session("s", send)
 
 

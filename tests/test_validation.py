@@ -142,3 +142,8 @@ async def test_oversized_frame_closes_that_connection_only(start_server: Any) ->
         await bystander.request(tts("我还在。"))
     async with server.connect() as fresh:
         await fresh.request(tts("新的连接。"))
+
+
+async def test_bad_type_in_truncated_json_is_malformed_json(client: Client) -> None:
+    # Found by fuzzing: the typed decoder trips on the type before it sees the truncation.
+    assert await client.error('{"type":0') == client.error_reply("消息不是有效的 JSON")

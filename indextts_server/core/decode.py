@@ -92,7 +92,11 @@ def _explain(detail: str, frame: str | bytes) -> str:
 
 def _explain_type(frame: str | bytes) -> str:
     # Only on the error path: look again at the raw object to quote the type the client sent.
-    value = msgspec.json.decode(frame)
+    # The typed decoder stops at the first bad field, so the rest may still be malformed.
+    try:
+        value = msgspec.json.decode(frame)
+    except msgspec.DecodeError:
+        return MALFORMED_JSON
     if isinstance(value, dict) and "type" in value:
         return unknown_type(value["type"])
     return MISSING_TYPE

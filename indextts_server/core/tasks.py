@@ -52,7 +52,6 @@ class Task:
 
     __slots__ = (
         "accepted_at",
-        "stop_reason",
         "completed_at",
         "created_at",
         "delivery",
@@ -63,6 +62,7 @@ class Task:
         "session_id",
         "started_at",
         "state",
+        "stop_reason",
         "task_id",
     )
 
