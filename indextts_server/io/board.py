@@ -26,7 +26,7 @@ class TaskObserver(Protocol):
         outcome: str,
         *,
         latency: float,
-        queue_wait: float,
+        queue_wait: float | None,
         audio_seconds: float,
         compute_seconds: float,
     ) -> None: ...
@@ -115,11 +115,11 @@ class TaskBoard:
             self.done += 1
             self._wake_sweeper()
             if self.metrics is not None:
-                started = task.started_at if task.started_at is not None else now
+                started = task.started_at
                 self.metrics.task_finished(
                     state,
                     latency=now - task.accepted_at,
-                    queue_wait=started - task.accepted_at,
+                    queue_wait=None if started is None else started - task.accepted_at,
                     audio_seconds=samples / SAMPLE_RATE,
                     compute_seconds=compute,
                 )

@@ -7,14 +7,26 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Final
 
 import trio
+from trio_websocket import WebSocketServer
 
 from ..core.engine import Engine
+from .http import ops_routes, serve_http
+from .metrics import Metrics
 from .server import Server, ServerConfig
+from .systemd import Notifier, listen_sockets, trio_listeners
 
 log = logging.getLogger("indextts_server")
+
+STATUS_PERIOD: Final = 5.0
+"""Seconds between systemd STATUS= lines."""
+LOAD_STEP_TIMEOUT: Final = 900.0
+"""Start-up time asked of systemd (EXTEND_TIMEOUT_USEC) for each model loading step."""
+DEFAULT_STALL_LIMIT: Final = 600.0
+"""Without --task-timeout: a busy inference task silent this long stops the watchdog pings."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -88,6 +100,13 @@ def parser() -> argparse.ArgumentParser:
     )
 
     ops = p.add_argument_group("operations")
+    ops.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics, /healthz and /readyz on this port (default: off)",
+    )
+    ops.add_argument("--metrics-host", default=None, help="address for --metrics-port (default: --host)")
     ops.add_argument(
         "--drain-timeout",
         type=_non_negative,
@@ -176,15 +195,32 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def build_engines(args: argparse.Namespace) -> list[Engine]:
+def build_engines(args: argparse.Namespace, progress: Callable[[str], None]) -> list[Engine]:
+    """The engines to serve with; for indextts2 this loads the model, before anything listens."""
     if args.engine == "tone":
         from .tone import ToneEngine
 
         return [ToneEngine(args.tone_rtf) for _ in range(args.workers)]
-    raise SystemExit(
-        "模型加载失败: the indextts2 engine is not available in this build; "
-        "start with --engine tone to try the protocol"
-    )
+    from .loading import LoadFailed, load_engines
+
+    devices = [device.strip() for device in args.device.split(",") if device.strip()]
+    try:
+        return load_engines(
+            model_dir=args.model_dir,
+            cfg_path=args.cfg_path,
+            devices=devices or ["cuda"],
+            download=args.download,
+            max_mel_tokens=args.max_mel_tokens,
+            fp16=args.fp16,
+            cuda_kernel=args.cuda_kernel,
+            deepspeed=args.deepspeed,
+            accel=args.accel,
+            torch_compile=args.torch_compile,
+            progress=progress,
+        )
+    except LoadFailed as failure:
+        print(f"模型加载失败: {failure}\n提示: {failure.hint}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def setup_logging(level: str) -> None:
@@ -196,7 +232,10 @@ def setup_logging(level: str) -> None:
 
 
 async def _watch_signals(
-    server: Server, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    server: Server,
+    notifier: Notifier,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """First SIGINT/SIGTERM drains the server; a second one exits at once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -206,6 +245,7 @@ async def _watch_signals(
                 name = signal.Signals(signum).name
                 if not server.draining:
                     log.info("%s received; draining (a second signal exits at once)", name)
+                    notifier.stopping("draining")
                     nursery.start_soon(server.drain)
                 else:
                     log.warning("%s received again; exiting now", name)
@@ -213,17 +253,83 @@ async def _watch_signals(
                     os._exit(1)
 
 
-async def serve(server: Server) -> None:
-    """Run ``server`` until a signal has drained it."""
+def _alive(server: Server, stall_limit: float) -> Callable[[], bool]:
+    """For the watchdog: every inference task runs, and a busy one produced audio lately."""
+
+    def alive() -> bool:
+        now = trio.current_time()
+        return all(
+            worker.running and (worker.current is None or now - worker.last_progress < stall_limit)
+            for worker in server.workers
+        )
+
+    return alive
+
+
+async def _report_status(server: Server, notifier: Notifier) -> None:
+    while True:
+        notifier.status(
+            f"{len(server.sessions)} connections, {server.busy_workers} running, "
+            f"{server.board.queue_depth} waiting, {server.board.done} done"
+        )
+        await trio.sleep(STATUS_PERIOD)
+
+
+async def serve(
+    server: Server,
+    notifier: Notifier,
+    metrics: Metrics,
+    metrics_address: tuple[str, int] | None = None,
+) -> None:
+    """Run ``server`` (and its operations endpoints) until a signal has drained it."""
     async with trio.open_nursery() as nursery:
-        await nursery.start(_watch_signals, server)
-        await server.run()
-        nursery.cancel_scope.cancel()
+        await nursery.start(_watch_signals, server, notifier)
+        if metrics_address is not None:
+            host, port = metrics_address
+            routes = ops_routes(metrics, lambda: server.ready)
+            ports = await nursery.start(serve_http, host, port, routes)
+            log.info("metrics on http://%s:%s/metrics (also /healthz, /readyz)", host, ports[0])
+        stall_limit = server.config.task_timeout or DEFAULT_STALL_LIMIT
+        await nursery.start(notifier.run_watchdog, _alive(server, stall_limit))
+        await nursery.start(_run_then_stop, server, nursery.cancel_scope)
+        notifier.ready(f"listening; engine {server.engine.name}")
+        nursery.start_soon(_report_status, server, notifier)
+
+
+async def _run_then_stop(
+    server: Server,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await server.run(task_status=task_status)
+    scope.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     setup_logging(args.log_level)
-    engines = build_engines(args)
-    trio.run(serve, Server(config_from(args), engines))
+    notifier = Notifier.from_environ()
+    adopted = listen_sockets()
+
+    def progress(status: str) -> None:
+        log.info("%s", status)
+        notifier.status(status)
+        notifier.extend_timeout(LOAD_STEP_TIMEOUT)
+
+    engines = build_engines(args, progress)
+    metrics = Metrics()
+    metrics_address = None
+    if args.metrics_port is not None:
+        metrics_address = (args.metrics_host or args.host, args.metrics_port)
+
+    async def start() -> None:
+        server = Server(config_from(args), engines, metrics=metrics, listeners=trio_listeners(adopted))
+        metrics.set_queue_depth_source(lambda: server.board.queue_depth)
+        await serve(server, notifier, metrics, metrics_address)
+
+    try:
+        trio.run(start)
+    finally:
+        notifier.close()
     log.info("stopped")

@@ -63,10 +63,18 @@ class InferenceWorker:
         self.limiter = trio.CapacityLimiter(1)
         self.current: Ticket | None = None
         self.last_progress = 0.0
+        self.running = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.last_progress = trio.current_time()
+        self.running = True
         task_status.started()
+        try:
+            await self._serve()
+        finally:
+            self.running = False
+
+    async def _serve(self) -> None:
         async with self.receive:
             async for ticket in self.receive:
                 if ticket.task.state != "pending":

@@ -1,0 +1,463 @@
+"""The IndexTTS2 engine: the Engine port implemented on the ``indextts`` package's IndexTTS2 model."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import math
+import os
+import random
+import re
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple, Protocol, TypeVar, cast
+
+import numpy as np
+import torch
+
+from ..core.engine import PCM, SAMPLE_RATE, SynthesisJob
+
+__all__ = ["EMO_BIAS", "EngineLoadError", "IndexTTS2Engine", "SynthesisError", "normalize_emo_vector"]
+
+log = logging.getLogger(__name__)
+
+EMO_BIAS = (0.9375, 0.875, 1.0, 1.0, 0.9375, 0.9375, 0.6875, 0.5625)
+"""Per-emotion damping that upstream's web UI applies to slider vectors, in the model's order:
+happy, angry, sad, afraid, disgusted, melancholic, surprised, calm."""
+
+_EMO_SUM_CAP = 0.8
+_AUDIO_READERS = frozenset({"audioread", "librosa", "soundfile", "torchaudio", "torchcodec"})
+_WARMUP_TEXT = "你好，今天天气很好。"
+
+
+class EngineLoadError(RuntimeError):
+    """The model could not be loaded; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SynthesisError(RuntimeError):
+    """A synthesis failed; the message is fit for a client, the cause is chained."""
+
+
+def normalize_emo_vector(vector: Sequence[float], *, apply_bias: bool = True) -> list[float]:
+    """Upstream web UI's ``normalize_emo_vec``: damp each weight by ``EMO_BIAS`` (when
+    ``apply_bias``), then, if the weights sum to more than 0.8, scale them all so they sum to 0.8.
+    The model mixes ``1 - sum`` of the prompt's own emotion back in, so the cap keeps some of it."""
+    if len(vector) != len(EMO_BIAS):
+        raise ValueError(f"emo_vector needs {len(EMO_BIAS)} weights, got {len(vector)}")
+    values = [float(v) for v in vector]
+    if not all(math.isfinite(v) and v >= 0.0 for v in values):
+        raise ValueError("emo_vector weights must be finite and >= 0")
+    if apply_bias:
+        values = [v * b for v, b in zip(values, EMO_BIAS, strict=True)]
+    total = sum(values)
+    if total > _EMO_SUM_CAP:
+        values = [v * (_EMO_SUM_CAP / total) for v in values]
+    return values
+
+
+# --- the slice of the untyped ``indextts`` package that this adapter touches -----------------
+
+
+class _Tokenizer(Protocol):
+    def tokenize(self, text: str) -> list[str]: ...
+
+    def split_segments(self, tokenized: list[str], *args: int, **kwargs: int) -> list[list[str]]: ...
+
+
+class _Model(Protocol):
+    tokenizer: _Tokenizer
+
+    def infer(self, spk_audio_prompt: str, text: str, output_path: None, **kwargs: object) -> object: ...
+
+
+_ModelGen = Generator[object, None, object]
+_END = object()
+_T = TypeVar("_T")
+
+
+class _RngState(NamedTuple):
+    torch_cpu: torch.Tensor
+    torch_cuda: list[torch.Tensor] | None
+    numpy: object
+    python: object
+
+    @classmethod
+    def capture(cls, cuda_too: bool) -> _RngState:
+        cuda = torch.cuda.get_rng_state_all() if cuda_too else None
+        return cls(torch.get_rng_state(), cuda, np.random.get_state(), random.getstate())
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.torch_cpu)
+        if self.torch_cuda is not None:
+            torch.cuda.set_rng_state_all(self.torch_cuda)
+        np.random.set_state(cast(tuple[str, np.ndarray, int, int, float], self.numpy))
+        random.setstate(cast(tuple[object, ...], self.python))
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)  # CPU and every CUDA device
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _unit_scale(model_cls: type) -> bool | None:
+    """Whether the installed ``infer_generator`` yields speech in [-1, 1] (indextts2-inference)
+    rather than int16-scale floats (upstream); None when its source says neither."""
+    try:
+        source = inspect.getsource(getattr(model_cls, "infer_generator"))  # noqa: B009 - untyped class
+    except (AttributeError, OSError, TypeError):
+        return None
+    if re.search(r"clamp\(\s*32767\s*\*", source):
+        return False
+    if re.search(r"clamp\(\s*wav\s*,\s*-1(\.0)?\s*,\s*1(\.0)?\s*\)", source):
+        return True
+    return None
+
+
+def _to_int16(speech: torch.Tensor, unit_scale: bool | None) -> PCM:
+    """Quantise exactly as the model's own non-streaming path does (scale, clamp, truncate)."""
+    wav = speech.detach().to("cpu", torch.float32).reshape(-1)
+    if unit_scale is None:  # unknown build: int16-scale values exceed 1 wherever speech is audible
+        unit_scale = bool(wav.numel() == 0 or wav.abs().max() <= 1.0)
+    if unit_scale:
+        wav = wav * 32767
+    return cast(PCM, wav.clamp(-32767, 32767).to(torch.int16).numpy())
+
+
+def _no_progress(iterable: _T, *args: object, **kwargs: object) -> _T:
+    """Stands in for ``tqdm`` in the diffusion loop: iterates, draws nothing."""
+    return iterable
+
+
+_tamed = False
+
+
+def _tame_library_output() -> None:
+    """Route the package's logs through the app's logging, drop its progress bars and warnings."""
+    global _tamed
+    try:  # creates the text normaliser's logger (with its own stderr handler) now, not mid-load
+        importlib.import_module("nemo_text_processing.utils.logging")
+    except ImportError:
+        pass
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if not isinstance(logger, logging.Logger):
+            continue
+        if name == "indextts" or name.startswith("indextts.") or name == "NeMo-text-processing":
+            for handler in list(logger.handlers):
+                if type(handler) is logging.StreamHandler:  # the handlers those packages add themselves
+                    logger.removeHandler(handler)
+            if name == "NeMo-text-processing":
+                logger.setLevel(logging.WARNING)
+    if _tamed:
+        return
+    _tamed = True
+    flow_matching = importlib.import_module("indextts.s2mel.modules.flow_matching")
+    if hasattr(flow_matching, "tqdm"):
+        setattr(flow_matching, "tqdm", _no_progress)  # noqa: B010 - untyped module
+    # "generation stopped due to exceeding max_mel_tokens" and segment-length notices.
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"indextts(\.|$)")
+
+
+class IndexTTS2Engine:
+    """One IndexTTS2 model behind the Engine port. Calls are serialised by an internal lock."""
+
+    name = "indextts2"
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        cfg_path: str | os.PathLike[str] | None = None,
+        device: str = "cpu",
+        *,
+        fp16: bool = False,
+        cuda_kernel: bool = False,
+        deepspeed: bool = False,
+        accel: bool = False,
+        torch_compile: bool = False,
+        max_mel_tokens: int = 1500,
+        warmup_prompt: str | os.PathLike[str] | None = None,
+    ) -> None:
+        model_path = Path(model_dir)
+        config_path = Path(cfg_path) if cfg_path is not None else model_path / "config.yaml"
+        if not model_path.is_dir():
+            raise EngineLoadError(f"model directory not found: {model_path}")
+        if not config_path.is_file():
+            raise EngineLoadError(f"model config not found: {config_path}")
+        if max_mel_tokens < 1:
+            raise EngineLoadError("max_mel_tokens must be >= 1")
+        self.device = _check_device(device)
+        self.max_mel_tokens = max_mel_tokens
+        self.warmup_prompt = None if warmup_prompt is None else str(warmup_prompt)
+        self._lock = threading.Lock()
+        self._file_stamps: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
+
+        try:
+            model_cls = cast(type, importlib.import_module("indextts.infer_v2").IndexTTS2)
+        except Exception as exc:
+            raise EngineLoadError(f"the indextts package could not be imported: {exc!r}") from exc
+        _tame_library_output()
+        params = inspect.signature(model_cls).parameters
+        kwargs: dict[str, object] = {
+            "model_dir": str(model_path),
+            "cfg_path": str(config_path),
+            "device": self.device,
+        }
+        for option, value in (
+            ("use_fp16", fp16),
+            ("use_cuda_kernel", cuda_kernel),
+            ("use_deepspeed", deepspeed),
+            ("use_accel", accel),
+            ("use_torch_compile", torch_compile),
+        ):
+            if option in params:
+                kwargs[option] = value
+            elif value:
+                log.warning("this IndexTTS2 build has no %s option; ignoring it", option)
+        log.info("loading IndexTTS2 from %s on %s", model_path, self.device)
+        try:
+            self._model = cast(_Model, model_cls(**kwargs))
+        except Exception as exc:
+            self._free_device_memory()
+            reason = f"IndexTTS2 failed to load from {model_path}: {type(exc).__name__}: {exc}"
+            raise EngineLoadError(reason) from exc
+        _tame_library_output()  # loggers created while loading
+        _make_rng_neutral(getattr(self._model, "semantic_model", None))
+
+        infer_params = inspect.signature(self._model.infer).parameters
+        self._has_quick_streaming = "quick_streaming_tokens" in infer_params
+        self._split_takes_quick = (
+            "quick_streaming_tokens" in inspect.signature(self._model.tokenizer.split_segments).parameters
+        )
+        self._unit_scale = _unit_scale(model_cls)
+
+    # --- the Engine port ------------------------------------------------------------------------
+
+    def synthesize(self, job: SynthesisJob) -> Iterator[PCM]:
+        """Check the job and return a lazy iterator; the model runs only inside ``next()``."""
+        _require_file(job.prompt_audio, "speaker prompt")
+        kwargs: dict[str, object] = {
+            "interval_silence": job.interval_silence,
+            "max_text_tokens_per_segment": job.max_tokens,
+            "use_random": job.use_random,
+            "verbose": False,
+            "stream_return": True,
+            "max_mel_tokens": self.max_mel_tokens,
+        }
+        if job.quick_first and self._has_quick_streaming:
+            kwargs["quick_streaming_tokens"] = job.quick_first
+        if job.emo_mode == "audio":
+            if job.emo_audio is None:
+                raise SynthesisError("emo_mode 'audio' needs emo_audio")
+            _require_file(job.emo_audio, "emotion prompt")
+            kwargs.update(emo_audio_prompt=job.emo_audio, emo_alpha=job.emo_alpha)
+        elif job.emo_mode == "vector":
+            if job.emo_vector is None:
+                raise SynthesisError("emo_mode 'vector' needs emo_vector")
+            try:
+                vector = normalize_emo_vector(job.emo_vector)
+            except ValueError as exc:
+                raise SynthesisError(str(exc)) from exc
+            kwargs.update(emo_vector=vector, emo_alpha=job.emo_alpha)
+        elif job.emo_mode == "text":
+            kwargs.update(use_emo_text=True, emo_text=job.emo_text, emo_alpha=job.emo_alpha)
+        return _Segments(self, job, kwargs)
+
+    def warm_up(self) -> None:
+        """One short synthesis with the bundled prompt, so the first request pays no start-up cost."""
+        if self.warmup_prompt is None:
+            log.info("no warm-up prompt configured; skipping warm-up")
+            return
+        job = SynthesisJob(text=_WARMUP_TEXT, prompt_audio=self.warmup_prompt, seed=0)
+        segments = self.synthesize(job)
+        try:
+            samples = sum(len(pcm) for pcm in segments)
+        finally:
+            cast(_Segments, segments).close()
+        log.info("warm-up rendered %.2f s of audio", samples / SAMPLE_RATE)
+
+    # --- helpers used by _Segments ------------------------------------------------------------
+
+    def _start(self, job: SynthesisJob, kwargs: dict[str, object]) -> tuple[_ModelGen, int]:
+        """The model's generator and the number of segments it will yield (computed as infer does)."""
+        self._forget_changed_prompts([job.prompt_audio, job.emo_audio])
+        tokenizer = self._model.tokenizer
+        tokens = tokenizer.tokenize(job.text)
+        if self._split_takes_quick:
+            quick = int(cast(int, kwargs.get("quick_streaming_tokens", 0)))
+            count = len(tokenizer.split_segments(tokens, job.max_tokens, quick_streaming_tokens=quick))
+        else:
+            count = len(tokenizer.split_segments(tokens, job.max_tokens))
+        gen = self._model.infer(job.prompt_audio, job.text, None, **kwargs)
+        if not isinstance(gen, Generator):
+            raise TypeError(
+                f"IndexTTS2.infer(stream_return=True) returned {type(gen).__name__}, not a generator"
+            )
+        return cast(_ModelGen, gen), count
+
+    def _forget_changed_prompts(self, paths: Sequence[str | None]) -> None:
+        """The model caches prompt conditioning by path; drop it when the file at that path changed."""
+        for path in paths:
+            if path is None:
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if self._file_stamps.get(path) not in (None, stamp):
+                for attr in ("cache_spk_audio_prompt", "cache_emo_audio_prompt"):
+                    if getattr(self._model, attr, None) == path:
+                        setattr(self._model, attr, None)
+            self._file_stamps[path] = stamp
+            self._file_stamps.move_to_end(path)
+            while len(self._file_stamps) > 16:
+                self._file_stamps.popitem(last=False)
+
+    def _free_device_memory(self) -> None:
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @contextmanager
+    def _step(self, rng: list[_RngState | int | None]) -> Iterator[None]:
+        """Serialise, run under inference_mode, and swap in the job's private RNG state if seeded."""
+        with self._lock, torch.inference_mode():
+            state = rng[0]
+            if state is None:
+                yield
+                return
+            cuda_too = self.device.startswith("cuda")
+            outer = _RngState.capture(cuda_too)
+            if isinstance(state, int):
+                _seed_everything(state)
+            else:
+                state.restore()
+            try:
+                yield
+            finally:
+                rng[0] = _RngState.capture(cuda_too)
+                outer.restore()
+
+
+def _make_rng_neutral(module: object) -> None:
+    """Make a module's forward leave the CPU RNG as it found it.
+
+    transformers' Wav2Vec2-BERT encoder draws ``torch.rand`` per layer for layerdrop even in eval
+    mode. IndexTTS2 runs it only for prompt conditioning, which it caches by path, so without this a
+    seeded request would sound different depending on whether its prompt was already cached.
+    """
+    if not isinstance(module, torch.nn.Module):
+        log.debug("no semantic_model to make RNG-neutral")
+        return
+    inner = module.forward
+
+    def forward(*args: object, **kwargs: object) -> object:
+        with torch.random.fork_rng(devices=[]):
+            return inner(*args, **kwargs)
+
+    module.forward = forward  # instance-level wrap; nn.Module.__call__ looks it up per call
+
+
+def _check_device(device: str) -> str:
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise EngineLoadError(f"invalid device {device!r}: {exc}") from exc
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EngineLoadError(f"device {device!r} requested but CUDA is not available")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise EngineLoadError(f"device {device!r} requested but only {count} CUDA device(s) exist")
+        return f"cuda:{parsed.index or 0}"
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise EngineLoadError(f"device {device!r} requested but MPS is not available")
+    return device
+
+
+def _require_file(path: str, what: str) -> None:
+    if not os.path.isfile(path):
+        raise SynthesisError(f"{what} not found: {os.path.basename(path) or path}")
+
+
+class _Segments(Iterator[PCM]):
+    """Yields one int16 segment per ``next()``; each call advances the model just one segment."""
+
+    def __init__(self, engine: IndexTTS2Engine, job: SynthesisJob, kwargs: dict[str, object]) -> None:
+        self._engine = engine
+        self._job = job
+        self._kwargs = kwargs
+        self._gen: _ModelGen | None = None
+        self._count = 0
+        self._index = 0
+        self._pending: object = None  # a speech item read ahead (only if the segment count was off)
+        self._done = False
+        self._rng: list[_RngState | int | None] = [job.seed]
+
+    def __next__(self) -> PCM:
+        if self._done:
+            raise StopIteration
+        try:
+            with self._engine._step(self._rng):
+                pcm = self._advance()
+        except Exception as exc:
+            self.close()
+            self._engine._free_device_memory()
+            raise self._error(exc) from exc
+        if pcm is None:
+            self.close()
+            raise StopIteration
+        return pcm
+
+    def _advance(self) -> PCM | None:
+        """The next segment, or None when the model has no more."""
+        if self._gen is None:
+            self._gen, self._count = self._engine._start(self._job, self._kwargs)
+        gen = self._gen
+        speech = self._pending if self._pending is not None else next(gen, _END)
+        self._pending = None
+        if speech is _END:
+            return None
+        silence = next(gen, None)  # infer yields the interval silence after every segment
+        pcm = _to_int16(cast(torch.Tensor, speech), self._engine._unit_scale)
+        self._index += 1
+        if self._index >= self._count:  # believed last: confirm the model is done before dropping the pause
+            ahead = next(gen, _END)
+            if ahead is _END:
+                self._done = True
+                return pcm
+            self._pending = ahead
+            log.warning("segment count mismatch: the model produced more than %d segments", self._count)
+        if isinstance(silence, torch.Tensor) and silence.numel():
+            pcm = np.concatenate([pcm, np.zeros(silence.shape[-1], dtype=np.int16)])
+        return pcm
+
+    def _error(self, exc: Exception) -> SynthesisError:
+        if isinstance(exc, SynthesisError):
+            return exc
+        where = f"segment {self._index + 1}" + (f" of {self._count}" if self._count else "")
+        if isinstance(exc, torch.OutOfMemoryError):
+            return SynthesisError(f"out of GPU memory during {where}; try shorter segments (max_tokens)")
+        kind = type(exc).__name__
+        text = str(exc).strip()
+        detail = f"{kind}: {text.splitlines()[0]}" if text else kind
+        if type(exc).__module__.split(".")[0] in _AUDIO_READERS:
+            return SynthesisError(f"could not decode the prompt audio ({detail})")
+        return SynthesisError(f"IndexTTS2 failed at {where}: {detail}")
+
+    def close(self) -> None:
+        """Stop the model's generator (idempotent)."""
+        self._done = True
+        self._pending = None
+        gen, self._gen = self._gen, None
+        if gen is not None:
+            with self._engine._lock, torch.inference_mode():
+                gen.close()

@@ -1,0 +1,302 @@
+"""The operations HTTP server and the Prometheus metrics it exposes, over real loopback sockets."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import h11
+import pytest
+import trio
+import trio.testing
+from prometheus_client.parser import text_string_to_metric_families
+
+from indextts_server.io.http import Response, Routes, ops_routes, serve_http
+from indextts_server.io.metrics import Metrics
+from indextts_server.io.server import ServerMetrics
+
+
+class Reply:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+async def exchange(port: int, raw: bytes, method: str = "GET") -> Reply:
+    """Send ``raw`` bytes, read the whole response until the server closes, and parse it."""
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(raw)
+            conn = h11.Connection(h11.CLIENT)
+            # h11 frames a response by the request it believes was sent (HEAD: no body).
+            conn.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
+            conn.send(h11.EndOfMessage())
+            status, headers, body = 0, {}, b""
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    headers = {k.decode(): v.decode() for k, v in event.headers}
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    return Reply(status, headers, body)
+
+
+async def get(port: int, path: str, method: str = "GET") -> Reply:
+    return await exchange(port, f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode(), method)
+
+
+async def start(nursery: trio.Nursery, routes: Routes, **options: Any) -> int:
+    ports: list[int] = await nursery.start(partial(serve_http, "127.0.0.1", 0, routes, **options))
+    assert len(ports) == 1 and ports[0] > 0
+    return ports[0]
+
+
+class Ops:
+    def __init__(self, metrics: Metrics, port: int):
+        self.metrics = metrics
+        self.port = port
+        self.ready = False
+
+    async def scrape(self) -> dict[str, float]:
+        """``/metrics``, parsed: each sample's ``name{labels}`` to its value."""
+        reply = await get(self.port, "/metrics")
+        assert reply.status == 200
+        assert reply.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+        samples = {}
+        for family in text_string_to_metric_families(reply.body.decode()):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return samples
+
+
+@pytest.fixture
+async def ops(nursery: trio.Nursery) -> Ops:
+    metrics = Metrics()
+    holder: list[Ops] = []
+    port = await start(nursery, ops_routes(metrics, lambda: holder[0].ready))
+    holder.append(Ops(metrics, port))
+    return holder[0]
+
+
+# --- /healthz, /readyz ----------------------------------------------------------------------------
+
+
+async def test_healthz_says_ok(ops: Ops) -> None:
+    reply = await get(ops.port, "/healthz")
+    assert (reply.status, reply.headers["content-type"], reply.body) == (
+        200,
+        "text/plain; charset=utf-8",
+        b"ok\n",
+    )
+    assert reply.headers["connection"] == "close"
+
+
+async def test_readyz_follows_the_ready_callable(ops: Ops) -> None:
+    reply = await get(ops.port, "/readyz")
+    assert (reply.status, reply.body) == (503, b"not ready\n")
+    ops.ready = True
+    reply = await get(ops.port, "/readyz")
+    assert (reply.status, reply.body) == (200, b"ready\n")
+    ops.ready = False
+    assert (await get(ops.port, "/readyz")).status == 503
+
+
+async def test_a_query_string_does_not_change_the_route(ops: Ops) -> None:
+    assert (await get(ops.port, "/healthz?verbose=1")).body == b"ok\n"
+
+
+async def test_head_gets_the_headers_without_the_body(ops: Ops) -> None:
+    reply = await get(ops.port, "/healthz", "HEAD")
+    assert (reply.status, reply.headers["content-length"], reply.body) == (200, "3", b"")
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+async def test_an_unknown_path_is_404(ops: Ops) -> None:
+    reply = await get(ops.port, "/nope")
+    assert (reply.status, reply.body) == (404, b"not found\n")
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS"])
+async def test_methods_other_than_get_and_head_are_405(ops: Ops, method: str) -> None:
+    raw = f"{method} /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".encode()
+    reply = await exchange(ops.port, raw)
+    assert (reply.status, reply.headers["allow"], reply.body) == (405, "GET, HEAD", b"method not allowed\n")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"this is not http\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+    ],
+)
+async def test_a_malformed_request_is_400_and_the_server_carries_on(ops: Ops, raw: bytes) -> None:
+    reply = await exchange(ops.port, raw)
+    assert (reply.status, reply.body) == (400, b"bad request\n")
+    assert (await get(ops.port, "/healthz")).status == 200
+
+
+async def test_an_oversized_request_is_refused_and_the_server_carries_on(ops: Ops) -> None:
+    raw = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 20000 + b"\r\n\r\n"
+    reply = await exchange(ops.port, raw)
+    assert reply.status == 431
+    assert (await get(ops.port, "/healthz")).status == 200
+
+
+async def test_a_failing_route_is_500_and_the_server_carries_on(nursery: trio.Nursery) -> None:
+    def broken() -> Response:
+        raise RuntimeError("boom")
+
+    port = await start(nursery, {"/broken": broken, "/fine": lambda: (200, "text/plain", b"fine")})
+    assert (await get(port, "/broken")).status == 500
+    assert (await get(port, "/fine")).body == b"fine"
+
+
+async def test_a_silent_client_is_cut_off_after_the_connection_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    port = await start(nursery, {}, connection_timeout=10)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\n")  # and never the rest
+        with trio.fail_after(11):
+            assert await stream.receive_some(100) == b""
+        assert trio.current_time() >= 10
+
+
+async def test_a_client_that_closes_without_asking_is_fine(ops: Ops) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", ops.port)
+    await stream.aclose()
+    assert (await get(ops.port, "/healthz")).status == 200
+
+
+async def test_connections_beyond_the_limit_are_closed_unanswered(nursery: trio.Nursery) -> None:
+    port = await start(nursery, {"/": lambda: (200, "text/plain", b"hi")}, max_connections=1)
+    with trio.fail_after(10):
+        holder = await trio.open_tcp_stream("127.0.0.1", port)
+        await holder.send_all(b"GET / HTTP/1.1\r\n")  # holds the only slot
+        await trio.testing.wait_all_tasks_blocked()  # its handler has taken the slot
+        extra = await trio.open_tcp_stream("127.0.0.1", port)
+        assert await extra.receive_some(100) == b""
+        await extra.aclose()
+        await holder.send_all(b"Host: x\r\n\r\n")
+        assert (await holder.receive_some(100)).startswith(b"HTTP/1.1 200 ")
+        await holder.aclose()
+
+
+# --- /metrics -------------------------------------------------------------------------------------
+
+
+async def test_metrics_start_at_zero_with_every_outcome(ops: Ops) -> None:
+    samples = await ops.scrape()
+    for outcome in ("completed", "failed", "cancelled", "refused"):
+        assert samples[f'indextts_tasks_total{{outcome="{outcome}"}}'] == 0
+    assert samples["indextts_connections"] == 0
+    assert samples["indextts_queue_depth"] == 0
+    assert samples["indextts_audio_seconds_total"] == 0
+    assert samples["indextts_engine_errors_total"] == 0
+    assert samples["indextts_task_latency_seconds_count"] == 0
+
+
+async def test_connections_count_open_sessions(ops: Ops) -> None:
+    ops.metrics.connection_opened()
+    ops.metrics.connection_opened()
+    ops.metrics.connection_closed()
+    assert (await ops.scrape())["indextts_connections"] == 1
+
+
+async def test_queue_depth_is_read_from_its_source_at_each_scrape(ops: Ops) -> None:
+    depth = 3
+    ops.metrics.set_queue_depth_source(lambda: depth)
+    assert (await ops.scrape())["indextts_queue_depth"] == 3
+    depth = 7
+    assert (await ops.scrape())["indextts_queue_depth"] == 7
+
+
+async def test_a_completed_task_feeds_every_task_metric(ops: Ops) -> None:
+    ops.metrics.task_finished(
+        "completed", latency=4.0, queue_wait=1.5, audio_seconds=5.0, compute_seconds=2.5
+    )
+    samples = await ops.scrape()
+    assert samples['indextts_tasks_total{outcome="completed"}'] == 1
+    assert samples["indextts_task_latency_seconds_count"] == 1
+    assert samples["indextts_task_latency_seconds_sum"] == 4.0
+    assert samples['indextts_task_latency_seconds_bucket{le="2.5"}'] == 0
+    assert samples['indextts_task_latency_seconds_bucket{le="5.0"}'] == 1
+    assert samples["indextts_task_queue_wait_seconds_sum"] == 1.5
+    assert samples["indextts_task_rtf_sum"] == 0.5
+    assert samples['indextts_task_rtf_bucket{le="0.3"}'] == 0
+    assert samples['indextts_task_rtf_bucket{le="0.5"}'] == 1
+    assert samples["indextts_audio_seconds_total"] == 5.0
+
+
+async def test_failed_and_cancelled_tasks_count_but_do_not_skew_latency_or_rtf(ops: Ops) -> None:
+    ops.metrics.task_finished("failed", latency=2.0, queue_wait=1.0, compute_seconds=1.0)
+    ops.metrics.task_finished("cancelled", latency=9.0)  # cancelled while it waited
+    ops.metrics.task_refused()
+    ops.metrics.engine_error()
+    samples = await ops.scrape()
+    assert samples['indextts_tasks_total{outcome="failed"}'] == 1
+    assert samples['indextts_tasks_total{outcome="cancelled"}'] == 1
+    assert samples['indextts_tasks_total{outcome="refused"}'] == 1
+    assert samples["indextts_engine_errors_total"] == 1
+    assert samples["indextts_task_queue_wait_seconds_count"] == 1
+    assert samples["indextts_task_latency_seconds_count"] == 0
+    assert samples["indextts_task_rtf_count"] == 0
+    assert samples["indextts_audio_seconds_total"] == 0
+
+
+def test_task_finished_rejects_an_outcome_that_is_not_final() -> None:
+    with pytest.raises(ValueError, match="refused"):
+        Metrics(process_metrics=False).task_finished("refused", latency=0.0)
+
+
+async def test_histogram_buckets_span_tts_scales(ops: Ops) -> None:
+    samples = await ops.scrape()
+    assert 'indextts_task_latency_seconds_bucket{le="0.05"}' in samples
+    assert 'indextts_task_latency_seconds_bucket{le="300.0"}' in samples
+    assert 'indextts_task_rtf_bucket{le="0.01"}' in samples
+    assert 'indextts_task_rtf_bucket{le="10.0"}' in samples
+
+
+async def test_process_metrics_come_along(ops: Ops) -> None:
+    samples = await ops.scrape()
+    assert samples["process_resident_memory_bytes"] > 0
+    assert "python_info" in {name.split("{")[0] for name in samples}
+
+
+def test_each_metrics_object_has_its_own_registry() -> None:
+    a, b = Metrics(process_metrics=False), Metrics(process_metrics=False)
+    a.task_refused()
+    assert b'indextts_tasks_total{outcome="refused"} 1.0' in a.render()
+    assert b'indextts_tasks_total{outcome="refused"} 0.0' in b.render()
+
+
+def test_metrics_fits_the_servers_metrics_port() -> None:
+    metrics = Metrics(process_metrics=False)
+    port: ServerMetrics = metrics  # mypy checks the structural fit
+    port.task_finished("completed", latency=1.0, queue_wait=0.5, audio_seconds=2.0, compute_seconds=1.0)
+    port.connection_opened()
+    assert b"indextts_task_rtf_sum 0.5" in metrics.render()
+    assert b"indextts_connections 1.0" in metrics.render()
+
+
+async def test_a_plain_get_from_the_stdlib_client_works(ops: Ops) -> None:
+    import urllib.request
+
+    def fetch() -> tuple[int, bytes]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ops.port}/healthz", timeout=10) as response:
+            return response.status, response.read()
+
+    assert await trio.to_thread.run_sync(fetch) == (200, b"ok\n")

@@ -1,0 +1,252 @@
+"""The real IndexTTS2 engine, end to end: a tiny random-weight checkpoint behind the real server.
+
+The checkpoint is built once per test run from the package's own model classes; the server is
+started from the CLI (`--engine indextts2 --device cpu`) and driven over WebSocket. Random weights
+never emit the stop token, so generation is capped with `--max-mel-tokens`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+
+pytest.importorskip("torch", reason="the real-engine tests need the [indextts] extra")
+pytest.importorskip("indextts", reason="the real-engine tests need the [indextts] extra")
+
+from trio_websocket import open_websocket_url
+
+from indextts_server.core.engine import SAMPLE_RATE
+from indextts_server.io.tiny_checkpoint import (
+    TinyCheckpoint,
+    build_tiny_checkpoint,
+    offline_env,
+)
+
+from .conftest import CLIENT_MAX_MESSAGE, EMO_PROMPT, REPO, Client, decode_wav, tts
+
+MAX_MEL_TOKENS = 24
+START_TIMEOUT = 300  # the very first load compiles the text normaliser's grammars (~35 s)
+SEGMENTS = "今天天气很好。我们一起去公园散步吧。春眠不觉晓，处处闻啼鸟。"
+
+
+class EngineServer:
+    """A `python -m indextts_server --engine indextts2` process and what it logged."""
+
+    def __init__(self, process: subprocess.Popen[str], port: int, log: list[str]):
+        self.process = process
+        self.port = port
+        self.url = f"ws://127.0.0.1:{port}"
+        self.log = log
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[Client]:
+        async with open_websocket_url(self.url, max_message_size=CLIENT_MAX_MESSAGE) as ws:
+            import json
+
+            yield Client(ws, json.loads(await ws.get_message()))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
+    began = time.monotonic()
+    checkpoint = build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-indextts2"))
+    print(f"\ntiny checkpoint built in {time.monotonic() - began:.1f} s", file=sys.stderr)
+    return checkpoint
+
+
+def start_cli(tiny: TinyCheckpoint, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "indextts_server",
+            "--engine",
+            "indextts2",
+            "--model-dir",
+            str(tiny.model_dir),
+            "--cfg-path",
+            str(tiny.cfg_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *extra,
+        ],
+        cwd=REPO,
+        env={**os.environ, **offline_env(tiny)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def engine_server(tiny: TinyCheckpoint) -> Iterator[EngineServer]:
+    began = time.monotonic()
+    process = start_cli(tiny, "--device", "cpu", "--max-mel-tokens", str(MAX_MEL_TOKENS))
+    assert process.stderr is not None
+    log: list[str] = []
+    port = 0
+    deadline = time.monotonic() + START_TIMEOUT
+    for line in process.stderr:
+        log.append(line)
+        found = re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line)
+        if found:
+            port = int(found.group(1))
+            break
+        assert time.monotonic() < deadline, "".join(log)
+    assert port, f"server exited ({process.poll()}) before listening:\n{''.join(log)}"
+    print(f"real server ready in {time.monotonic() - began:.1f} s", file=sys.stderr)
+    drain = threading.Thread(target=lambda: log.extend(process.stderr or ()), daemon=True)
+    drain.start()
+    try:
+        yield EngineServer(process, port, log)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def test_start_up_logs_load_and_warm_up_times_before_listening(engine_server: EngineServer) -> None:
+    text = "".join(engine_server.log)
+    load = text.index("model loaded on cpu in")
+    warm = text.index("warm-up on cpu took")
+    assert load < warm < text.index("listening on ws://")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"emo_mode": "none"},
+        {"emo_mode": "audio", "emo_audio": EMO_PROMPT, "emo_alpha": 0.8},
+        {"emo_mode": "vector", "emo_vector": [0.8, 0, 0, 0, 0, 0, 0.2, 0]},
+        {"emo_mode": "text", "emo_text": "我太开心了！", "emo_alpha": 0.9},
+    ],
+    ids=["none", "audio", "vector", "text"],
+)
+async def test_every_emotion_mode_runs_through_the_model(
+    engine_server: EngineServer, fields: dict[str, Any]
+) -> None:
+    async with engine_server.connect() as client:
+        _, wav = await client.request(tts("大家好，我是测试语音。", **fields))
+    pcm, rate, info = decode_wav(wav)
+    assert (rate, info.channels, info.subtype) == (SAMPLE_RATE, 1, "PCM_16")
+    assert len(pcm) > 0.1 * SAMPLE_RATE and np.abs(pcm).max() > 0
+
+
+async def test_long_text_becomes_several_segments_with_the_interval_silence(
+    engine_server: EngineServer,
+) -> None:
+    async with engine_server.connect() as client:
+        await client.send(tts(SEGMENTS, max_tokens=20, interval_silence=300, stream=True, seed=1))
+        await client.recv_json()
+        await client.recv_json()
+        chunks = []
+        while True:
+            message = await client.recv()
+            if isinstance(message, bytes):
+                chunks.append(decode_wav(message)[0])
+            else:
+                assert message["type"] == "end", message
+                break
+        _, whole = await client.request(tts(SEGMENTS, max_tokens=20, interval_silence=300, seed=1))
+    assert len(chunks) >= 3
+    silence = 300 * SAMPLE_RATE // 1000
+    for chunk in chunks[:-1]:
+        assert not chunk[-silence:].any() and chunk[:-silence].any()
+    assert np.array_equal(np.concatenate(chunks), decode_wav(whole)[0])
+
+
+async def test_seed_makes_identical_requests_identical(engine_server: EngineServer) -> None:
+    async with engine_server.connect() as client:
+        _, a = await client.request(tts("同样的请求。", seed=42))
+        _, b = await client.request(tts("同样的请求。", seed=42))
+        _, c = await client.request(tts("同样的请求。"))
+        _, d = await client.request(tts("同样的请求。"))
+    assert a == b
+    assert c != d  # the model samples: without a seed, two runs differ
+
+
+async def test_an_unusable_prompt_fails_only_its_own_task(
+    engine_server: EngineServer, tmp_path: Path
+) -> None:
+    # Decodable audio (so it is accepted) that the model cannot condition on: 3 samples.
+    tiny_prompt = REPO / "tests" / ".tiny_prompt.wav"
+    soundfile.write(tiny_prompt, np.zeros(3, dtype=np.int16), SAMPLE_RATE, subtype="PCM_16")
+    try:
+        async with engine_server.connect() as client:
+            await client.send(tts("这个会失败。", prompt_audio=str(tiny_prompt)))
+            task_id = (await client.recv_json())["task_id"]
+            await client.recv_json()
+            error = await client.recv_json()
+            assert error["status"] == "error" and error["task_id"] == task_id
+            assert error["message"].startswith("音频生成失败: ")
+            await client.send({"type": "task_status", "task_id": task_id})
+            assert (await client.recv_json())["status"] == "failed"
+            await client.request(tts("下一个照常。"))
+    finally:
+        tiny_prompt.unlink()
+
+
+async def test_a_client_leaving_mid_task_does_not_block_the_next(
+    engine_server: EngineServer,
+) -> None:
+    async with engine_server.connect() as leaver:
+        await leaver.send(tts(SEGMENTS * 3, max_tokens=20))
+        task_id = (await leaver.recv_json())["task_id"]
+        assert (await leaver.recv_json())["type"] == "start"
+    async with engine_server.connect() as client:
+        await client.request(tts("我不用等很久。"))
+        await client.send({"type": "task_status", "task_id": task_id})
+        assert (await client.recv_json())["status"] == "cancelled"
+
+
+def _load_failure(tiny: TinyCheckpoint, *args: str) -> str:
+    process = start_cli(tiny, *args)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    return stderr
+
+
+def test_missing_model_directory_exits_with_a_hint(tiny: TinyCheckpoint, tmp_path: Path) -> None:
+    stderr = _load_failure(tiny, "--device", "cpu", "--model-dir", str(tmp_path / "nope"))
+    assert f"模型加载失败: 模型目录不存在: {tmp_path / 'nope'}" in stderr
+    assert "hf download IndexTeam/IndexTTS-2" in stderr
+
+
+def test_missing_config_exits_with_a_hint(tiny: TinyCheckpoint, tmp_path: Path) -> None:
+    stderr = _load_failure(tiny, "--device", "cpu", "--cfg-path", str(tmp_path / "none.yaml"))
+    assert f"模型加载失败: 配置文件不存在: {tmp_path / 'none.yaml'}" in stderr
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="this machine has CUDA: --device cuda would load"
+)
+def test_cuda_without_cuda_exits_with_the_cpu_hint(tiny: TinyCheckpoint) -> None:
+    stderr = _load_failure(tiny, "--device", "cuda")
+    assert "模型加载失败: " in stderr and "--device cpu" in stderr
+
+
+def test_download_offline_fails_with_the_same_clear_error(tiny: TinyCheckpoint, tmp_path: Path) -> None:
+    model_dir = tmp_path / "IndexTTS-2"
+    stderr = _load_failure(
+        tiny,
+        "--device",
+        "cpu",
+        "--download",
+        "--model-dir",
+        str(model_dir),
+        "--cfg-path",
+        str(model_dir / "config.yaml"),
+    )
+    assert "模型加载失败: 下载 IndexTeam/IndexTTS-2 失败" in stderr
