@@ -37,6 +37,7 @@ from indextts_server.io.tiny_checkpoint import (
 from .conftest import CLIENT_MAX_MESSAGE, EMO_PROMPT, REPO, Client, decode_wav, tts
 
 MAX_MEL_TOKENS = 24
+pytestmark = pytest.mark.timeout(900)  # a slow machine loads and runs the model slowly
 START_TIMEOUT = 300  # the very first load compiles the text normaliser's grammars (~35 s)
 SEGMENTS = "今天天气很好。我们一起去公园散步吧。春眠不觉晓，处处闻啼鸟。"
 
@@ -250,3 +251,58 @@ def test_download_offline_fails_with_the_same_clear_error(tiny: TinyCheckpoint, 
         str(model_dir / "config.yaml"),
     )
     assert "模型加载失败: 下载 IndexTeam/IndexTTS-2 失败" in stderr
+
+
+CACHE_PROBE = r"""
+import json, shutil, sys
+import numpy as np
+from indextts_server.core.engine import SynthesisJob
+from indextts_server.io.indextts2_engine import IndexTTS2Engine
+
+model_dir, cfg_path, work = sys.argv[1:4]
+a, b = f"{work}/a.wav", f"{work}/b.wav"
+shutil.copy("asset/zero_shot_prompt.wav", a)
+shutil.copy("asset/emo_prompt.wav", b)
+engine = IndexTTS2Engine(model_dir, cfg_path, "cpu", max_mel_tokens=12, speaker_cache=4)
+
+def say(prompt):
+    job = SynthesisJob(text="你好。", prompt_audio=prompt, seed=5)
+    return np.concatenate(list(engine.synthesize(job)))
+
+first_a, first_b, again_a, again_b = say(a), say(b), say(a), say(b)
+hits_after_alternating = engine.cache_hits
+shutil.copy("asset/emo_prompt.wav", a)  # same path, new content
+edited_a = say(a)
+print(json.dumps({
+    "hits_after_alternating": hits_after_alternating,
+    "a_repeats": bool(np.array_equal(first_a, again_a)),
+    "b_repeats": bool(np.array_equal(first_b, again_b)),
+    "edited_differs": not np.array_equal(edited_a, first_a),
+    "edited_matches_b": bool(np.array_equal(edited_a, first_b)),
+}))
+"""
+
+
+def test_speaker_cache_restores_alternating_voices_and_never_serves_an_edited_file_stale(
+    tiny: TinyCheckpoint, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CACHE_PROBE, str(tiny.model_dir), str(tiny.cfg_path), str(tmp_path)],
+        cwd=REPO,
+        env={**os.environ, **offline_env(tiny)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # A, B, A, B: the second A and B restore both conditionings (speaker and emotion) = 4 hits.
+    assert report == {
+        "hits_after_alternating": 4,
+        "a_repeats": True,
+        "b_repeats": True,
+        "edited_differs": True,
+        "edited_matches_b": True,
+    }

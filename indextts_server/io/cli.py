@@ -94,6 +94,12 @@ def parser() -> argparse.ArgumentParser:
         help="cap on generated mel tokens per segment (the model's own default)",
     )
     model.add_argument(
+        "--speaker-cache",
+        type=_positive_int,
+        default=8,
+        help="prompt conditionings kept per model (speakers and emotion references)",
+    )
+    model.add_argument(
         "--download",
         action="store_true",
         help="download IndexTeam/IndexTTS-2 into --model-dir if it is missing",
@@ -211,6 +217,7 @@ def build_engines(args: argparse.Namespace, progress: Callable[[str], None]) -> 
             devices=devices or ["cuda"],
             download=args.download,
             max_mel_tokens=args.max_mel_tokens,
+            speaker_cache=args.speaker_cache,
             fp16=args.fp16,
             cuda_kernel=args.cuda_kernel,
             deepspeed=args.deepspeed,

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple, Protocol, TypeVar, cast
+from typing import Final, NamedTuple, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
@@ -185,6 +185,7 @@ class IndexTTS2Engine:
         torch_compile: bool = False,
         max_mel_tokens: int = 1500,
         warmup_prompt: str | os.PathLike[str] | None = None,
+        speaker_cache: int = 8,
     ) -> None:
         model_path = Path(model_dir)
         config_path = Path(cfg_path) if cfg_path is not None else model_path / "config.yaml"
@@ -198,7 +199,12 @@ class IndexTTS2Engine:
         self.max_mel_tokens = max_mel_tokens
         self.warmup_prompt = None if warmup_prompt is None else str(warmup_prompt)
         self._lock = threading.Lock()
-        self._file_stamps: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
+        if speaker_cache < 1:
+            raise EngineLoadError("speaker_cache must be >= 1")
+        self.speaker_cache = speaker_cache
+        self._conditioning: OrderedDict[tuple[object, ...], tuple[object, ...]] = OrderedDict()
+        self.cache_hits = 0
+        self.cache_misses = 0
 
         try:
             model_cls = cast(type, importlib.import_module("indextts.infer_v2").IndexTTS2)
@@ -288,7 +294,7 @@ class IndexTTS2Engine:
 
     def _start(self, job: SynthesisJob, kwargs: dict[str, object]) -> tuple[_ModelGen, int]:
         """The model's generator and the number of segments it will yield (computed as infer does)."""
-        self._forget_changed_prompts([job.prompt_audio, job.emo_audio])
+        self._restore_conditioning(job)
         tokenizer = self._model.tokenizer
         tokens = tokenizer.tokenize(job.text)
         if self._split_takes_quick:
@@ -303,24 +309,45 @@ class IndexTTS2Engine:
             )
         return cast(_ModelGen, gen), count
 
-    def _forget_changed_prompts(self, paths: Sequence[str | None]) -> None:
-        """The model caches prompt conditioning by path; drop it when the file at that path changed."""
-        for path in paths:
-            if path is None:
+    def _restore_conditioning(self, job: SynthesisJob) -> None:
+        """Put the job's prompt conditionings back into the model if they are remembered.
+
+        The model keeps only the last speaker's and the last emotion reference's conditioning,
+        keyed by path alone. We keep ``speaker_cache`` of each, keyed by path, size, mtime and
+        inode, so an alternating set of voices is computed once and an edited file never stale.
+        A miss clears the model's own entry, so it recomputes from the file as it is now.
+        """
+        model = self._model
+        for kind, path in (("spk", job.prompt_audio), ("emo", _emotion_reference(job))):
+            attrs, prompt_attr = _CONDITIONING[kind]
+            key = _file_key(path)
+            entry = None if key is None else (kind, *key)
+            cached = None if entry is None else self._conditioning.get(entry)
+            if entry is None or cached is None:
+                setattr(model, prompt_attr, None)
+                self.cache_misses += 1
                 continue
-            try:
-                st = os.stat(path)
-            except OSError:
+            self._conditioning.move_to_end(entry)
+            for attr, value in zip(attrs, cached, strict=True):
+                setattr(model, attr, value)
+            setattr(model, prompt_attr, path)
+            self.cache_hits += 1
+
+    def _remember_conditioning(self, job: SynthesisJob) -> None:
+        """After the model has conditioned on the job's prompts, keep what it computed."""
+        model = self._model
+        for kind, path in (("spk", job.prompt_audio), ("emo", _emotion_reference(job))):
+            attrs, prompt_attr = _CONDITIONING[kind]
+            key = _file_key(path)
+            if key is None or getattr(model, prompt_attr, None) != path:
                 continue
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if self._file_stamps.get(path) not in (None, stamp):
-                for attr in ("cache_spk_audio_prompt", "cache_emo_audio_prompt"):
-                    if getattr(self._model, attr, None) == path:
-                        setattr(self._model, attr, None)
-            self._file_stamps[path] = stamp
-            self._file_stamps.move_to_end(path)
-            while len(self._file_stamps) > 16:
-                self._file_stamps.popitem(last=False)
+            values = tuple(getattr(model, attr, None) for attr in attrs)
+            if any(value is None for value in values):
+                continue
+            self._conditioning[(kind, *key)] = values
+            self._conditioning.move_to_end((kind, *key))
+        while len(self._conditioning) > 2 * self.speaker_cache:
+            self._conditioning.popitem(last=False)
 
     def _free_device_memory(self) -> None:
         if self.device.startswith("cuda") and torch.cuda.is_available():
@@ -383,6 +410,31 @@ def _check_device(device: str) -> str:
     return device
 
 
+# The model's one-entry caches: the attributes holding a conditioning, and the one naming its file.
+_CONDITIONING: Final[dict[str, tuple[tuple[str, ...], str]]] = {
+    "spk": (
+        ("cache_spk_cond", "cache_s2mel_style", "cache_s2mel_prompt", "cache_mel"),
+        "cache_spk_audio_prompt",
+    ),
+    "emo": (("cache_emo_cond",), "cache_emo_audio_prompt"),
+}
+
+
+def _emotion_reference(job: SynthesisJob) -> str:
+    """The file the model conditions emotion on: the emotion prompt, else the speaker's own."""
+    if job.emo_mode == "audio" and job.emo_audio is not None:
+        return job.emo_audio
+    return job.prompt_audio
+
+
+def _file_key(path: str) -> tuple[str, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 def _require_file(path: str, what: str) -> None:
     if not os.path.isfile(path):
         raise SynthesisError(f"{what} not found: {os.path.basename(path) or path}")
@@ -419,11 +471,14 @@ class _Segments(Iterator[PCM]):
 
     def _advance(self) -> PCM | None:
         """The next segment, or None when the model has no more."""
+        first = self._gen is None
         if self._gen is None:
             self._gen, self._count = self._engine._start(self._job, self._kwargs)
         gen = self._gen
         speech = self._pending if self._pending is not None else next(gen, _END)
         self._pending = None
+        if first:
+            self._engine._remember_conditioning(self._job)
         if speech is _END:
             return None
         silence = next(gen, None)  # infer yields the interval silence after every segment

@@ -67,6 +67,7 @@ def load_engines(
     devices: Sequence[str],
     download: bool = False,
     max_mel_tokens: int = 1500,
+    speaker_cache: int = 8,
     fp16: bool = False,
     cuda_kernel: bool = False,
     deepspeed: bool = False,
@@ -102,6 +103,7 @@ def load_engines(
                 torch_compile=torch_compile,
                 max_mel_tokens=max_mel_tokens,
                 warmup_prompt=warmup_prompt(),
+                speaker_cache=speaker_cache,
             )
         except EngineLoadError as exc:
             reason = str(exc)
