@@ -17,7 +17,7 @@ import soundfile
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from indextts_server.core.engine import PCM, Engine, SynthesisJob
+from indextts_server.core.engine import PCM, Engine, Segment, SynthesisJob
 from indextts_server.io.server import Server, ServerConfig
 from indextts_server.io.tone import ToneEngine
 
@@ -175,13 +175,13 @@ class RecordingEngine:
     def warm_up(self) -> None:
         self.inner.warm_up()
 
-    def synthesize(self, job: SynthesisJob) -> Iterator[PCM]:
+    def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
         self._note("begin", job.text)
         try:
-            for pcm in self.inner.synthesize(job):
+            for segment in self.inner.synthesize(job):
                 self._note("segment", job.text)
                 self.segments_started.set()
-                yield pcm
+                yield segment
         finally:
             self._note("finish", job.text)
 
@@ -208,11 +208,11 @@ class GatedEngine(RecordingEngine):
         super().__init__(ToneEngine())
         self.gate = threading.Event()
 
-    def synthesize(self, job: SynthesisJob) -> Iterator[PCM]:
-        for index, pcm in enumerate(super().synthesize(job)):
+    def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
+        for index, segment in enumerate(super().synthesize(job)):
             if index > 0:
                 self.gate.wait(timeout=30)
-            yield pcm
+            yield segment
 
     async def first_segment(self) -> None:
         """Wait until some job has produced its first segment."""

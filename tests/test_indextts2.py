@@ -267,7 +267,7 @@ engine = IndexTTS2Engine(model_dir, cfg_path, "cpu", max_mel_tokens=12, speaker_
 
 def say(prompt):
     job = SynthesisJob(text="你好。", prompt_audio=prompt, seed=5)
-    return np.concatenate(list(engine.synthesize(job)))
+    return np.concatenate([segment.pcm for segment in engine.synthesize(job)])
 
 first_a, first_b, again_a, again_b = say(a), say(b), say(a), say(b)
 hits_after_alternating = engine.cache_hits

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from indextts_server.core.decode import RequestError, decode_request
-from indextts_server.core.engine import PCM, SynthesisJob
+from indextts_server.core.engine import Segment, SynthesisJob
 from indextts_server.io.tone import ToneEngine
 
 from .conftest import REPO, GatedEngine, Running, tts, wait_until
@@ -161,11 +161,11 @@ class HangingEngine(ToneEngine):
         super().__init__()
         self.released = threading.Event()
 
-    def synthesize(self, job: SynthesisJob) -> Iterator[PCM]:
-        for pcm in super().synthesize(job):
+    def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
+        for segment in super().synthesize(job):
             if "挂起" in job.text:
                 self.released.wait(timeout=30)
-            yield pcm
+            yield segment
 
 
 async def test_task_timeout_fails_a_hung_task_and_the_queue_moves_on(start_server: Any) -> None:

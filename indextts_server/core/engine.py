@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import msgspec
 import numpy as np
@@ -34,17 +34,25 @@ class SynthesisJob(msgspec.Struct, frozen=True, kw_only=True):
     quick_first: int = 0
 
 
+class Segment(NamedTuple):
+    """One text segment's audio, and whether it is the utterance's last."""
+
+    pcm: PCM
+    last: bool
+
+
 class Engine(Protocol):
     """A speech engine. Its methods are blocking and are only ever called from one thread at a time.
 
-    ``synthesize`` returns an iterator that yields one 1-D int16 array per text segment, at
-    ``SAMPLE_RATE``. Every segment but the last ends with the job's ``interval_silence``, so the
-    concatenation of all segments is the whole utterance. The caller advances the iterator one
-    segment per worker-thread call and may ``close()`` it between segments to stop the work.
+    ``synthesize`` returns an iterator that yields one `Segment` per text segment: a 1-D int16
+    array at ``SAMPLE_RATE``. Every segment but the last ends with the job's ``interval_silence``,
+    so the concatenation of all segments is the whole utterance. ``last`` marks the final one, so
+    the caller need not ask again to learn that the work is done. The caller advances the iterator
+    one segment per worker-thread call and may ``close()`` it between segments to stop the work.
     """
 
     name: str
 
-    def synthesize(self, job: SynthesisJob) -> Iterator[PCM]: ...
+    def synthesize(self, job: SynthesisJob) -> Iterator[Segment]: ...
 
     def warm_up(self) -> None: ...

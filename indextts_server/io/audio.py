@@ -79,3 +79,32 @@ def check_audio_path(field: str, value: str, roots: Sequence[Path]) -> str:
     if info.frames <= 0:
         raise AudioPathError(f"{field} 音频为空: {value}")
     return str(resolved)
+
+
+class AudioPaths:
+    """`check_audio_path` with a memory: a path checked in the last ``ttl`` seconds is trusted.
+
+    Under load the same few prompt files come back request after request; re-checking each one
+    costs a worker-thread hop per request. A file that changes or vanishes within the ttl is
+    still caught later, by the engine, which fails only that task.
+    """
+
+    def __init__(self, roots: Sequence[Path], ttl: float = 5.0):
+        self.roots = tuple(roots)
+        self.ttl = ttl
+        self._checked: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def recall(self, value: str, now: float) -> str | None:
+        """The resolved path if ``value`` was checked recently (no I/O)."""
+        hit = self._checked.get((os.getcwd(), value))
+        if hit is None or hit[1] < now:
+            return None
+        return hit[0]
+
+    def check(self, field: str, value: str, now: float) -> str:
+        """Blocking (call from a worker thread): check ``value`` and remember the answer."""
+        resolved = check_audio_path(field, value, self.roots)
+        if len(self._checked) > 1024:
+            self._checked.clear()
+        self._checked[(os.getcwd(), value)] = (resolved, now + self.ttl)
+        return resolved

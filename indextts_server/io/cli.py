@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -15,6 +16,7 @@ from trio_websocket import WebSocketServer
 
 from ..core.engine import Engine
 from .http import ops_routes, serve_http
+from .logs import setup_logging
 from .metrics import Metrics
 from .server import Server, ServerConfig
 from .systemd import Notifier, listen_sockets, trio_listeners
@@ -230,14 +232,6 @@ def build_engines(args: argparse.Namespace, progress: Callable[[str], None]) -> 
         raise SystemExit(2) from None
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 async def _watch_signals(
     server: Server,
     notifier: Notifier,
@@ -255,8 +249,7 @@ async def _watch_signals(
                     notifier.stopping("draining")
                     nursery.start_soon(server.drain)
                 else:
-                    log.warning("%s received again; exiting now", name)
-                    logging.shutdown()
+                    print(f"{name} received again; exiting now", file=sys.stderr, flush=True)
                     os._exit(1)
 
 

@@ -20,7 +20,7 @@ from typing import Final, NamedTuple, Protocol, TypeVar, cast
 import numpy as np
 import torch
 
-from ..core.engine import PCM, SAMPLE_RATE, SynthesisJob
+from ..core.engine import PCM, SAMPLE_RATE, Segment, SynthesisJob
 
 __all__ = ["EMO_BIAS", "EngineLoadError", "IndexTTS2Engine", "SynthesisError", "normalize_emo_vector"]
 
@@ -247,7 +247,7 @@ class IndexTTS2Engine:
 
     # --- the Engine port ------------------------------------------------------------------------
 
-    def synthesize(self, job: SynthesisJob) -> Iterator[PCM]:
+    def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
         """Check the job and return a lazy iterator; the model runs only inside ``next()``."""
         _require_file(job.prompt_audio, "speaker prompt")
         kwargs: dict[str, object] = {
@@ -285,7 +285,7 @@ class IndexTTS2Engine:
         job = SynthesisJob(text=_WARMUP_TEXT, prompt_audio=self.warmup_prompt, seed=0)
         segments = self.synthesize(job)
         try:
-            samples = sum(len(pcm) for pcm in segments)
+            samples = sum(len(segment.pcm) for segment in segments)
         finally:
             cast(_Segments, segments).close()
         log.info("warm-up rendered %.2f s of audio", samples / SAMPLE_RATE)
@@ -440,7 +440,7 @@ def _require_file(path: str, what: str) -> None:
         raise SynthesisError(f"{what} not found: {os.path.basename(path) or path}")
 
 
-class _Segments(Iterator[PCM]):
+class _Segments(Iterator[Segment]):
     """Yields one int16 segment per ``next()``; each call advances the model just one segment."""
 
     def __init__(self, engine: IndexTTS2Engine, job: SynthesisJob, kwargs: dict[str, object]) -> None:
@@ -454,7 +454,7 @@ class _Segments(Iterator[PCM]):
         self._done = False
         self._rng: list[_RngState | int | None] = [job.seed]
 
-    def __next__(self) -> PCM:
+    def __next__(self) -> Segment:
         if self._done:
             raise StopIteration
         try:
@@ -467,7 +467,7 @@ class _Segments(Iterator[PCM]):
         if pcm is None:
             self.close()
             raise StopIteration
-        return pcm
+        return Segment(pcm, self._done)
 
     def _advance(self) -> PCM | None:
         """The next segment, or None when the model has no more."""

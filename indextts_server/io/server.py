@@ -5,10 +5,11 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import time
 import uuid
 from collections.abc import Sequence
 from functools import partial
-from typing import Final, Protocol
+from typing import Final, Protocol, overload
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -35,7 +36,7 @@ from ..core.protocol import (
     Welcome,
 )
 from ..core.tasks import Delivery
-from .audio import AudioPathError, check_audio_path, resolve_roots
+from .audio import AudioPathError, AudioPaths, resolve_roots
 from .board import TaskBoard, TaskObserver
 from .session import OUTBOX_SIZE, Close, Outgoing, Session
 from .worker import InferenceWorker
@@ -139,6 +140,7 @@ class Server:
             for index, engine in enumerate(self.engines)
         ]
         self.roots = resolve_roots(config.audio_roots)
+        self.paths = AudioPaths(self.roots)
         self.sessions: dict[str, Session] = {}
         self.draining = False
         self.listening = False
@@ -394,7 +396,9 @@ class Server:
             self._error(session, too_many_in_flight(limit))
             return
         try:
-            job = await trio.to_thread.run_sync(self._job, request)
+            job = self._job(request, recall=True)
+            if job is None:
+                job = await trio.to_thread.run_sync(self._job, request)
         except AudioPathError as error:
             self._error(session, str(error))
             return
@@ -414,14 +418,31 @@ class Server:
             queued.position = self.board.queue_depth
         session.send(queued)
 
-    def _job(self, request: TtsStream) -> SynthesisJob:
-        """The engine's view of a request: defaults applied, audio paths checked and resolved."""
+    @overload
+    def _job(self, request: TtsStream) -> SynthesisJob: ...
+    @overload
+    def _job(self, request: TtsStream, *, recall: bool) -> SynthesisJob | None: ...
+
+    def _job(self, request: TtsStream, *, recall: bool = False) -> SynthesisJob | None:
+        """The engine's view of a request: defaults applied, audio paths checked and resolved.
+
+        With ``recall`` it does no I/O and answers ``None`` unless every path was checked lately;
+        without, it checks them (blocking: call it from a worker thread).
+        """
         mode = request.emo_mode or "none"
-        prompt = check_audio_path("prompt_audio", request.prompt_audio, self.roots)
-        emo_audio = None
+        named = [("prompt_audio", request.prompt_audio)]
         if mode == "audio":
             assert request.emo_audio is not None
-            emo_audio = check_audio_path("emo_audio", request.emo_audio, self.roots)
+            named.append(("emo_audio", request.emo_audio))
+        now = time.monotonic()
+        resolved: list[str] = []
+        for field, value in named:
+            path = self.paths.recall(value, now) if recall else self.paths.check(field, value, now)
+            if path is None:
+                return None
+            resolved.append(path)
+        prompt = resolved[0]
+        emo_audio = resolved[1] if mode == "audio" else None
         return SynthesisJob(
             text=request.text,
             prompt_audio=prompt,

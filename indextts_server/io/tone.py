@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import zlib
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..core.engine import PCM, SAMPLE_RATE, SynthesisJob
+from ..core.engine import PCM, SAMPLE_RATE, Segment, SynthesisJob
 from ..core.segment import speech_seconds, split_segments, tokens
 
 _EDGE = int(0.005 * SAMPLE_RATE)  # 5 ms fades keep notes click-free
@@ -40,7 +41,7 @@ class ToneEngine:
     def warm_up(self) -> None:
         pass
 
-    def synthesize(self, job: SynthesisJob) -> Iterator[PCM]:
+    def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
         segments = split_segments(job.text, job.max_tokens)
         silence = np.zeros(job.interval_silence * SAMPLE_RATE // 1000, dtype=np.int16)
         base, brightness = self._voice(job)
@@ -49,13 +50,16 @@ class ToneEngine:
             started = time.monotonic()
             if self.fail_on is not None and self.fail_on in segment:
                 raise RuntimeError(f"tone engine failed on purpose ({self.fail_on!r})")
-            pcm = self._render(segment, base, brightness, rng)
+            if rng is None:
+                pcm = self._render_cached(segment, base, brightness)
+            else:
+                pcm = self._render(segment, base, brightness, rng)
             if index < len(segments) - 1:
                 pcm = np.concatenate([pcm, silence])
             if self.rtf:
                 spent = time.monotonic() - started
                 time.sleep(max(0.0, self.rtf * len(pcm) / SAMPLE_RATE - spent))
-            yield pcm
+            yield Segment(pcm, index == len(segments) - 1)
 
     def _voice(self, job: SynthesisJob) -> tuple[float, float]:
         try:
@@ -78,21 +82,28 @@ class ToneEngine:
             brightness += 0.4 * mood * job.emo_alpha
         return base * 2.0**shift, min(0.9, max(0.0, brightness))
 
+    @functools.lru_cache(maxsize=512)  # noqa: B019 - one engine per worker, kept for the process
+    def _render_cached(self, text: str, base: float, brightness: float) -> PCM:
+        """Deterministic renders repeat under load, so keep them: the engine should cost ~nothing."""
+        pcm = self._render(text, base, brightness, None)
+        pcm.flags.writeable = False
+        return pcm
+
     def _render(self, text: str, base: float, brightness: float, rng: np.random.Generator | None) -> PCM:
         words = tokens(text) or [text]
         total = int(speech_seconds(text) * SAMPLE_RATE)
         per = max(2 * _EDGE + 1, total // len(words))
-        t = np.arange(per) / SAMPLE_RATE
-        envelope = np.ones(per)
-        ramp = np.linspace(0.0, 1.0, _EDGE)
+        t = np.arange(per, dtype=np.float32) / np.float32(SAMPLE_RATE)
+        envelope = np.ones(per, dtype=np.float32)
+        ramp = np.linspace(0.0, 1.0, _EDGE, dtype=np.float32)
         envelope[:_EDGE], envelope[-_EDGE:] = ramp, ramp[::-1]
         notes = []
         for word in words:
             semitones = float(_stable_hash(word) % 12 - 5)
             if rng is not None:
                 semitones += rng.uniform(-1.0, 1.0)
-            f = base * 2.0 ** (semitones / 12)
-            wave = np.sin(2 * np.pi * f * t) + brightness * np.sin(4 * np.pi * f * t)
+            phase = np.float32(2 * np.pi * base * 2.0 ** (semitones / 12)) * t
+            wave = np.sin(phase) + np.float32(brightness) * np.sin(2 * phase)
             notes.append(wave * envelope)
-        audio = np.concatenate(notes) * (0.3 / (1.0 + brightness))
-        return (audio * 32767).astype(np.int16)
+        audio = np.concatenate(notes) * np.float32(0.3 * 32767 / (1.0 + brightness))
+        return audio.astype(np.int16)

@@ -10,7 +10,7 @@ from typing import TypeVar
 import numpy as np
 import trio
 
-from ..core.engine import PCM, SAMPLE_RATE, Engine
+from ..core.engine import PCM, SAMPLE_RATE, Engine, Segment, SynthesisJob
 from ..core.protocol import DISCONNECTED_MESSAGE, End, Error, Start
 from .audio import encode_audio
 from .board import TaskBoard, Ticket
@@ -27,6 +27,11 @@ def engine_error(exc: BaseException) -> str:
 
 def task_timed_out(seconds: float) -> str:
     return f"任务超时：超过 {seconds:g} 秒未完成"
+
+
+def _begin(engine: Engine, job: SynthesisJob) -> tuple[Iterator[Segment], Segment | None]:
+    segments = engine.synthesize(job)
+    return segments, next(segments, None)
 
 
 class TaskTimeout(Exception):
@@ -129,32 +134,37 @@ class InferenceWorker:
         deadline = math.inf
         if self.task_timeout > 0:
             deadline = trio.current_time() + self.task_timeout
-        segments: Iterator[PCM] = await self._call(deadline, self.engine.synthesize, task.job)
+        segments: Iterator[Segment] | None = None
         chunks: list[PCM] = []
         samples, compute = 0, 0.0
-        abandoned = False
+        finished = abandoned = False
         try:
-            while True:
+            while not finished:
                 if task.stop_reason is not None or not session.open:
                     return None
                 began = trio.current_time()
                 try:
-                    chunk = await self._call(deadline, next, segments, None)
+                    if segments is None:
+                        # Starting the engine and its first segment share one thread hop.
+                        segments, segment = await self._call(deadline, _begin, self.engine, task.job)
+                    else:
+                        segment = await self._call(deadline, next, segments, None)
                 except TaskTimeout:
                     abandoned = True
                     raise
                 compute += trio.current_time() - began
                 self.last_progress = trio.current_time()
-                if chunk is None:
+                if segment is None:
                     break
-                samples += len(chunk)
+                finished = segment.last
+                samples += len(segment.pcm)
                 if stream:
-                    await self._deliver(ticket, chunk)
+                    await self._deliver(ticket, segment.pcm)
                 else:
-                    chunks.append(chunk)
+                    chunks.append(segment.pcm)
         finally:
             close: Callable[[], object] | None = getattr(segments, "close", None)
-            if close is not None and not abandoned:
+            if close is not None and not finished and not abandoned:
                 with trio.CancelScope(shield=True):
                     await self._call(math.inf, close)
         if not stream:

@@ -1,0 +1,1 @@
+"""A WebSocket load generator for the indextts-server protocol, measured against a transport floor."""

@@ -1,0 +1,214 @@
+"""Command line of the load generator: start the targets, run the same load on each, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import trio
+
+from .corpus import load_corpus, parse_field, reply_sizes, request_frames
+from .load import LoadPlan, LoadResult, run_load
+from .progress import Progress
+from .report import Report, Settings, Summary, ratios, render, summarise
+from .spawn import SpawnError, free_port, is_loopback_url, raise_open_file_limit, spawn
+
+REPO = Path(__file__).resolve().parents[2]
+LOOPBACK = "127.0.0.1"
+SPARE_FILES = 256
+"""Descriptors beyond one per connection: pipes, the listener, libraries, logs."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m indextts_server.bench",
+        description=(
+            "Load generator for the indextts-server WebSocket protocol. Runs the same closed-loop "
+            "load against the server and against a floor server (the same frames, no work), and "
+            "reports the server's figures as ratios to the floor's. Targets must be on loopback."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--url", help="an already running server (ws://127.0.0.1:PORT); default: start one on a free port"
+    )
+    p.add_argument(
+        "--server-args",
+        default="--engine tone",
+        help="arguments for the server this starts (python -m indextts_server …; host and port are set)",
+    )
+    p.add_argument("-c", "--connections", type=_positive, default=1, help="connections sending requests")
+    p.add_argument("-n", "--requests", type=_positive, default=100, help="requests in all (all connections)")
+    p.add_argument("--corpus", type=Path, help="one text per line (default: built-in zh/en lines, ~3 s each)")
+    p.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="set a request field, e.g. max_tokens=60 or stream=true (repeatable)",
+    )
+    p.add_argument("--idle", type=_non_negative, default=0, help="extra idle connections held open meanwhile")
+    p.add_argument("--warmup", type=_non_negative, default=2, help="requests sent before the clock starts")
+    p.add_argument(
+        "--duration-limit",
+        type=_positive_float,
+        default=300.0,
+        help="seconds after which the load stops, per target; unanswered requests count as lost",
+    )
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the report as JSON")
+    p.add_argument("--plot", type=Path, metavar="OUT.png", help="latency and queue-depth plot (matplotlib)")
+    p.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the load against the floor server and report ratios",
+    )
+    return p
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    url: str | None
+    server_command: list[str]
+    frames: list[str]
+    connections: int
+    requests: int
+    idle: int
+    warmup: int
+    duration_limit: float
+    floor_sizes: Path | None
+
+    def plan(self, url: str) -> LoadPlan:
+        return LoadPlan(
+            url=url,
+            frames=self.frames,
+            connections=self.connections,
+            requests=self.requests,
+            idle=self.idle,
+            duration_limit=self.duration_limit,
+            warmup=self.warmup,
+        )
+
+
+def server_cwd() -> Path:
+    """Where a started server runs: the repository, so the default prompt_audio resolves."""
+    return REPO if (REPO / "asset").is_dir() else Path.cwd()
+
+
+async def measure_spawned(label: str, command: list[str], options: Options) -> tuple[Summary, LoadResult]:
+    """Start ``command`` on a free loopback port (appended as --host/--port), load it, stop it."""
+    port = free_port(LOOPBACK)
+    command = [*command, "--host", LOOPBACK, "--port", str(port)]
+    async with spawn(command, LOOPBACK, port, cwd=server_cwd()) as target:
+        result = await run_load(options.plan(target.url), Progress(label, options.requests))
+        peak = await target.peak_rss_kib()
+    return summarise(label, result, command=command, peak_rss_kib=peak), result
+
+
+async def bench(options: Options) -> tuple[Summary, Summary | None, dict[str, LoadResult]]:
+    """The server first, then the floor, one at a time so that each has the machine to itself."""
+    results: dict[str, LoadResult] = {}
+    if options.url is not None:
+        result = await run_load(options.plan(options.url), Progress("server", options.requests))
+        server = summarise("server", result)
+    else:
+        server, result = await measure_spawned("server", options.server_command, options)
+    results["server"] = result
+    floor = None
+    if options.floor_sizes is not None:
+        command = [sys.executable, "-m", "indextts_server.bench.floor", "--sizes", str(options.floor_sizes)]
+        floor, results["floor"] = await measure_spawned("floor", command, options)
+    return server, floor, results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.url is not None and not is_loopback_url(args.url):
+        raise SystemExit(f"--url must be a loopback address (127.0.0.1, ::1, localhost): {args.url}")
+    try:
+        fields = dict(parse_field(spec) for spec in args.field)
+        frames = request_frames(load_corpus(args.corpus), fields)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(str(exc)) from None
+    server_args = shlex.split(args.server_args)
+    soft, raised_from = raise_open_file_limit(args.connections + args.idle + SPARE_FILES)
+    if raised_from is not None:
+        print(f"open-file limit raised from {raised_from} to {soft}", file=sys.stderr)
+
+    with tempfile.TemporaryDirectory(prefix="indextts-bench-") as tmp:
+        sizes_path = None
+        if args.floor:
+            # Rendered before any clock starts: the floor only looks replies up.
+            sizes_path = Path(tmp) / "sizes.json"
+            sizes_path.write_text(json.dumps(reply_sizes(frames), ensure_ascii=False), encoding="utf-8")
+        options = Options(
+            url=args.url,
+            server_command=[sys.executable, "-m", "indextts_server", *server_args],
+            frames=frames,
+            connections=args.connections,
+            requests=args.requests,
+            idle=args.idle,
+            warmup=args.warmup,
+            duration_limit=args.duration_limit,
+            floor_sizes=sizes_path,
+        )
+        try:
+            server, floor, results = trio.run(bench, options)
+        except SpawnError as exc:
+            raise SystemExit(f"could not start a target: {exc}") from None
+
+    report = Report(
+        settings=Settings(
+            connections=args.connections,
+            requests=args.requests,
+            idle=args.idle,
+            warmup=args.warmup,
+            duration_limit_s=args.duration_limit,
+            corpus_texts=len(frames),
+            fields=fields,
+            server_args=None if args.url else server_args,
+            nofile_soft_limit=soft,
+            nofile_raised_from=raised_from,
+        ),
+        server=server,
+        floor=floor,
+        ratios=ratios(server, floor) if floor is not None else None,
+    )
+    print(render(report))
+    if args.json is not None:
+        args.json.write_bytes(msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n")
+    if args.plot is not None:
+        from .plot import PlotUnavailable, save_plot
+
+        try:
+            save_plot(args.plot, results)
+        except PlotUnavailable as exc:
+            print(exc, file=sys.stderr)

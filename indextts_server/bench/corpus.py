@@ -1,0 +1,107 @@
+"""What the load generator sends: the corpus, the request frames, and the replies' audio sizes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+
+from ..core.engine import SynthesisJob
+from ..io.audio import wav_bytes
+from ..io.tone import ToneEngine
+
+PROMPT: Final = "asset/zero_shot_prompt.wav"
+
+BUILTIN_CORPUS: Final = (
+    # Each line is about 3 s of speech: 12 CJK characters, or about 42 Latin letters.
+    "今天天气很好，我们一起散步。",
+    "请在下一个路口向右转弯吧。",
+    "这家餐厅的招牌菜非常好吃！",
+    "会议改到明天下午三点开始。",
+    "我刚刚收到了你寄来的包裹。",
+    "周末我们打算去海边看日出。",
+    "这本书的故事让我感动很久。",
+    "火车马上就要到达终点站了。",
+    "The weather is lovely today, so we walk to the park.",
+    "Please turn right at the next corner, then go straight.",
+    "The meeting has moved to three this afternoon instead.",
+    "Thank you for the parcel that arrived this morning.",
+)
+
+Json = dict[str, object]
+
+
+def load_corpus(path: Path | None) -> tuple[str, ...]:
+    """One text per non-blank line of ``path``, or the built-in corpus."""
+    if path is None:
+        return BUILTIN_CORPUS
+    texts = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    if not texts:
+        raise ValueError(f"{path}: no texts in the corpus")
+    return texts
+
+
+def parse_field(spec: str) -> tuple[str, object]:
+    """``key=json`` as given to ``--field``; a value that is not JSON is taken as a string."""
+    key, sep, raw = spec.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--field wants key=json, got {spec!r}")
+    try:
+        value: object = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def request_frames(texts: Iterable[str], fields: Mapping[str, object]) -> list[str]:
+    """The seed's example request for each text, with ``fields`` laid over it, as JSON frames."""
+    frames = []
+    for text in texts:
+        request: Json = {
+            "type": "tts_stream",
+            "text": text,
+            "prompt_audio": PROMPT,
+            "emo_mode": "none",
+            "interval_silence": 200,
+            "max_tokens": 120,
+            "use_random": False,
+        }
+        request.update(fields)
+        frames.append(json.dumps(request, ensure_ascii=False))
+    return frames
+
+
+def reply_sizes(frames: Sequence[str]) -> dict[str, int]:
+    """The size of the WAV the tone engine makes for each distinct frame (not streamed).
+
+    Frames the tone engine cannot render (not a ``tts_stream`` a server would accept) are left
+    out; the floor answers them with an error.
+    """
+    engine = ToneEngine()
+    sizes: dict[str, int] = {}
+    for frame in dict.fromkeys(frames):
+        job = _job(json.loads(frame))
+        if job is None:
+            continue
+        chunks = [segment.pcm for segment in engine.synthesize(job)]
+        pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+        sizes[frame] = len(wav_bytes(pcm))
+    return sizes
+
+
+def _job(request: object) -> SynthesisJob | None:
+    if not isinstance(request, dict) or request.get("type") != "tts_stream":
+        return None
+    text, prompt = request.get("text"), request.get("prompt_audio")
+    silence, max_tokens = request.get("interval_silence"), request.get("max_tokens")
+    if not isinstance(text, str) or not text.strip() or not isinstance(prompt, str):
+        return None
+    return SynthesisJob(
+        text=text,
+        prompt_audio=prompt,
+        interval_silence=silence if isinstance(silence, int) else 200,
+        max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 120,
+    )

@@ -1,0 +1,54 @@
+"""The load generator: a short run against a tone server and the floor gives a complete report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from indextts_server.bench.record import PcmFormat, audio_seconds
+from indextts_server.io.audio import wav_bytes
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_a_short_run_reports_every_figure_with_no_errors_and_nothing_lost(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    command = [
+        sys.executable, "-m", "indextts_server.bench",
+        "-c", "2", "-n", "6", "--idle", "2", "--warmup", "1",
+        "--server-args", "--engine tone --log-level WARNING",
+        "--duration-limit", "30", "--json", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+
+    for target in ("server", "floor"):
+        summary = report[target]
+        assert summary["completed"] == 6, summary
+        assert (summary["errors"], summary["lost"], summary["not_sent"]) == (0, 0, 0)
+        assert (summary["idle_opened"], summary["idle_dropped"]) == (2, 0)
+        assert summary["throughput_rps"] > 0
+        for figure in ("latency_s", "first_audio_s"):
+            assert set(summary[figure]) == {"p50", "p95", "p99", "mean", "max"}
+            assert summary[figure]["p50"] is not None
+        assert summary["audio_seconds_per_request"] > 0
+        assert summary["rtf"] is not None
+        assert summary["peak_rss_kib"] > 0
+    assert report["server"]["audio_seconds_per_request"] == report["floor"]["audio_seconds_per_request"]
+    assert set(report["ratios"]) == {"p50_latency", "p95_latency", "p99_latency", "p50_first_audio", "throughput"}
+    assert report["ratios"]["p50_latency"] is not None
+    assert report["ratios"]["throughput"] is not None
+
+
+def test_audio_seconds_reads_wav_headers_and_headerless_continuations() -> None:
+    one_second = wav_bytes(np.zeros(22050, np.int16))
+    seconds, fmt = audio_seconds(one_second, PcmFormat())
+    assert seconds == 1.0
+    open_ended = one_second[:40] + b"\xff\xff\xff\xff" + one_second[44:]
+    assert audio_seconds(open_ended, PcmFormat())[0] == 1.0
+    assert audio_seconds(bytes(11025), fmt)[0] == 0.25
