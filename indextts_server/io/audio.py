@@ -7,6 +7,7 @@ import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 import soundfile
@@ -14,27 +15,19 @@ import soundfile
 from ..core.engine import PCM, SAMPLE_RATE
 from ..core.protocol import AudioFormat
 
+_WAV_HEADER: Final = struct.Struct("<4sI4s4sIHHIIHH4sI")
+
 
 def wav_bytes(pcm: PCM, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """A complete mono 16-bit PCM WAV file holding ``pcm``."""
-    data = np.ascontiguousarray(pcm, dtype="<i2").tobytes()
-    header = struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF",
-        36 + len(data),
-        b"WAVE",
-        b"fmt ",
-        16,
-        1,  # PCM
-        1,  # mono
-        sample_rate,
-        sample_rate * 2,
-        2,
-        16,
-        b"data",
-        len(data),
-    )
-    return header + data
+    """A complete mono 16-bit PCM WAV file holding ``pcm`` (the samples are copied once)."""
+    samples = np.ascontiguousarray(pcm, dtype="<i2")
+    size = samples.nbytes
+    header = _WAV_HEADER.pack(
+        b"RIFF", 36 + size, b"WAVE", b"fmt ", 16,
+        1, 1, sample_rate, sample_rate * 2, 2, 16,  # PCM, mono, byte rate, block align, bits
+        b"data", size,
+    )  # fmt: skip
+    return b"".join((header, samples.data.cast("B")))
 
 
 def encode_audio(pcm: PCM, audio_format: AudioFormat) -> bytes:

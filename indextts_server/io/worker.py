@@ -168,7 +168,8 @@ class InferenceWorker:
                 with trio.CancelScope(shield=True):
                     await self._call(math.inf, close)
         if not stream:
-            await self._deliver(ticket, np.concatenate(chunks) if chunks else np.zeros(0, np.int16))
+            whole = chunks[0] if len(chunks) == 1 else np.concatenate(chunks or [np.zeros(0, np.int16)])
+            await self._deliver(ticket, whole)
         return samples, compute
 
     async def _deliver(self, ticket: Ticket, pcm: PCM) -> None:
