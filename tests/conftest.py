@@ -17,6 +17,7 @@ import soundfile
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
+from indextts_server.bench.corpus import seed_request
 from indextts_server.core.engine import PCM, Engine, Segment, SynthesisJob
 from indextts_server.io.server import Server, ServerConfig
 from indextts_server.io.tone import ToneEngine
@@ -39,17 +40,7 @@ def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def tts(text: Any = "大家好，我现在正在体验 AI 科技！", **fields: Any) -> Json:
     """The seed's own example request, with ``fields`` changed."""
-    request: Json = {
-        "type": "tts_stream",
-        "text": text,
-        "prompt_audio": PROMPT,
-        "emo_mode": "none",
-        "interval_silence": 200,
-        "max_tokens": 120,
-        "use_random": False,
-    }
-    request.update(fields)
-    return request
+    return seed_request(text, **fields)
 
 
 class Client:

@@ -58,20 +58,22 @@ def parse_field(spec: str) -> tuple[str, object]:
 
 def request_frames(texts: Iterable[str], fields: Mapping[str, object]) -> list[str]:
     """The seed's example request for each text, with ``fields`` laid over it, as JSON frames."""
-    frames = []
-    for text in texts:
-        request: Json = {
-            "type": "tts_stream",
-            "text": text,
-            "prompt_audio": PROMPT,
-            "emo_mode": "none",
-            "interval_silence": 200,
-            "max_tokens": 120,
-            "use_random": False,
-        }
-        request.update(fields)
-        frames.append(json.dumps(request, ensure_ascii=False))
-    return frames
+    return [json.dumps(seed_request(text, **fields), ensure_ascii=False) for text in texts]
+
+
+def seed_request(text: object, **fields: object) -> Json:
+    """The contract's own example ``tts_stream`` request for ``text``, with ``fields`` laid over it."""
+    request: Json = {
+        "type": "tts_stream",
+        "text": text,
+        "prompt_audio": PROMPT,
+        "emo_mode": "none",
+        "interval_silence": 200,
+        "max_tokens": 120,
+        "use_random": False,
+    }
+    request.update(fields)
+    return request
 
 
 def reply_sizes(frames: Sequence[str]) -> dict[str, int]:
