@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import subprocess
+import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -218,3 +221,47 @@ async def wait_until(predicate: Callable[[], bool]) -> None:
     with trio.fail_after(10):
         while not predicate():  # noqa: ASYNC110 - the state has no event to wait on
             await trio.sleep(0.005)
+
+
+class CliServer:
+    """A ``python -m indextts_server`` process on a free loopback port, and everything it logged.
+
+    Its stderr is read to the listening line, then drained by a thread into ``log`` (so the pipe
+    never fills).
+    """
+
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "indextts_server", "--host", "127.0.0.1", *args],
+            cwd=REPO,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stderr is not None
+        self.log: list[str] = []
+        self.port = 0
+        for line in self.process.stderr:
+            self.log.append(line)
+            if found := re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line):
+                self.port = int(found.group(1))
+                break
+        if not self.port:
+            raise AssertionError(f"server exited ({self.process.wait()}) before listening:\n{self.text}")
+        self.url = f"ws://127.0.0.1:{self.port}"
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        self.log.extend(self.process.stderr)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.log)
+
+    def stop(self, timeout: float = 30) -> int:
+        self.process.terminate()
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            self.process.kill()

@@ -40,7 +40,13 @@ def test_a_short_run_reports_every_figure_with_no_errors_and_nothing_lost(tmp_pa
         assert summary["rtf"] is not None
         assert summary["peak_rss_kib"] > 0
     assert report["server"]["audio_seconds_per_request"] == report["floor"]["audio_seconds_per_request"]
-    assert set(report["ratios"]) == {"p50_latency", "p95_latency", "p99_latency", "p50_first_audio", "throughput"}
+    assert set(report["ratios"]) == {
+        "p50_latency",
+        "p95_latency",
+        "p99_latency",
+        "p50_first_audio",
+        "throughput",
+    }
     assert report["ratios"]["p50_latency"] is not None
     assert report["ratios"]["throughput"] is not None
 

@@ -7,11 +7,10 @@ never emit the stop token, so generation is capped with `--max-mel-tokens`.
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -34,29 +33,12 @@ from indextts_server.io.tiny_checkpoint import (
     offline_env,
 )
 
-from .conftest import CLIENT_MAX_MESSAGE, EMO_PROMPT, REPO, Client, decode_wav, tts
+from .conftest import CLIENT_MAX_MESSAGE, EMO_PROMPT, REPO, Client, CliServer, decode_wav, tts
 
 MAX_MEL_TOKENS = 24
 pytestmark = pytest.mark.timeout(900)  # a slow machine loads and runs the model slowly
 START_TIMEOUT = 300  # the very first load compiles the text normaliser's grammars (~35 s)
 SEGMENTS = "今天天气很好。我们一起去公园散步吧。春眠不觉晓，处处闻啼鸟。"
-
-
-class EngineServer:
-    """A `python -m indextts_server --engine indextts2` process and what it logged."""
-
-    def __init__(self, process: subprocess.Popen[str], port: int, log: list[str]):
-        self.process = process
-        self.port = port
-        self.url = f"ws://127.0.0.1:{port}"
-        self.log = log
-
-    @asynccontextmanager
-    async def connect(self) -> AsyncIterator[Client]:
-        async with open_websocket_url(self.url, max_message_size=CLIENT_MAX_MESSAGE) as ws:
-            import json
-
-            yield Client(ws, json.loads(await ws.get_message()))
 
 
 @pytest.fixture(scope="session")
@@ -67,59 +49,35 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
     return checkpoint
 
 
-def start_cli(tiny: TinyCheckpoint, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "indextts_server",
-            "--engine",
-            "indextts2",
-            "--model-dir",
-            str(tiny.model_dir),
-            "--cfg-path",
-            str(tiny.cfg_path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            *extra,
-        ],
-        cwd=REPO,
-        env={**os.environ, **offline_env(tiny)},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def cli_args(tiny: TinyCheckpoint, *extra: str) -> list[str]:
+    return [
+        "-m", "indextts_server", "--engine", "indextts2", "--model-dir", str(tiny.model_dir),
+        "--cfg-path", str(tiny.cfg_path), "--host", "127.0.0.1", "--port", "0", *extra,
+    ]  # fmt: skip
 
 
 @pytest.fixture(scope="session")
-def engine_server(tiny: TinyCheckpoint) -> Iterator[EngineServer]:
+def engine_server(tiny: TinyCheckpoint) -> Iterator[CliServer]:
     began = time.monotonic()
-    process = start_cli(tiny, "--device", "cpu", "--max-mel-tokens", str(MAX_MEL_TOKENS))
-    assert process.stderr is not None
-    log: list[str] = []
-    port = 0
-    deadline = time.monotonic() + START_TIMEOUT
-    for line in process.stderr:
-        log.append(line)
-        found = re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line)
-        if found:
-            port = int(found.group(1))
-            break
-        assert time.monotonic() < deadline, "".join(log)
-    assert port, f"server exited ({process.poll()}) before listening:\n{''.join(log)}"
+    server = CliServer(
+        cli_args(tiny, "--device", "cpu", "--max-mel-tokens", str(MAX_MEL_TOKENS))[2:],
+        env={**os.environ, **offline_env(tiny)},
+    )
     print(f"real server ready in {time.monotonic() - began:.1f} s", file=sys.stderr)
-    drain = threading.Thread(target=lambda: log.extend(process.stderr or ()), daemon=True)
-    drain.start()
     try:
-        yield EngineServer(process, port, log)
+        yield server
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        server.stop(timeout=60)
 
 
-def test_start_up_logs_load_and_warm_up_times_before_listening(engine_server: EngineServer) -> None:
-    text = "".join(engine_server.log)
+@asynccontextmanager
+async def connect(server: CliServer) -> AsyncIterator[Client]:
+    async with open_websocket_url(server.url, max_message_size=CLIENT_MAX_MESSAGE) as ws:
+        yield Client(ws, json.loads(await ws.get_message()))
+
+
+def test_start_up_logs_load_and_warm_up_times_before_listening(engine_server: CliServer) -> None:
+    text = engine_server.text
     load = text.index("model loaded on cpu in")
     warm = text.index("warm-up on cpu took")
     assert load < warm < text.index("listening on ws://")
@@ -136,9 +94,9 @@ def test_start_up_logs_load_and_warm_up_times_before_listening(engine_server: En
     ids=["none", "audio", "vector", "text"],
 )
 async def test_every_emotion_mode_runs_through_the_model(
-    engine_server: EngineServer, fields: dict[str, Any]
+    engine_server: CliServer, fields: dict[str, Any]
 ) -> None:
-    async with engine_server.connect() as client:
+    async with connect(engine_server) as client:
         _, wav = await client.request(tts("大家好，我是测试语音。", **fields))
     pcm, rate, info = decode_wav(wav)
     assert (rate, info.channels, info.subtype) == (SAMPLE_RATE, 1, "PCM_16")
@@ -146,9 +104,9 @@ async def test_every_emotion_mode_runs_through_the_model(
 
 
 async def test_long_text_becomes_several_segments_with_the_interval_silence(
-    engine_server: EngineServer,
+    engine_server: CliServer,
 ) -> None:
-    async with engine_server.connect() as client:
+    async with connect(engine_server) as client:
         await client.send(tts(SEGMENTS, max_tokens=20, interval_silence=300, stream=True, seed=1))
         await client.recv_json()
         await client.recv_json()
@@ -168,8 +126,8 @@ async def test_long_text_becomes_several_segments_with_the_interval_silence(
     assert np.array_equal(np.concatenate(chunks), decode_wav(whole)[0])
 
 
-async def test_seed_makes_identical_requests_identical(engine_server: EngineServer) -> None:
-    async with engine_server.connect() as client:
+async def test_seed_makes_identical_requests_identical(engine_server: CliServer) -> None:
+    async with connect(engine_server) as client:
         _, a = await client.request(tts("同样的请求。", seed=42))
         _, b = await client.request(tts("同样的请求。", seed=42))
         _, c = await client.request(tts("同样的请求。"))
@@ -178,14 +136,12 @@ async def test_seed_makes_identical_requests_identical(engine_server: EngineServ
     assert c != d  # the model samples: without a seed, two runs differ
 
 
-async def test_an_unusable_prompt_fails_only_its_own_task(
-    engine_server: EngineServer, tmp_path: Path
-) -> None:
+async def test_an_unusable_prompt_fails_only_its_own_task(engine_server: CliServer, tmp_path: Path) -> None:
     # Decodable audio (so it is accepted) that the model cannot condition on: 3 samples.
     tiny_prompt = REPO / "tests" / ".tiny_prompt.wav"
     soundfile.write(tiny_prompt, np.zeros(3, dtype=np.int16), SAMPLE_RATE, subtype="PCM_16")
     try:
-        async with engine_server.connect() as client:
+        async with connect(engine_server) as client:
             await client.send(tts("这个会失败。", prompt_audio=str(tiny_prompt)))
             task_id = (await client.recv_json())["task_id"]
             await client.recv_json()
@@ -200,23 +156,25 @@ async def test_an_unusable_prompt_fails_only_its_own_task(
 
 
 async def test_a_client_leaving_mid_task_does_not_block_the_next(
-    engine_server: EngineServer,
+    engine_server: CliServer,
 ) -> None:
-    async with engine_server.connect() as leaver:
+    async with connect(engine_server) as leaver:
         await leaver.send(tts(SEGMENTS * 3, max_tokens=20))
         task_id = (await leaver.recv_json())["task_id"]
         assert (await leaver.recv_json())["type"] == "start"
-    async with engine_server.connect() as client:
+    async with connect(engine_server) as client:
         await client.request(tts("我不用等很久。"))
         await client.send({"type": "task_status", "task_id": task_id})
         assert (await client.recv_json())["status"] == "cancelled"
 
 
 def _load_failure(tiny: TinyCheckpoint, *args: str) -> str:
-    process = start_cli(tiny, *args)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode != 0
-    return stderr
+    result = subprocess.run(
+        [sys.executable, *cli_args(tiny, *args)], cwd=REPO, env={**os.environ, **offline_env(tiny)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    return result.stderr
 
 
 def test_missing_model_directory_exits_with_a_hint(tiny: TinyCheckpoint, tmp_path: Path) -> None:
@@ -295,8 +253,6 @@ def test_speaker_cache_restores_alternating_voices_and_never_serves_an_edited_fi
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    import json
-
     report = json.loads(result.stdout.strip().splitlines()[-1])
     # A, B, A, B: the second A and B restore both conditionings (speaker and emotion) = 4 hits.
     assert report == {

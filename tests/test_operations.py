@@ -5,12 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +22,7 @@ from indextts_server.core.decode import RequestError, decode_request
 from indextts_server.core.engine import Segment, SynthesisJob
 from indextts_server.io.tone import ToneEngine
 
-from .conftest import REPO, GatedEngine, Running, tts, wait_until
+from .conftest import CliServer, GatedEngine, Running, tts, wait_until
 
 LONG = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"
 SHUTDOWN = "服务器正在关闭，请稍后重连"
@@ -79,33 +76,8 @@ async def test_drain_timeout_stops_the_running_task_at_a_segment_boundary(
 
 
 def test_sigterm_during_a_busy_queue_answers_everyone_and_exits_zero() -> None:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "indextts_server",
-            "--engine",
-            "tone",
-            "--tone-rtf",
-            "0.5",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--drain-timeout",
-            "20",
-        ],
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    port = 0
-    for line in process.stderr:
-        found = re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line)
-        if found:
-            port = int(found.group(1))
-            break
+    server = CliServer(["--engine", "tone", "--tone-rtf", "0.5", "--port", "0", "--drain-timeout", "20"])
+    port, process = server.port, server.process
     finals: dict[str, list[str]] = {}
 
     async def client(index: int, all_queued: trio.Event, counter: list[int]) -> None:

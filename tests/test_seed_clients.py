@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, CliServer
 
 SEED = REPO / "docs" / "protocol.zh.md"
 SEED_PORT = 8770
@@ -38,52 +38,23 @@ def port_is_free(port: int) -> bool:
 
 
 @pytest.fixture
-def cli_server(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+def cli_server() -> Iterator[CliServer]:
     """``python -m indextts_server --engine tone`` on the seed's port (any free port if taken)."""
     port = SEED_PORT if port_is_free(SEED_PORT) else 0
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "indextts_server",
-            "--engine",
-            "tone",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    for line in process.stderr:
-        found = re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line)
-        if found:
-            port = int(found.group(1))
-            break
-    else:
-        pytest.fail(f"server exited without listening (code {process.wait()})")
+    server = CliServer(["--engine", "tone", "--port", str(port)])
     try:
-        yield port, process
+        yield server
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        server.stop()
 
 
-def test_cli_server_logs_one_listening_line_and_stops_on_sigterm(
-    cli_server: tuple[int, subprocess.Popen[str]],
-) -> None:
-    _, process = cli_server
-    process.terminate()
-    assert process.wait(timeout=10) == 0
+def test_cli_server_logs_one_listening_line_and_stops_on_sigterm(cli_server: CliServer) -> None:
+    assert cli_server.text.count("listening on ws://") == 1
+    assert cli_server.stop() == 0
 
 
-def test_seed_python_client_runs_unchanged(
-    cli_server: tuple[int, subprocess.Popen[str]], tmp_path: Path
-) -> None:
-    port, _ = cli_server
+def test_seed_python_client_runs_unchanged(cli_server: CliServer, tmp_path: Path) -> None:
+    port = cli_server.port
     code = seed_example("Python")
     if port != SEED_PORT:
         code = code.replace(f"127.0.0.1:{SEED_PORT}", f"127.0.0.1:{port}")
@@ -113,10 +84,8 @@ def test_seed_python_client_runs_unchanged(
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
-def test_seed_javascript_client_runs_unchanged(
-    cli_server: tuple[int, subprocess.Popen[str]], tmp_path: Path
-) -> None:
-    port, _ = cli_server
+def test_seed_javascript_client_runs_unchanged(cli_server: CliServer, tmp_path: Path) -> None:
+    port = cli_server.port
     code = seed_example("JavaScript")
     if port != SEED_PORT:
         code = code.replace(f"127.0.0.1:{SEED_PORT}", f"127.0.0.1:{port}")

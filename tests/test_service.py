@@ -7,8 +7,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
 
-from .conftest import REPO, tts
+from .conftest import CliServer, tts
 
 
 def _receive_until(sock: socket.socket, wanted: str, seen: list[str]) -> None:
@@ -31,35 +29,12 @@ def test_notify_protocol_and_metrics_of_a_running_server(tmp_path: Path) -> None
     notify.settimeout(30)
     env = {**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}
     env.pop("WATCHDOG_PID", None)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "indextts_server",
-            "--engine",
-            "tone",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-        ],
-        cwd=REPO,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    ws_port = metrics_port = 0
+    server = CliServer(["--engine", "tone", "--port", "0", "--metrics-port", "0"], env=env)
+    process, ws_port = server.process, server.port
+    found = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", server.text)
+    assert found, server.text
+    metrics_port = int(found.group(1))
     try:
-        for line in process.stderr:
-            if found := re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line):
-                ws_port = int(found.group(1))
-            if found := re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", line):
-                metrics_port = int(found.group(1))
-            if ws_port and metrics_port:
-                break
         seen: list[str] = []
         _receive_until(notify, "READY=1", seen)
         _receive_until(notify, "WATCHDOG=1", seen)
