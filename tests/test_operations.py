@@ -44,6 +44,10 @@ async def test_drain_finishes_the_running_task_cancels_the_waiting_and_closes_wi
             nursery.start_soon(server.server.drain)
             assert await client.recv_json() == client.error_reply(SHUTDOWN, waiting)
             assert await client.error(tts("太晚了。")) == client.error_reply(SHUTDOWN)
+            # New connections are refused at once, while the running task still runs.
+            await wait_until(lambda: not server.server.listening)
+            with pytest.raises(OSError):
+                await trio.open_tcp_stream("127.0.0.1", server.port)
             engine.release()
             await client.recv_audio()
             assert await client.recv_json() == client.reply("end", running)

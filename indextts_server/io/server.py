@@ -171,32 +171,34 @@ class Server:
         *,
         task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        # The listener runs in a nursery of its own, so the drain can close it (cancelling this
+        # scope) while the connections it accepted, which live in ``connections``, carry on.
         with self._listen_scope:
-            if self._adopted:
-                server = WebSocketServer(
-                    self._serve_connection,
-                    self._adopted,
-                    handler_nursery=connections,
-                    max_message_size=self.config.max_message_bytes,
-                )
-                await connections.start(server.run)
-            else:
-                server = await connections.start(
-                    partial(
-                        serve_websocket,
+            async with trio.open_nursery() as listener:
+                if self._adopted:
+                    server = WebSocketServer(
                         self._serve_connection,
-                        self.config.host,
-                        self.config.port,
-                        None,
+                        self._adopted,
                         handler_nursery=connections,
                         max_message_size=self.config.max_message_bytes,
                     )
-                )
-            for endpoint in server.listeners:
-                log.info("listening on %s (engine %s)", endpoint_url(endpoint), self.engine.name)
-            self.listening = True
-            task_status.started(server)
-            await trio.sleep_forever()
+                    await listener.start(server.run)
+                else:
+                    server = await listener.start(
+                        partial(
+                            serve_websocket,
+                            self._serve_connection,
+                            self.config.host,
+                            self.config.port,
+                            None,
+                            handler_nursery=connections,
+                            max_message_size=self.config.max_message_bytes,
+                        )
+                    )
+                for endpoint in server.listeners:
+                    log.info("listening on %s (engine %s)", endpoint_url(endpoint), self.engine.name)
+                self.listening = True
+                task_status.started(server)
         self.listening = False
 
     async def drain(self) -> None:
