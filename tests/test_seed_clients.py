@@ -28,6 +28,15 @@ def seed_example(language: str) -> str:
     return match.group(1)
 
 
+def seed_script(language: str, port: int, path: Path) -> Path:
+    """Write the seed's example to ``path``, pointed at ``port`` if the seed's own was taken."""
+    code = seed_example(language)
+    if port != SEED_PORT:
+        code = code.replace(f"127.0.0.1:{SEED_PORT}", f"127.0.0.1:{port}")
+    path.write_text(code, encoding="utf-8")
+    return path
+
+
 def port_is_free(port: int) -> bool:
     with socket.socket() as probe:
         try:
@@ -54,12 +63,7 @@ def test_cli_server_logs_one_listening_line_and_stops_on_sigterm(cli_server: Cli
 
 
 def test_seed_python_client_runs_unchanged(cli_server: CliServer, tmp_path: Path) -> None:
-    port = cli_server.port
-    code = seed_example("Python")
-    if port != SEED_PORT:
-        code = code.replace(f"127.0.0.1:{SEED_PORT}", f"127.0.0.1:{port}")
-    script = tmp_path / "seed_client.py"
-    script.write_text(code, encoding="utf-8")
+    script = seed_script("Python", cli_server.port, tmp_path / "seed_client.py")
     env = dict(os.environ)
     if find_spec("torchaudio") is None:
         # The example imports torchaudio but never uses it; the light test environment has no
@@ -85,12 +89,7 @@ def test_seed_python_client_runs_unchanged(cli_server: CliServer, tmp_path: Path
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
 def test_seed_javascript_client_runs_unchanged(cli_server: CliServer, tmp_path: Path) -> None:
-    port = cli_server.port
-    code = seed_example("JavaScript")
-    if port != SEED_PORT:
-        code = code.replace(f"127.0.0.1:{SEED_PORT}", f"127.0.0.1:{port}")
-    script = tmp_path / "seed_client.js"
-    script.write_text(code, encoding="utf-8")
+    script = seed_script("JavaScript", cli_server.port, tmp_path / "seed_client.js")
     # Node 20 has the browser's WebSocket (binaryType "blob") behind this flag; 22+ by default.
     result = subprocess.run(
         ["node", "--experimental-websocket", "--no-warnings", str(script)],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -119,13 +120,7 @@ class _Run:
     async def _connection(self, index: int) -> None:
         connected = False
         try:
-            async with open_websocket_url(
-                self.plan.url,
-                max_message_size=CLIENT_MAX_MESSAGE,
-                receive_buffer_size=None,
-                connect_timeout=CONNECT_TIMEOUT,
-                disconnect_timeout=DISCONNECT_TIMEOUT,
-            ) as ws:
+            async with _open(self.plan.url) as ws:
                 connected = True
                 try:
                     await ws.get_message()  # the welcome
@@ -173,13 +168,7 @@ class _Run:
         """A few requests before the clock starts, so first-call costs do not count."""
         with trio.move_on_after(self.plan.duration_limit):
             try:
-                async with open_websocket_url(
-                    self.plan.url,
-                    max_message_size=CLIENT_MAX_MESSAGE,
-                    receive_buffer_size=None,
-                    connect_timeout=CONNECT_TIMEOUT,
-                    disconnect_timeout=DISCONNECT_TIMEOUT,
-                ) as ws:
+                async with _open(self.plan.url) as ws:
                     await ws.get_message()
                     for index in range(self.plan.warmup):
                         await ws.send_message(self.plan.frames[index % len(self.plan.frames)])
@@ -207,6 +196,17 @@ class _Run:
             for _ in range(self.plan.idle):
                 opening.start_soon(open_one)
         return opened
+
+
+def _open(url: str) -> AbstractAsyncContextManager[WebSocketConnection]:
+    """A load connection: big messages allowed, bounded handshake and close."""
+    return open_websocket_url(
+        url,
+        max_message_size=CLIENT_MAX_MESSAGE,
+        receive_buffer_size=None,
+        connect_timeout=CONNECT_TIMEOUT,
+        disconnect_timeout=DISCONNECT_TIMEOUT,
+    )
 
 
 async def _close(ws: WebSocketConnection) -> None:

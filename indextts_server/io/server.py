@@ -139,8 +139,7 @@ class Server:
             )
             for index, engine in enumerate(self.engines)
         ]
-        self.roots = resolve_roots(config.audio_roots)
-        self.paths = AudioPaths(self.roots)
+        self.paths = AudioPaths(resolve_roots(config.audio_roots))
         self.sessions: dict[str, Session] = {}
         self.draining = False
         self.listening = False
