@@ -1,5 +1,5 @@
 """``python -m indextts_server``: start the server."""
 
-from .io.cli import main
+from .io.operations.cli import main
 
 main()

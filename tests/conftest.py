@@ -20,10 +20,10 @@ import soundfile
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from indextts_server.bench.corpus import seed_request
+from indextts_server.bench.drive.corpus import seed_request
 from indextts_server.core.engine import PCM, Engine, Segment, SynthesisJob
-from indextts_server.io.server import Server, ServerConfig
-from indextts_server.io.tone import ToneEngine
+from indextts_server.io.engines.tone import ToneEngine
+from indextts_server.io.transport.websocket import Server, ServerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "asset/zero_shot_prompt.wav"

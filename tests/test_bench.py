@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indextts_server.bench.record import PcmFormat, audio_seconds
-from indextts_server.io.audio import wav_bytes
+from indextts_server.bench.results.record import PcmFormat, audio_seconds
+from indextts_server.io.audio.encoding import wav_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 

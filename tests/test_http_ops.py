@@ -11,9 +11,9 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from indextts_server.io.http import Response, Routes, ops_routes, serve_http
-from indextts_server.io.metrics import Metrics
-from indextts_server.io.server import ServerMetrics
+from indextts_server.io.operations.metrics import Metrics
+from indextts_server.io.transport.http import Response, Routes, ops_routes, serve_http
+from indextts_server.io.transport.websocket import ServerMetrics
 
 
 class Reply:

@@ -27,7 +27,7 @@ pytest.importorskip("indextts", reason="the real-engine tests need the [indextts
 from trio_websocket import open_websocket_url
 
 from indextts_server.core.engine import SAMPLE_RATE
-from indextts_server.io.tiny_checkpoint import (
+from indextts_server.devtools.tiny_checkpoint import (
     TinyCheckpoint,
     build_tiny_checkpoint,
     offline_env,
@@ -215,7 +215,7 @@ CACHE_PROBE = r"""
 import json, shutil, sys
 import numpy as np
 from indextts_server.core.engine import SynthesisJob
-from indextts_server.io.indextts2_engine import IndexTTS2Engine
+from indextts_server.io.engines.indextts2 import IndexTTS2Engine
 
 model_dir, cfg_path, work = sys.argv[1:4]
 a, b = f"{work}/a.wav", f"{work}/b.wav"

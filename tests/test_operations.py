@@ -20,7 +20,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from indextts_server.core.decode import RequestError, decode_request
 from indextts_server.core.engine import Segment, SynthesisJob
-from indextts_server.io.tone import ToneEngine
+from indextts_server.io.engines.tone import ToneEngine
 
 from .conftest import CliServer, GatedEngine, Running, tts, wait_until
 

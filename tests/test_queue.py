@@ -6,7 +6,7 @@ from typing import Any
 
 import trio
 
-from indextts_server.io.tone import ToneEngine
+from indextts_server.io.engines.tone import ToneEngine
 
 from .conftest import Client, GatedEngine, RecordingEngine, Running, tts, wait_until
 

@@ -11,8 +11,8 @@ import trio.testing
 
 from indextts_server.core.engine import SynthesisJob
 from indextts_server.core.tasks import InvalidTransition, Task, TaskRegistry
-from indextts_server.io.board import TaskBoard
-from indextts_server.io.session import Outgoing, Session
+from indextts_server.io.scheduling.board import TaskBoard
+from indextts_server.io.transport.session import Outgoing, Session
 
 from .conftest import Running, tts
 

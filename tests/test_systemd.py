@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from indextts_server.io.systemd import Notifier, listen_sockets, trio_listeners
+from indextts_server.io.operations.systemd import Notifier, listen_sockets, trio_listeners
 
 
 @pytest.fixture
@@ -220,7 +220,7 @@ def test_listen_fds_not_meant_for_us_are_ignored_and_unset(env: dict[str, str]) 
 CHILD = textwrap.dedent(
     """
     import os, socket
-    from indextts_server.io.systemd import listen_sockets
+    from indextts_server.io.operations.systemd import listen_sockets
     sockets = listen_sockets()
     leftover = sorted(k for k in os.environ if k.startswith("LISTEN_"))
     (sock,) = sockets

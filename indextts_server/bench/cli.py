@@ -14,11 +14,11 @@ from pathlib import Path
 import msgspec
 import trio
 
-from .corpus import load_corpus, parse_field, reply_sizes, request_frames
-from .load import LoadPlan, LoadResult, run_load
-from .progress import Progress
-from .report import Report, Settings, Summary, ratios, render, summarise
-from .spawn import SpawnError, free_port, is_loopback_url, raise_open_file_limit, spawn
+from .drive.corpus import load_corpus, parse_field, reply_sizes, request_frames
+from .drive.load import LoadPlan, LoadResult, run_load
+from .drive.progress import Progress
+from .drive.spawn import SpawnError, free_port, is_loopback_url, raise_open_file_limit, spawn
+from .results.report import Report, Settings, Summary, ratios, render, summarise
 
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
@@ -144,7 +144,8 @@ async def bench(options: Options) -> tuple[Summary, Summary | None, dict[str, Lo
     results["server"] = result
     floor = None
     if options.floor_sizes is not None:
-        command = [sys.executable, "-m", "indextts_server.bench.floor", "--sizes", str(options.floor_sizes)]
+        floor_module = "indextts_server.bench.drive.floor"
+        command = [sys.executable, "-m", floor_module, "--sizes", str(options.floor_sizes)]
         floor, results["floor"] = await measure_spawned("floor", command, options)
     return server, floor, results
 
@@ -206,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.json is not None:
         args.json.write_bytes(msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n")
     if args.plot is not None:
-        from .plot import PlotUnavailable, save_plot
+        from .results.plot import PlotUnavailable, save_plot
 
         try:
             save_plot(args.plot, results)

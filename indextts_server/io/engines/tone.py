@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..core.engine import PCM, SAMPLE_RATE, Segment, SynthesisJob
-from ..core.segment import speech_seconds, split_segments, tokens
+from ...core.engine import PCM, SAMPLE_RATE, Segment, SynthesisJob
+from ...core.segment import speech_seconds, split_segments, tokens
 
 _EDGE = int(0.005 * SAMPLE_RATE)  # 5 ms fades keep notes click-free
 

@@ -1,6 +1,6 @@
 """Event-loop responsiveness probe: welcome and ping/pong times on fresh connections while the server works.
 
-    python -m indextts_server.bench.probe --url ws://127.0.0.1:8770 --duration 30
+    python -m indextts_server.bench.probes.probe --url ws://127.0.0.1:8770 --duration 30
 
 Run it beside a load (``python -m indextts_server.bench --url …``): every ``--interval`` it opens a
 new connection and times connect → welcome, and times a ping → pong on a connection kept open.
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import trio
 from trio_websocket import open_websocket_url
 
-from .spawn import is_loopback_url
+from ..drive.spawn import is_loopback_url
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -55,7 +55,7 @@ async def probe(url: str, duration: float, interval: float) -> dict[str, dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m indextts_server.bench.probe", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m indextts_server.bench.probes.probe", description=__doc__)
     parser.add_argument("--url", required=True, help="a running server (loopback only)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds to probe")
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between probes")

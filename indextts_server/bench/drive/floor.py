@@ -16,12 +16,12 @@ import numpy as np
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer, serve_websocket
 
-from ..core.protocol import End, Error, Queued, Start, Welcome
-from ..io.audio import wav_bytes
-from ..io.server import endpoint_url
-from ..io.session import encode
+from ...core.protocol import End, Error, Queued, Start, Welcome
+from ...io.audio.encoding import wav_bytes
+from ...io.transport.session import encode
+from ...io.transport.websocket import endpoint_url
 
-log = logging.getLogger("indextts_server.bench.floor")
+log = logging.getLogger("indextts_server.bench.drive.floor")
 
 WAV_HEADER_BYTES = 44
 UNKNOWN_REQUEST = "floor: no prepared reply for this request"
@@ -102,7 +102,7 @@ async def _serve_until_signal(floor: Floor, host: str, port: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m indextts_server.bench.floor",
+        prog="python -m indextts_server.bench.drive.floor",
         description="the benchmark's floor server: protocol frames with no validation, queue or engine",
     )
     p.add_argument("--host", default="127.0.0.1")

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-from ..core.engine import Engine
+from ...core.engine import Engine
 
 log = logging.getLogger("indextts_server")
 
@@ -80,7 +80,7 @@ def load_engines(
         progress(f"downloading {HUB_REPO}")
         download_model(model_dir)
     try:
-        from .indextts2_engine import EngineLoadError, IndexTTS2Engine
+        from .indextts2 import EngineLoadError, IndexTTS2Engine
     except ImportError as exc:
         raise LoadFailed(f"the indextts package is not installed ({exc})", INSTALL_HINT) from None
     if not Path(model_dir).is_dir():

@@ -1,6 +1,6 @@
 """Speaker-cache benchmark on the real engine: alternating two voices against repeating one.
 
-    python -m indextts_server.bench.speakers --model-dir DIR --cfg-path FILE [--device cpu]
+    python -m indextts_server.bench.probes.speakers --model-dir DIR --cfg-path FILE [--device cpu]
 
 Set ``HF_HUB_CACHE``/``HF_HUB_OFFLINE`` first when the model's auxiliary files come from a local
 cache (the tiny test checkpoint prints the exports). Each pattern runs ``--rounds`` requests of
@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..core.engine import SynthesisJob
+from ...core.engine import SynthesisJob
 
 REPO = Path(__file__).resolve().parents[2]
 VOICES = (REPO / "asset" / "zero_shot_prompt.wav", REPO / "asset" / "emo_prompt.wav")
@@ -28,7 +28,7 @@ VOICES = (REPO / "asset" / "zero_shot_prompt.wav", REPO / "asset" / "emo_prompt.
 
 def run(engine: object, prompts: Sequence[str], rounds: int) -> float:
     """Seconds per request, cycling through ``prompts``."""
-    from ..io.indextts2_engine import IndexTTS2Engine
+    from ...io.engines.indextts2 import IndexTTS2Engine
 
     assert isinstance(engine, IndexTTS2Engine)
     began = time.perf_counter()
@@ -42,7 +42,9 @@ def run(engine: object, prompts: Sequence[str], rounds: int) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m indextts_server.bench.speakers", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m indextts_server.bench.probes.speakers", description=__doc__
+    )
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--cfg-path", required=True)
     parser.add_argument("--device", default="cpu")
@@ -50,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--speaker-cache", type=int, default=8)
     args = parser.parse_args(argv)
-    from ..io.indextts2_engine import IndexTTS2Engine
+    from ...io.engines.indextts2 import IndexTTS2Engine
 
     report: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as scratch:

@@ -20,7 +20,7 @@ from typing import Final, NamedTuple, Protocol, TypeVar, cast
 import numpy as np
 import torch
 
-from ..core.engine import PCM, SAMPLE_RATE, Segment, SynthesisJob
+from ...core.engine import PCM, SAMPLE_RATE, Segment, SynthesisJob
 
 __all__ = ["EMO_BIAS", "EngineLoadError", "IndexTTS2Engine", "SynthesisError", "normalize_emo_vector"]
 

@@ -18,8 +18,8 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from ..results.record import PcmFormat, Record
 from .progress import Progress
-from .record import PcmFormat, Record
 
 CLIENT_MAX_MESSAGE: Final = 256 << 20
 CONNECT_TIMEOUT: Final = 30.0

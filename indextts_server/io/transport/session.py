@@ -8,7 +8,7 @@ from typing import Final, NamedTuple
 import msgspec
 import trio
 
-from ..core.protocol import Reply
+from ...core.protocol import Reply
 
 log = logging.getLogger("indextts_server")
 

@@ -14,11 +14,11 @@ from typing import Final
 import trio
 from trio_websocket import WebSocketServer
 
-from ..core.engine import Engine
-from .http import ops_routes, serve_http
+from ...core.engine import Engine
+from ..transport.http import ops_routes, serve_http
+from ..transport.websocket import Server, ServerConfig
 from .logs import setup_logging
 from .metrics import Metrics
-from .server import Server, ServerConfig
 from .systemd import Notifier, listen_sockets, trio_listeners
 
 log = logging.getLogger("indextts_server")
@@ -206,10 +206,10 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
 def build_engines(args: argparse.Namespace, progress: Callable[[str], None]) -> list[Engine]:
     """The engines to serve with; for indextts2 this loads the model, before anything listens."""
     if args.engine == "tone":
-        from .tone import ToneEngine
+        from ..engines.tone import ToneEngine
 
         return [ToneEngine(args.tone_rtf) for _ in range(args.workers)]
-    from .loading import LoadFailed, load_engines
+    from ..engines.loading import LoadFailed, load_engines
 
     devices = [device.strip() for device in args.device.split(",") if device.strip()]
     try:

@@ -9,7 +9,7 @@ from functools import partial
 import h11
 import trio
 
-from .metrics import CONTENT_TYPE, Metrics
+from ..operations.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("indextts_server")
 

@@ -6,7 +6,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Final
 
-from ..core.engine import SAMPLE_RATE
+from ...core.engine import SAMPLE_RATE
 
 _UNKNOWN_SIZES: Final = (0, 0xFFFFFFFF)  # streaming writers leave the size open
 

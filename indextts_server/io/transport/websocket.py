@@ -22,9 +22,9 @@ from trio_websocket import (
     serve_websocket,
 )
 
-from ..core.decode import BINARY_FRAME, RequestError, decode_request
-from ..core.engine import Engine, SynthesisJob
-from ..core.protocol import (
+from ...core.decode import BINARY_FRAME, RequestError, decode_request
+from ...core.engine import Engine, SynthesisJob
+from ...core.protocol import (
     CANCELLED_MESSAGE,
     CANCELLING_MESSAGE,
     Cancel,
@@ -35,11 +35,11 @@ from ..core.protocol import (
     TtsStream,
     Welcome,
 )
-from ..core.tasks import Delivery
-from .audio import AudioPathError, AudioPaths, resolve_roots
-from .board import TaskBoard, TaskObserver
+from ...core.tasks import Delivery
+from ..audio.paths import AudioPathError, AudioPaths, resolve_roots
+from ..scheduling.board import TaskBoard, TaskObserver
+from ..scheduling.worker import InferenceWorker
 from .session import OUTBOX_SIZE, Close, Outgoing, Session
-from .worker import InferenceWorker
 
 log = logging.getLogger("indextts_server")
 

@@ -123,7 +123,7 @@ def _build_in_child(root: Path, seed: int, ckpt: TinyCheckpoint) -> None:
     env = dict(os.environ)
     env.update(offline_env(ckpt))  # the build itself needs no network either
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
-    cmd = [sys.executable, "-m", __spec__.name if __spec__ else "indextts_server.io.tiny_checkpoint"]
+    cmd = [sys.executable, "-m", __spec__.name if __spec__ else "indextts_server.devtools.tiny_checkpoint"]
     result = subprocess.run(
         [*cmd, str(root), "--seed", str(seed), "--in-process"],
         env=env,

@@ -10,10 +10,10 @@ from typing import NamedTuple, Protocol
 
 import trio
 
-from ..core.engine import SAMPLE_RATE, SynthesisJob
-from ..core.protocol import DISCONNECTED_MESSAGE, TaskState
-from ..core.tasks import SEED_DELIVERY, Delivery, Task, TaskRegistry
-from .session import Session
+from ...core.engine import SAMPLE_RATE, SynthesisJob
+from ...core.protocol import DISCONNECTED_MESSAGE, TaskState
+from ...core.tasks import SEED_DELIVERY, Delivery, Task, TaskRegistry
+from ..transport.session import Session
 
 log = logging.getLogger("indextts_server")
 

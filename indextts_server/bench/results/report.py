@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import msgspec
 import numpy as np
 
-from .load import LoadResult
+from ..drive.load import LoadResult
 from .record import Record
 
 

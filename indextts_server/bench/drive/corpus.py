@@ -9,9 +9,9 @@ from typing import Final
 
 import numpy as np
 
-from ..core.engine import SynthesisJob
-from ..io.audio import wav_bytes
-from ..io.tone import ToneEngine
+from ...core.engine import SynthesisJob
+from ...io.audio.encoding import wav_bytes
+from ...io.engines.tone import ToneEngine
 
 PROMPT: Final = "asset/zero_shot_prompt.wav"
 

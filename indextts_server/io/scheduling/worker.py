@@ -10,9 +10,9 @@ from typing import TypeVar
 import numpy as np
 import trio
 
-from ..core.engine import PCM, SAMPLE_RATE, Engine, Segment, SynthesisJob
-from ..core.protocol import DISCONNECTED_MESSAGE, End, Error, Start
-from .audio import encode_audio
+from ...core.engine import PCM, SAMPLE_RATE, Engine, Segment, SynthesisJob
+from ...core.protocol import DISCONNECTED_MESSAGE, End, Error, Start
+from ..audio.encoding import encode_audio
 from .board import TaskBoard, Ticket
 
 log = logging.getLogger("indextts_server")

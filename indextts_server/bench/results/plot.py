@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .load import LoadResult
+from ..drive.load import LoadResult
 from .report import queue_depth
 
 

@@ -1,0 +1,1 @@
+"""Probes: event-loop responsiveness under load, and the speaker-cache benchmark."""

@@ -1,0 +1,1 @@
+"""Results: per-request records, the summary and ratios report, and the plot."""

@@ -1,0 +1,1 @@
+"""The terminal client, `indextts-client`: speaks the WebSocket contract and the HTTP voice API."""

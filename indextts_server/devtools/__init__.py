@@ -1,0 +1,1 @@
+"""Developer and test tooling that is not part of the running service (the tiny IndexTTS2 checkpoint)."""

@@ -1,0 +1,1 @@
+"""Operations: the command line, logging, Prometheus metrics and the systemd notify protocol."""

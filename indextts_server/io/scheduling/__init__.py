@@ -1,0 +1,1 @@
+"""Scheduling: the task board (global FIFO, admission, retention sweeper) and the inference workers."""
