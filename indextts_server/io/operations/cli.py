@@ -255,23 +255,12 @@ async def _watch_signals(
 
 def _alive(server: Server, stall_limit: float) -> Callable[[], bool]:
     """For the watchdog: every inference task runs, and a busy one produced audio lately."""
-
-    def alive() -> bool:
-        now = trio.current_time()
-        return all(
-            worker.running and (worker.current is None or now - worker.last_progress < stall_limit)
-            for worker in server.workers
-        )
-
-    return alive
+    return lambda: server.scheduler.alive(stall_limit)
 
 
 async def _report_status(server: Server, notifier: Notifier) -> None:
     while True:
-        notifier.status(
-            f"{len(server.sessions)} connections, {server.busy_workers} running, "
-            f"{server.board.queue_depth} waiting, {server.board.done} done"
-        )
+        notifier.status(f"{len(server.sessions)} connections, {server.scheduler.status_line()}")
         await trio.sleep(STATUS_PERIOD)
 
 
@@ -292,7 +281,7 @@ async def serve(
         stall_limit = server.config.task_timeout or DEFAULT_STALL_LIMIT
         await nursery.start(notifier.run_watchdog, _alive(server, stall_limit))
         await nursery.start(_run_then_stop, server, nursery.cancel_scope)
-        notifier.ready(f"listening; engine {server.engine.name}")
+        notifier.ready(f"listening; engine {server.scheduler.engine_name}")
         nursery.start_soon(_report_status, server, notifier)
 
 
@@ -325,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     async def start() -> None:
         server = Server(config_from(args), engines, metrics=metrics, listeners=trio_listeners(adopted))
-        metrics.set_queue_depth_source(lambda: server.board.queue_depth)
+        metrics.set_queue_depth_source(lambda: server.scheduler.queue_depth)
         await serve(server, notifier, metrics, metrics_address)
 
     try:

@@ -25,12 +25,8 @@ from trio_websocket import (
 from ...core.decode import BINARY_FRAME, RequestError, decode_request
 from ...core.engine import Engine, SynthesisJob
 from ...core.protocol import (
-    CANCELLED_MESSAGE,
-    CANCELLING_MESSAGE,
     Cancel,
-    CancelReply,
     Error,
-    Queued,
     TaskStatusQuery,
     TtsStream,
     Welcome,
@@ -38,6 +34,7 @@ from ...core.protocol import (
 from ...core.tasks import Delivery
 from ..audio.paths import AudioPathError, AudioPaths, resolve_roots
 from ..scheduling.board import TaskBoard, TaskObserver
+from ..scheduling.scheduler import SHUTTING_DOWN, EmbeddedScheduler, Scheduler
 from ..scheduling.worker import InferenceWorker
 from .session import OUTBOX_SIZE, Close, Outgoing, Session
 
@@ -64,7 +61,6 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     allowed_origins: tuple[str, ...] = ()
 
 
-SHUTTING_DOWN: Final = "服务器正在关闭，请稍后重连"
 GOING_AWAY: Final = 1001
 POLICY_VIOLATION: Final = 1008
 
@@ -78,22 +74,6 @@ def endpoint_url(endpoint: object) -> str:
 
 def too_many_in_flight(limit: int) -> str:
     return f"本会话进行中的任务过多（最多 {limit} 个），请等待已有任务完成"
-
-
-def queue_full(max_queue: int) -> str:
-    return f"服务器繁忙：队列已满（最多 {max_queue} 个等待任务），请稍后重试"
-
-
-def unknown_task(task_id: str) -> str:
-    return f"任务不存在或已过期: {task_id}"
-
-
-def not_your_task(task_id: str) -> str:
-    return f"只能取消本会话创建的任务: {task_id}"
-
-
-def already_finished(task_id: str, state: str) -> str:
-    return f"任务已结束（{state}），无法取消: {task_id}"
 
 
 class ServerMetrics(TaskObserver, Protocol):
@@ -116,29 +96,23 @@ class Server:
     def __init__(
         self,
         config: ServerConfig,
-        engines: Engine | Sequence[Engine],
+        engines: Engine | Sequence[Engine] = (),
         *,
         metrics: ServerMetrics | None = None,
         listeners: Sequence[trio.SocketListener] = (),
+        scheduler: Scheduler | None = None,
     ):
         self.config = config
-        self.engines = [engines] if not isinstance(engines, Sequence) else list(engines)
-        if not self.engines:
-            raise ValueError("at least one engine is needed")
-        self.engine = self.engines[0]
-        self.board = TaskBoard(ttl=config.task_ttl, max_queue=config.max_queue)
-        self.board.metrics = metrics
-        self.metrics = metrics
-        self.workers = [
-            InferenceWorker(
-                engine,
-                self.board,
-                self.board.receive.clone(),
+        if scheduler is None:
+            scheduler = EmbeddedScheduler(
+                [engines] if not isinstance(engines, Sequence) else list(engines),
+                ttl=config.task_ttl,
+                max_queue=config.max_queue,
                 task_timeout=config.task_timeout,
-                name=f"worker-{index}",
+                metrics=metrics,
             )
-            for index, engine in enumerate(self.engines)
-        ]
+        self.scheduler = scheduler
+        self.metrics = metrics
         self.paths = AudioPaths(resolve_roots(config.audio_roots))
         self.sessions: dict[str, Session] = {}
         self.draining = False
@@ -149,16 +123,25 @@ class Server:
         self._sessions_gone = trio.Event()  # set when the last session closes while draining
 
     @property
+    def board(self) -> TaskBoard:
+        """The in-memory board (embedded scheduling only)."""
+        assert isinstance(self.scheduler, EmbeddedScheduler)
+        return self.scheduler.board
+
+    @property
+    def workers(self) -> list[InferenceWorker]:
+        """This process's inference tasks (embedded scheduling only)."""
+        assert isinstance(self.scheduler, EmbeddedScheduler)
+        return self.scheduler.workers
+
+    @property
     def ready(self) -> bool:
-        return self.listening and not self.draining
+        return self.listening and not self.draining and self.scheduler.ready
 
     async def run(self, *, task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED) -> None:
         with self._stop_scope:
             async with trio.open_nursery() as services:
-                for worker in self.workers:
-                    await services.start(worker.run)
-                self.board.receive.close()  # each worker holds its own clone
-                await services.start(self.board.sweep)
+                await services.start(self.scheduler.run)
                 async with trio.open_nursery() as connections:
                     server = await connections.start(self._listen, connections)
                     task_status.started(server)
@@ -195,7 +178,8 @@ class Server:
                         )
                     )
                 for endpoint in server.listeners:
-                    log.info("listening on %s (engine %s)", endpoint_url(endpoint), self.engine.name)
+                    engine = self.scheduler.engine_name
+                    log.info("listening on %s (engine %s)", endpoint_url(endpoint), engine)
                 self.listening = True
                 task_status.started(server)
         self.listening = False
@@ -210,18 +194,7 @@ class Server:
             return
         self.draining = True
         self._listen_scope.cancel()
-        log.info("draining: %d running, %d waiting", self.busy_workers, self.board.queue_depth)
-        for task, session in self.board.cancel_waiting(SHUTTING_DOWN):
-            session.send(Error(task_id=task.task_id, session_id=session.session_id, message=SHUTTING_DOWN))
-        with trio.move_on_after(self.config.drain_timeout):
-            while self.busy_workers:
-                await self.board.changed.wait()
-        for worker in self.workers:
-            if worker.current is not None:
-                log.warning("drain timeout: stopping task=%s", worker.current.task.task_id)
-                worker.current.task.stop_reason = SHUTTING_DOWN
-        while self.busy_workers:
-            await self.board.changed.wait()
+        await self.scheduler.drain(self.config.drain_timeout)
         for session in list(self.sessions.values()):
             session.close(GOING_AWAY, "server shutting down")
         with trio.move_on_after(5):
@@ -231,7 +204,7 @@ class Server:
 
     @property
     def busy_workers(self) -> int:
-        return sum(worker.current is not None for worker in self.workers)
+        return self.scheduler.busy
 
     async def _serve_connection(self, request: WebSocketRequest) -> None:
         refusal = self._refusal(request)
@@ -262,7 +235,8 @@ class Server:
             del self.sessions[session.session_id]
             if self.draining and not self.sessions:
                 self._sessions_gone.set()
-            self.board.cancel_pending(session)
+            with trio.move_on_after(5, shield=True):
+                await self.scheduler.session_closed(session)
             if self.metrics is not None:
                 self.metrics.connection_closed()
             if session.overflowed:
@@ -350,43 +324,9 @@ class Server:
             case TtsStream():
                 await self._submit(request, session)
             case TaskStatusQuery(task_id=task_id):
-                task = self.board.registry.get(task_id)
-                if task is None:
-                    self._error(session, unknown_task(task_id), task_id)
-                else:
-                    session.send(task.status_reply(session.session_id))
+                await self.scheduler.status(task_id, session)
             case Cancel(task_id=task_id):
-                self._cancel(task_id, session)
-
-    def _cancel(self, task_id: str, session: Session) -> None:
-        task = self.board.registry.get(task_id)
-        if task is None:
-            self._error(session, unknown_task(task_id), task_id)
-        elif task.session_id != session.session_id:
-            self._error(session, not_your_task(task_id), task_id)
-        elif task.finished:
-            self._error(session, already_finished(task_id, task.state), task_id)
-        elif task.state == "pending":
-            self.board.move(task, "cancelled", session, CANCELLED_MESSAGE)
-            session.send(
-                CancelReply(
-                    task_id=task_id,
-                    session_id=session.session_id,
-                    status="cancelled",
-                    message=CANCELLED_MESSAGE,
-                )
-            )
-            self._error(session, CANCELLED_MESSAGE, task_id)
-        elif task.stop_reason is None:
-            task.stop_reason = CANCELLED_MESSAGE  # the worker stops at the next segment boundary
-            session.send(
-                CancelReply(
-                    task_id=task_id,
-                    session_id=session.session_id,
-                    status="cancelling",
-                    message=CANCELLING_MESSAGE,
-                )
-            )
+                await self.scheduler.cancel(task_id, session)
 
     async def _submit(self, request: TtsStream, session: Session) -> None:
         limit = self.config.max_pending_per_session
@@ -408,16 +348,11 @@ class Server:
             format=request.format or "wav",
             extended=request.extended,
         )
-        task = self.board.submit(session, job, delivery)
-        if task is None:
+        refusal = await self.scheduler.submit(session, job, delivery)
+        if refusal is not None:
             if self.metrics is not None:
                 self.metrics.task_refused()
-            self._error(session, queue_full(self.config.max_queue))
-            return
-        queued = Queued(task_id=task.task_id, session_id=session.session_id)
-        if delivery.extended:
-            queued.position = self.board.queue_depth
-        session.send(queued)
+            self._error(session, refusal)
 
     @overload
     def _job(self, request: TtsStream) -> SynthesisJob: ...

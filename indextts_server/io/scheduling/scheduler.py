@@ -1,0 +1,219 @@
+"""The scheduling port: admit, cancel, look up and drain tasks; the in-memory board implements it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Final, Protocol
+
+import trio
+
+from ...core.engine import Engine, SynthesisJob
+from ...core.protocol import (
+    CANCELLED_MESSAGE,
+    CANCELLING_MESSAGE,
+    CancelReply,
+    Error,
+    Queued,
+)
+from ...core.tasks import Delivery
+from ..transport.session import Session
+from .board import TaskBoard, TaskObserver
+from .worker import InferenceWorker
+
+log = logging.getLogger("indextts_server")
+
+SHUTTING_DOWN: Final = "服务器正在关闭，请稍后重连"
+
+
+def queue_full(max_queue: int) -> str:
+    return f"服务器繁忙：队列已满（最多 {max_queue} 个等待任务），请稍后重试"
+
+
+def unknown_task(task_id: str) -> str:
+    return f"任务不存在或已过期: {task_id}"
+
+
+def not_your_task(task_id: str) -> str:
+    return f"只能取消本会话创建的任务: {task_id}"
+
+
+def already_finished(task_id: str, state: str) -> str:
+    return f"任务已结束（{state}），无法取消: {task_id}"
+
+
+def error_reply(session: Session, message: str, task_id: str | None = None) -> Error:
+    return Error(task_id=task_id, session_id=session.session_id, message=message)
+
+
+class Scheduler(Protocol):
+    """Where a transport hands its tasks: admission, status, cancel, disconnects and the drain.
+
+    Every method answers the session itself (``queued``, ``task_status``, ``cancel`` replies and
+    their errors); the task's later replies (``start``, audio, ``end``/error) reach the session
+    from wherever the task runs. ``submit`` returns a refusal (the text of the error the client
+    gets) instead of queueing when the task cannot be accepted.
+    """
+
+    engine_name: str
+
+    @property
+    def queue_depth(self) -> int:
+        """Tasks waiting to run (fleet-wide where there is a fleet)."""
+        ...
+
+    @property
+    def busy(self) -> int:
+        """Tasks this process is running or relaying."""
+        ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    def status_line(self) -> str: ...
+
+    def alive(self, stall_limit: float) -> bool:
+        """For the watchdog: the inference tasks run, and a busy one made progress lately."""
+        ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+    async def submit(self, session: Session, job: SynthesisJob, delivery: Delivery) -> str | None: ...
+
+    async def status(self, task_id: str, session: Session) -> None: ...
+
+    async def cancel(self, task_id: str, session: Session) -> None: ...
+
+    async def session_closed(self, session: Session) -> None:
+        """The session is gone: cancel its waiting tasks, stop its running ones at the next segment."""
+        ...
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new tasks, cancel the waiting ones, give the running ones ``grace`` seconds,
+        then stop them; returns once none of this process's tasks is left."""
+        ...
+
+
+class EmbeddedScheduler:
+    """The default: one process, the in-memory FIFO (`TaskBoard`) and its inference tasks."""
+
+    def __init__(
+        self,
+        engines: Sequence[Engine],
+        *,
+        ttl: float,
+        max_queue: int,
+        task_timeout: float,
+        metrics: TaskObserver | None = None,
+    ):
+        if not engines:
+            raise ValueError("at least one engine is needed")
+        self.engine_name = engines[0].name
+        self.board = TaskBoard(ttl=ttl, max_queue=max_queue)
+        self.board.metrics = metrics
+        self.workers = [
+            InferenceWorker(
+                engine,
+                self.board,
+                self.board.receive.clone(),
+                task_timeout=task_timeout,
+                name=f"worker-{index}",
+            )
+            for index, engine in enumerate(engines)
+        ]
+        self.draining = False
+
+    @property
+    def queue_depth(self) -> int:
+        return self.board.queue_depth
+
+    @property
+    def busy(self) -> int:
+        return sum(worker.current is not None for worker in self.workers)
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining
+
+    def status_line(self) -> str:
+        return f"{self.busy} running, {self.board.queue_depth} waiting, {self.board.done} done"
+
+    def alive(self, stall_limit: float) -> bool:
+        now = trio.current_time()
+        return all(
+            worker.running and (worker.current is None or now - worker.last_progress < stall_limit)
+            for worker in self.workers
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for worker in self.workers:
+                await nursery.start(worker.run)
+            self.board.receive.close()  # each worker holds its own clone
+            await nursery.start(self.board.sweep)
+            task_status.started()
+
+    async def submit(self, session: Session, job: SynthesisJob, delivery: Delivery) -> str | None:
+        task = self.board.submit(session, job, delivery)
+        if task is None:
+            return queue_full(self.board.max_queue)
+        queued = Queued(task_id=task.task_id, session_id=session.session_id)
+        if delivery.extended:
+            queued.position = self.board.queue_depth
+        session.send(queued)
+        return None
+
+    async def status(self, task_id: str, session: Session) -> None:
+        task = self.board.registry.get(task_id)
+        if task is None:
+            session.send(error_reply(session, unknown_task(task_id), task_id))
+        else:
+            session.send(task.status_reply(session.session_id))
+
+    async def cancel(self, task_id: str, session: Session) -> None:
+        task = self.board.registry.get(task_id)
+        if task is None:
+            session.send(error_reply(session, unknown_task(task_id), task_id))
+        elif task.session_id != session.session_id:
+            session.send(error_reply(session, not_your_task(task_id), task_id))
+        elif task.finished:
+            session.send(error_reply(session, already_finished(task_id, task.state), task_id))
+        elif task.state == "pending":
+            self.board.move(task, "cancelled", session, CANCELLED_MESSAGE)
+            session.send(
+                CancelReply(
+                    task_id=task_id,
+                    session_id=session.session_id,
+                    status="cancelled",
+                    message=CANCELLED_MESSAGE,
+                )
+            )
+            session.send(error_reply(session, CANCELLED_MESSAGE, task_id))
+        elif task.stop_reason is None:
+            task.stop_reason = CANCELLED_MESSAGE  # the worker stops at the next segment boundary
+            session.send(
+                CancelReply(
+                    task_id=task_id,
+                    session_id=session.session_id,
+                    status="cancelling",
+                    message=CANCELLING_MESSAGE,
+                )
+            )
+
+    async def session_closed(self, session: Session) -> None:
+        self.board.cancel_pending(session)
+
+    async def drain(self, grace: float) -> None:
+        self.draining = True
+        log.info("draining: %d running, %d waiting", self.busy, self.board.queue_depth)
+        for task, session in self.board.cancel_waiting(SHUTTING_DOWN):
+            session.send(error_reply(session, SHUTTING_DOWN, task.task_id))
+        with trio.move_on_after(grace):
+            while self.busy:
+                await self.board.changed.wait()
+        for worker in self.workers:
+            if worker.current is not None:
+                log.warning("drain timeout: stopping task=%s", worker.current.task.task_id)
+                worker.current.task.stop_reason = SHUTTING_DOWN
+        while self.busy:
+            await self.board.changed.wait()
