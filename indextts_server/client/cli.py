@@ -1,11 +1,233 @@
-"""``indextts-client``: the command line (to be built under issue 11)."""
+"""``indextts-client``: speak text, ask for a task's status, and manage the voice library."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from .output import AudioOutput
+from .progress import Progress
+from .request import FORMATS, SayOptions, UsageError, build_request, parse_vector, wire_format
+from .session import ClientError, Interrupted, say, task_status
+from .voices import VoiceLibrary, http_base
+
+DEFAULT_URL: Final = "ws://127.0.0.1:8770"
+ENVIRONMENT: Final = """environment:
+  INDEXTTS_URL       WebSocket URL (default ws://127.0.0.1:8770)
+  INDEXTTS_HTTP_URL  HTTP API base (default: the WebSocket's host, port 8771)
+  INDEXTTS_TOKEN     the server's --auth-token (INDEXTTS_SERVER_AUTH_TOKEN is read too)
+
+exit status: 0 done, 1 the server or the connection refused (its message is printed), 2 bad
+usage, 130 interrupted."""
+
+
+def parser() -> argparse.ArgumentParser:
+    connection = argparse.ArgumentParser(add_help=False)
+    where = connection.add_argument_group("server")
+    where.add_argument(
+        "--url",
+        default=os.environ.get("INDEXTTS_URL", DEFAULT_URL),
+        help="the WebSocket URL (ws:// or wss://; default $INDEXTTS_URL or %(default)s)",
+    )
+    where.add_argument(
+        "--http-url",
+        default=os.environ.get("INDEXTTS_HTTP_URL"),
+        help="the HTTP API base, for voices (default $INDEXTTS_HTTP_URL, else --url's host, port 8771)",
+    )
+    where.add_argument(
+        "--token",
+        default=os.environ.get("INDEXTTS_TOKEN") or os.environ.get("INDEXTTS_SERVER_AUTH_TOKEN"),
+        help="the server's --auth-token (default $INDEXTTS_TOKEN)",
+    )
+
+    p = argparse.ArgumentParser(
+        prog="indextts-client",
+        description="Talk to indextts-server: speak text, check a task, manage the voice library.",
+        epilog=ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = commands.add_parser(
+        "say",
+        parents=[connection],
+        help="speak TEXT into a file (or stdout)",
+        description="Speak TEXT over the WebSocket contract and write the audio.",
+    )
+    s.add_argument("text", nargs="?", metavar="TEXT", help="the text; '-' or none reads stdin")
+    s.add_argument("-f", "--text-file", metavar="PATH", help="read the text from PATH ('-': stdin)")
+    voice = s.add_mutually_exclusive_group()
+    voice.add_argument("--voice", metavar="NAME", help="a voice from the server's library")
+    voice.add_argument("--prompt", metavar="PATH", help="a speaker audio file on the server (prompt_audio)")
+    s.add_argument(
+        "-o", "--output", metavar="PATH", help="where to write the audio ('-': stdout; default out.FORMAT)"
+    )
+    s.add_argument("--format", choices=FORMATS, default="wav", help="audio format (default %(default)s)")
+    s.add_argument(
+        "--stream", action="store_true", help="write each segment as soon as it arrives (not with flac)"
+    )
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress, only errors")
+    emotion = s.add_argument_group("emotion (at most one of the first four)")
+    emotion.add_argument("--emo-voice", metavar="NAME", help="a library voice as the emotion reference")
+    emotion.add_argument(
+        "--emo-audio", metavar="PATH", help="an audio file on the server as the emotion reference"
+    )
+    emotion.add_argument(
+        "--emo-vector",
+        metavar="V",
+        type=_vector,
+        help="8 numbers 0-1 (happy,angry,sad,afraid,disgusted,melancholic,surprised,calm) or happy=0.8,...",
+    )
+    emotion.add_argument("--emo-text", metavar="TEXT", help="describe the emotion in words")
+    emotion.add_argument(
+        "--emo-alpha", type=float, metavar="X", help="emotion weight 0-1 (reference or text)"
+    )
+    tuning = s.add_argument_group("synthesis")
+    tuning.add_argument("--interval-silence", type=int, metavar="MS", help="pause between segments")
+    tuning.add_argument("--max-tokens", type=int, metavar="N", help="tokens per segment")
+    tuning.add_argument("--seed", type=int, help="fix sampling: same request, same audio")
+    tuning.add_argument("--use-random", action="store_true", help="random emotion sampling")
+    tuning.add_argument("--quick-first", type=int, metavar="N", help="keep the first segment N tokens short")
+
+    st = commands.add_parser(
+        "status",
+        parents=[connection],
+        help="show a task's state",
+        description="Print a task's status as JSON.",
+    )
+    st.add_argument("task_id", metavar="TASK_ID")
+
+    v = commands.add_parser(
+        "voices", help="list, add or remove library voices", description="The server's voice library."
+    )
+    actions = v.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", parents=[connection], help="list the voices")
+    listing.add_argument("--json", action="store_true", help="print the server's JSON as it is")
+    add = actions.add_parser("add", parents=[connection], help="upload a voice")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("audio", metavar="FILE", type=Path, help="wav, flac, mp3 or ogg; 1-30 s")
+    add.add_argument("--ref-text", help="what the clip says (optional)")
+    add.add_argument("--replace", action="store_true", help="replace a voice of the same name")
+    remove = actions.add_parser("rm", parents=[connection], help="remove a voice")
+    remove.add_argument("name", metavar="NAME")
+    return p
+
+
+def _vector(value: str) -> tuple[float, ...]:
+    try:
+        return parse_vector(value)
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    print("indextts-client: not built yet", file=sys.stderr)
-    raise SystemExit(2)
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        match args.command:
+            case "say":
+                _say(args)
+            case "status":
+                reply = trio.run(task_status, args.url, args.token, args.task_id)
+                print(json.dumps(reply, ensure_ascii=False, indent=2))
+            case "voices":
+                _voices(args)
+    except UsageError as error:
+        p.error(str(error))
+    except Interrupted as stopped:
+        print(f"error: {stopped}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except ClientError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except BrokenPipeError:
+        # The reader went away (``| head``): say nothing more, and keep Python quiet at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+
+
+def _read_text(args: argparse.Namespace) -> str:
+    if args.text_file is not None and args.text is not None:
+        raise UsageError("give TEXT or --text-file, not both")
+    source = args.text_file if args.text_file is not None else args.text
+    if source is None and sys.stdin.isatty():
+        raise UsageError("no text to speak (give TEXT, --text-file, or text on stdin)")
+    if source is None or source == "-":
+        return sys.stdin.read()
+    if args.text_file is None:
+        return str(source)
+    try:
+        return Path(source).read_text(encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"--text-file: cannot read {source}: {error.strerror}") from None
+
+
+def _say(args: argparse.Namespace) -> None:
+    options = SayOptions(
+        text=_read_text(args),
+        voice=args.voice,
+        prompt=args.prompt,
+        emo_voice=args.emo_voice,
+        emo_audio=args.emo_audio,
+        emo_vector=args.emo_vector,
+        emo_text=args.emo_text,
+        emo_alpha=args.emo_alpha,
+        interval_silence=args.interval_silence,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        use_random=args.use_random,
+        quick_first=args.quick_first,
+        format=args.format,
+        stream=args.stream,
+    )
+    request = build_request(options)
+    wire, _ = wire_format(options)
+    path = args.output or f"out.{options.format}"
+    output = AudioOutput(path, streaming=options.stream, wav=options.format == "wav" and wire == "pcm")
+    progress = Progress(sys.stderr, terminal=sys.stderr.isatty(), quiet=args.quiet)
+    trio.run(say, args.url, args.token, request, output, progress)
+
+
+def _voices(args: argparse.Namespace) -> None:
+    library = VoiceLibrary(args.http_url or http_base(args.url), args.token)
+    match args.action:
+        case "list":
+            voices = library.voices()
+            if args.json:
+                print(json.dumps({"voices": voices}, ensure_ascii=False, indent=2))
+            else:
+                _print_voices(voices, terminal=sys.stdout.isatty())
+        case "add":
+            added = library.add(args.name, args.audio, ref_text=args.ref_text, replace=args.replace)
+            print(f"added {added.get('name', args.name)}", file=sys.stderr)
+        case "rm":
+            library.remove(args.name)
+            print(f"removed {args.name}", file=sys.stderr)
+
+
+def _print_voices(voices: list[dict[str, Any]], *, terminal: bool) -> None:
+    rows = [
+        (
+            str(voice.get("name", voice.get("id", ""))),
+            f"{voice['duration']:.1f}s" if isinstance(voice.get("duration"), int | float) else "",
+            str(voice.get("created_at", "")),
+        )
+        for voice in voices
+    ]
+    if not terminal:
+        for row in rows:
+            print("\t".join(row))
+        return
+    if not rows:
+        print("(no voices)")
+        return
+    width = max(len(row[0]) for row in rows)
+    for name, duration, created in rows:
+        print(f"{name:<{width}}  {duration:>7}  {created}")
