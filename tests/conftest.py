@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 from indextts_server.bench.drive.corpus import seed_request
 from indextts_server.core.engine import PCM, Engine, Segment, SynthesisJob
 from indextts_server.io.engines.tone import ToneEngine
+from indextts_server.io.http.app import HttpApi
+from indextts_server.io.operations.metrics import Metrics
+from indextts_server.io.transport.http import bound_port, serve_http
 from indextts_server.io.transport.websocket import Server, ServerConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,12 +115,17 @@ class Client:
 
 
 class Running:
-    """A server started in-process for one test."""
+    """A server started in-process for one test (with its HTTP port once ``http_port`` is set)."""
 
     def __init__(self, server: Server, port: int):
         self.server = server
         self.port = port
         self.url = f"ws://127.0.0.1:{port}"
+        self.http_port = 0
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[Client]:
@@ -135,6 +144,21 @@ def start_server(nursery: trio.Nursery) -> StartServer:
         server = Server(settings, engine or ToneEngine())
         listening = await nursery.start(server.run)
         return Running(server, listening.port)
+
+    return start
+
+
+@pytest.fixture
+def start_http(nursery: trio.Nursery, start_server: StartServer, tmp_path: Path) -> StartServer:
+    """Start a server and its HTTP port in-process (voices in a fresh folder unless told)."""
+
+    async def start(engine: Engine | None = None, **config: Any) -> Running:
+        config.setdefault("voices_dir", str(tmp_path / "voices"))
+        running = await start_server(engine, **config)
+        app = HttpApi(running.server, Metrics(process_metrics=False))
+        serving = partial(serve_http, app, "127.0.0.1", 0, shutdown=running.server.drain_started.wait)
+        running.http_port = bound_port(await nursery.start(serving))
+        return running
 
     return start
 
@@ -231,6 +255,8 @@ class CliServer:
     """
 
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None):
+        if "--http-port" not in args:
+            args = [*args, "--http-port", "0"]  # never the fixed default: tests run side by side
         self.process = subprocess.Popen(
             [sys.executable, "-m", "indextts_server", "--host", "127.0.0.1", *args],
             cwd=REPO,
@@ -249,6 +275,14 @@ class CliServer:
         if not self.port:
             raise AssertionError(f"server exited ({self.process.wait()}) before listening:\n{self.text}")
         self.url = f"ws://127.0.0.1:{self.port}"
+        self.http_port = 0
+        if list(args)[list(args).index("--http-port") + 1] != "off":
+            for line in self.process.stderr:
+                self.log.append(line)
+                if found := re.search(r"http on http://127\.0\.0\.1:(\d+)", line):
+                    self.http_port = int(found.group(1))
+                    break
+        self.http = f"http://127.0.0.1:{self.http_port}"
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self) -> None:

@@ -24,6 +24,8 @@ REQUEST_TYPES: Final = ("tts_stream", "task_status", "cancel")
 FIELD_ERRORS: Final[dict[str, str]] = {
     "text": "缺少有效的 text",
     "prompt_audio": "缺少有效的 prompt_audio",
+    "voice": "voice 必须是字符串（声音库中的名称）",
+    "emo_voice": "emo_voice 必须是字符串（声音库中的名称）",
     "emo_mode": "emo_mode 必须是 none/audio/vector/text",
     "emo_audio": "emo_audio 必须是字符串（服务器上的音频文件路径）",
     "emo_alpha": "emo_alpha 必须是 0.0 到 1.0 之间的数字",

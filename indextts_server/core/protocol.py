@@ -26,6 +26,9 @@ CANCELLED_MESSAGE: Final = "任务已取消"
 CANCELLING_MESSAGE: Final = "任务将在当前段落完成后取消"
 DISCONNECTED_MESSAGE: Final = "客户端已断开连接"
 
+BOTH_VOICE: Final = "prompt_audio 与 voice 只能提供一个"
+BOTH_EMO_VOICE: Final = "emo_audio 与 emo_voice 只能提供一个"
+
 UnitFloat = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 EmoVector = Annotated[list[UnitFloat], msgspec.Meta(min_length=8, max_length=8)]
 
@@ -38,9 +41,13 @@ class TtsStream(msgspec.Struct, tag_field="type", tag="tts_stream", kw_only=True
     """
 
     text: str
-    prompt_audio: str
+    # One of the pair names the speaker: ``prompt_audio`` (a server path, the contract's field)
+    # or ``voice`` (a library name, an extension); likewise ``emo_audio`` or ``emo_voice``.
+    prompt_audio: str | None = None
+    voice: str | None = None
     emo_mode: EmoMode | None = None
     emo_audio: str | None = None
+    emo_voice: str | None = None
     emo_alpha: UnitFloat | None = None
     emo_vector: EmoVector | None = None
     emo_text: str | None = None
@@ -63,11 +70,22 @@ class TtsStream(msgspec.Struct, tag_field="type", tag="tts_stream", kw_only=True
     def __post_init__(self) -> None:
         if not self.text.strip():
             raise ValueError("缺少有效的 text")
-        if not self.prompt_audio.strip():
+        if self.voice is not None and self.prompt_audio is not None:
+            raise ValueError(BOTH_VOICE)
+        if self.voice is not None:
+            if not self.voice.strip():
+                raise ValueError("缺少有效的 voice")
+        elif not (self.prompt_audio and self.prompt_audio.strip()):
             raise ValueError("缺少有效的 prompt_audio")
         mode = self.emo_mode or "none"
-        if mode == "audio" and not (self.emo_audio and self.emo_audio.strip()):
-            raise ValueError("情感参考音频模式需要提供 emo_audio")
+        if mode == "audio":
+            if self.emo_voice is not None and self.emo_audio is not None:
+                raise ValueError(BOTH_EMO_VOICE)
+            if self.emo_voice is not None:
+                if not self.emo_voice.strip():
+                    raise ValueError("缺少有效的 emo_voice")
+            elif not (self.emo_audio and self.emo_audio.strip()):
+                raise ValueError("情感参考音频模式需要提供 emo_audio")
         if mode == "vector" and self.emo_vector is None:
             raise ValueError("情感向量模式需要提供 emo_vector")
         if mode == "text" and not (self.emo_text and self.emo_text.strip()):

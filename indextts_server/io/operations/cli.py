@@ -9,13 +9,16 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Final
 
 import trio
 from trio_websocket import WebSocketServer
 
 from ...core.engine import Engine
-from ..transport.http import ops_routes, serve_http
+from ...core.voices import VoiceLimits
+from ..http.app import HttpApi
+from ..transport.http import bound_port, serve_http
 from ..transport.websocket import Server, ServerConfig
 from .logs import setup_logging
 from .metrics import Metrics
@@ -107,12 +110,45 @@ def parser() -> argparse.ArgumentParser:
         help="download IndexTeam/IndexTTS-2 into --model-dir if it is missing",
     )
 
+    http = p.add_argument_group("HTTP API and voice library")
+    http.add_argument(
+        "--http-port",
+        type=_port_or_off,
+        default=8771,
+        help="HTTP port: the OpenAI-compatible API, the voice library, /healthz, /readyz, /metrics "
+        "and the demo page (0: any free port; off: none)",
+    )
+    http.add_argument("--http-host", default=None, help="address for --http-port (default: --host)")
+    http.add_argument("--voices-dir", default="voices", help="where uploaded voices are kept")
+    http.add_argument(
+        "--default-voice",
+        default="asset/zero_shot_prompt.wav",
+        help="the bundled voice 'default' (also what OpenAI's stock voice names mean); empty: none",
+    )
+    limits = VoiceLimits()
+    http.add_argument(
+        "--voice-max-bytes", type=_positive_int, default=limits.max_bytes, help="largest upload"
+    )
+    http.add_argument(
+        "--voice-min-seconds", type=_non_negative, default=limits.min_seconds, help="shortest sample, decoded"
+    )
+    http.add_argument(
+        "--voice-max-seconds", type=_non_negative, default=limits.max_seconds, help="longest sample, decoded"
+    )
+    http.add_argument(
+        "--voice-max-count", type=_positive_int, default=limits.max_count, help="voices kept at most"
+    )
+    http.add_argument(
+        "--voice-name-max-chars", type=_positive_int, default=limits.max_name_chars, help="longest voice name"
+    )
+
     ops = p.add_argument_group("operations")
     ops.add_argument(
         "--metrics-port",
         type=int,
         default=None,
-        help="serve Prometheus /metrics, /healthz and /readyz on this port (default: off)",
+        help="also serve /metrics, /healthz and /readyz alone on this port, e.g. a private one "
+        "(default: off; the HTTP port serves them too)",
     )
     ops.add_argument("--metrics-host", default=None, help="address for --metrics-port (default: --host)")
     ops.add_argument(
@@ -176,6 +212,15 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _port_or_off(text: str) -> int | None:
+    if text.lower() == "off":
+        return None
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be a port number (0: any free one) or off")
+    return value
+
+
 def _non_negative(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -200,6 +245,15 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         ping_timeout=args.ping_timeout,
         auth_token=args.auth_token or None,
         allowed_origins=tuple(args.allowed_origins or ()),
+        voices_dir=args.voices_dir,
+        default_voice=args.default_voice or None,
+        voice_limits=VoiceLimits(
+            max_bytes=args.voice_max_bytes,
+            min_seconds=args.voice_min_seconds,
+            max_seconds=args.voice_max_seconds,
+            max_count=args.voice_max_count,
+            max_name_chars=args.voice_name_max_chars,
+        ),
     )
 
 
@@ -269,18 +323,35 @@ async def serve(
     notifier: Notifier,
     metrics: Metrics,
     metrics_address: tuple[str, int] | None = None,
+    http_address: tuple[str, int] | None = None,
 ) -> None:
-    """Run ``server`` (and its operations endpoints) until a signal has drained it."""
+    """Run ``server``, its HTTP port and its operations endpoints until a signal has drained it."""
     async with trio.open_nursery() as nursery:
         await nursery.start(_watch_signals, server, notifier)
         if metrics_address is not None:
             host, port = metrics_address
-            routes = ops_routes(metrics, lambda: server.ready)
-            ports = await nursery.start(serve_http, host, port, routes)
-            log.info("metrics on http://%s:%s/metrics (also /healthz, /readyz)", host, ports[0])
+            ops = HttpApi(server, metrics, ops_only=True)
+            urls = await nursery.start(partial(serve_http, ops, host, port))
+            log.info("metrics on http://%s:%s/metrics (also /healthz, /readyz)", host, bound_port(urls))
         stall_limit = server.config.task_timeout or DEFAULT_STALL_LIMIT
         await nursery.start(notifier.run_watchdog, _alive(server, stall_limit))
         await nursery.start(_run_then_stop, server, nursery.cancel_scope)
+        if http_address is not None:
+            host, port = http_address
+            api = HttpApi(server, metrics)
+            # The HTTP listener closes when the drain starts, as the WebSocket one does; requests in
+            # flight get the drain's time and a little more to finish.
+            urls = await nursery.start(
+                partial(
+                    serve_http,
+                    api,
+                    host,
+                    port,
+                    shutdown=server.drain_started.wait,
+                    graceful_timeout=server.config.drain_timeout + 10,
+                )
+            )
+            log.info("http on http://%s:%s (OpenAI-compatible API under /v1)", host, bound_port(urls))
         notifier.ready(f"listening; engine {server.scheduler.engine_name}")
         nursery.start_soon(_report_status, server, notifier)
 
@@ -311,11 +382,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     metrics_address = None
     if args.metrics_port is not None:
         metrics_address = (args.metrics_host or args.host, args.metrics_port)
+    http_address = None
+    if args.http_port is not None:
+        http_address = (args.http_host or args.host, args.http_port)
 
     async def start() -> None:
         server = Server(config_from(args), engines, metrics=metrics, listeners=trio_listeners(adopted))
+        server.voices.prepare()
         metrics.set_queue_depth_source(lambda: server.scheduler.queue_depth)
-        await serve(server, notifier, metrics, metrics_address)
+        await serve(server, notifier, metrics, metrics_address, http_address)
 
     try:
         trio.run(start)

@@ -7,7 +7,8 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Final, Protocol, overload
 from urllib.parse import parse_qs, urlsplit
@@ -32,7 +33,9 @@ from ...core.protocol import (
     Welcome,
 )
 from ...core.tasks import Delivery
+from ...core.voices import VoiceError, VoiceLimits
 from ..audio.paths import AudioPathError, AudioPaths, resolve_roots
+from ..audio.voices import VoiceLibrary
 from ..scheduling.board import TaskBoard, TaskObserver
 from ..scheduling.scheduler import SHUTTING_DOWN, EmbeddedScheduler, Scheduler
 from ..scheduling.worker import InferenceWorker
@@ -59,6 +62,9 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     ping_timeout: float = 20.0
     auth_token: str | None = None
     allowed_origins: tuple[str, ...] = ()
+    voices_dir: str = "voices"
+    default_voice: str | None = "asset/zero_shot_prompt.wav"
+    voice_limits: VoiceLimits = VoiceLimits()
 
 
 GOING_AWAY: Final = 1001
@@ -114,6 +120,7 @@ class Server:
         self.scheduler = scheduler
         self.metrics = metrics
         self.paths = AudioPaths(resolve_roots(config.audio_roots))
+        self.voices = VoiceLibrary(config.voices_dir, config.voice_limits, config.default_voice)
         self.sessions: dict[str, Session] = {}
         self.draining = False
         self.listening = False
@@ -121,6 +128,7 @@ class Server:
         self._listen_scope = trio.CancelScope()
         self._stop_scope = trio.CancelScope()
         self._sessions_gone = trio.Event()  # set when the last session closes while draining
+        self.drain_started = trio.Event()
 
     @property
     def board(self) -> TaskBoard:
@@ -193,6 +201,7 @@ class Server:
         if self.draining:
             return
         self.draining = True
+        self.drain_started.set()
         self._listen_scope.cancel()
         await self.scheduler.drain(self.config.drain_timeout)
         for session in list(self.sessions.values()):
@@ -201,6 +210,21 @@ class Server:
             if self.sessions:
                 await self._sessions_gone.wait()
         self._stop_scope.cancel()
+
+    @asynccontextmanager
+    async def hosting(self, session: Session) -> AsyncIterator[None]:
+        """Count ``session`` among the server's while the block runs (a WebSocket connection, or
+        one HTTP request); when it ends, its waiting tasks are cancelled and a running one stops."""
+        self.sessions[session.session_id] = session
+        try:
+            yield
+        finally:
+            session.open = False
+            del self.sessions[session.session_id]
+            if self.draining and not self.sessions:
+                self._sessions_gone.set()
+            with trio.move_on_after(5, shield=True):
+                await self.scheduler.session_closed(session)
 
     @property
     def busy_workers(self) -> int:
@@ -218,25 +242,19 @@ class Server:
         ws = await request.accept()
         outbox, pending = trio.open_memory_channel[Outgoing](OUTBOX_SIZE)
         session = Session(str(uuid.uuid4()), outbox)
-        self.sessions[session.session_id] = session
         if self.metrics is not None:
             self.metrics.connection_opened()
         log.info("session opened session=%s remote=%s", session.session_id, ws.remote)
         try:
-            async with trio.open_nursery() as nursery:
-                session.bind(nursery.cancel_scope)
-                nursery.start_soon(self._write, ws, pending, session)
-                nursery.start_soon(self._heartbeat, ws, session)
-                session.send(Welcome(session_id=session.session_id))
-                await self._read(ws, session)
-                nursery.cancel_scope.cancel()
+            async with self.hosting(session):
+                async with trio.open_nursery() as nursery:
+                    session.bind(nursery.cancel_scope)
+                    nursery.start_soon(self._write, ws, pending, session)
+                    nursery.start_soon(self._heartbeat, ws, session)
+                    session.send(Welcome(session_id=session.session_id))
+                    await self._read(ws, session)
+                    nursery.cancel_scope.cancel()
         finally:
-            session.open = False
-            del self.sessions[session.session_id]
-            if self.draining and not self.sessions:
-                self._sessions_gone.set()
-            with trio.move_on_after(5, shield=True):
-                await self.scheduler.session_closed(session)
             if self.metrics is not None:
                 self.metrics.connection_closed()
             if session.overflowed:
@@ -340,7 +358,7 @@ class Server:
             job = self._job(request, recall=True)
             if job is None:
                 job = await trio.to_thread.run_sync(self._job, request)
-        except AudioPathError as error:
+        except (AudioPathError, VoiceError) as error:
             self._error(session, str(error))
             return
         delivery = Delivery(
@@ -367,13 +385,23 @@ class Server:
         """
         mode = request.emo_mode or "none"
         named = [("prompt_audio", request.prompt_audio)]
+        if request.voice is not None:
+            named = [("voice", request.voice)]
         if mode == "audio":
-            assert request.emo_audio is not None
-            named.append(("emo_audio", request.emo_audio))
+            if request.emo_voice is None:
+                named.append(("emo_audio", request.emo_audio))
+            else:
+                named.append(("emo_voice", request.emo_voice))
         now = time.monotonic()
         resolved: list[str] = []
         for field, value in named:
-            path = self.paths.recall(value, now) if recall else self.paths.check(field, value, now)
+            assert value is not None
+            if field in ("voice", "emo_voice"):
+                if recall:
+                    return None  # a library voice is looked up on disk every time: never stale
+                path: str | None = self.voices.resolve(field, value)
+            else:
+                path = self.paths.recall(value, now) if recall else self.paths.check(field, value, now)
             if path is None:
                 return None
             resolved.append(path)

@@ -1,0 +1,249 @@
+"""The OpenAI-compatible speech API, pure: its request, its errors, and the request -> job mapping."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+from .decode import FIELD_ERRORS, text_too_long
+from .engine import EmoMode, SynthesisJob
+from .protocol import INTERVAL_SILENCE_MAX, MAX_TOKENS_MAX, MAX_TOKENS_MIN, SEED_MAX, EmoVector, UnitFloat
+from .voices import DEFAULT_VOICE
+
+ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+RESPONSE_FORMATS: Final = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+SPEED_MIN: Final = 0.25
+SPEED_MAX: Final = 4.0
+
+MODEL: Final = "indextts2"
+MODEL_ALIASES: Final = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+"""OpenAI's speech model names, accepted so clients that hard-code one of them work unchanged."""
+
+
+class ApiError(Exception):
+    """An HTTP API error in OpenAI's shape; ``str(error)`` is the client's text (Chinese)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+    @property
+    def type(self) -> str:
+        if self.status == 401:
+            return "authentication_error"
+        if self.status == 429:
+            return "rate_limit_error"
+        if self.status >= 500:
+            return "server_error"
+        return "invalid_request_error"
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """``{"error": {"message", "type", "param", "code"}}``: what OpenAI's clients parse."""
+
+    error: ErrorDetail
+
+
+def error_body(error: ApiError) -> ErrorBody:
+    return ErrorBody(
+        error=ErrorDetail(message=error.message, type=error.type, param=error.param, code=error.code)
+    )
+
+
+class VoiceRef(msgspec.Struct, kw_only=True):
+    """Newer SDKs may send ``voice`` as ``{"id": ...}``."""
+
+    id: str
+
+
+class SpeechRequest(msgspec.Struct, kw_only=True):
+    """``POST /v1/audio/speech``: OpenAI's fields, then this model's own (as the WebSocket names them).
+
+    ``None`` means the default, as over the WebSocket. Unknown fields are ignored.
+    """
+
+    input: str
+    model: str | None = None
+    voice: str | VoiceRef | None = None
+    instructions: str | None = None
+    response_format: ResponseFormat | None = None
+    speed: Annotated[float, msgspec.Meta(ge=SPEED_MIN, le=SPEED_MAX)] | None = None
+    stream_format: Literal["audio", "sse"] | None = None
+    # Extensions: stream the audio as segments are produced (``stream_format: "sse"`` implies it).
+    stream: bool | None = None
+    emo_mode: EmoMode | None = None
+    emo_voice: str | None = None
+    emo_audio: str | None = None
+    emo_alpha: UnitFloat | None = None
+    emo_vector: EmoVector | None = None
+    emo_text: str | None = None
+    interval_silence: Annotated[int, msgspec.Meta(ge=0, le=INTERVAL_SILENCE_MAX)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=MAX_TOKENS_MIN, le=MAX_TOKENS_MAX)] | None = None
+    use_random: bool | None = None
+    seed: Annotated[int, msgspec.Meta(ge=0, le=SEED_MAX)] | None = None
+    quick_first: Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_MAX)] | None = None
+
+    @property
+    def voice_name(self) -> str:
+        if isinstance(self.voice, VoiceRef):
+            return self.voice.id
+        return self.voice or DEFAULT_VOICE
+
+    @property
+    def format(self) -> ResponseFormat:
+        return self.response_format or "mp3"
+
+    @property
+    def sse(self) -> bool:
+        return self.stream_format == "sse"
+
+    @property
+    def streaming(self) -> bool:
+        return self.sse or bool(self.stream)
+
+
+SPEECH_FIELD_ERRORS: Final[dict[str, str]] = {
+    **FIELD_ERRORS,
+    "input": "缺少有效的 input",
+    "model": "model 必须是字符串",
+    "voice": 'voice 必须是字符串（声音库中的名称）或 {"id": 名称}',
+    "id": 'voice 必须是字符串（声音库中的名称）或 {"id": 名称}',
+    "instructions": "instructions 必须是字符串",
+    "response_format": f"response_format 必须是 {'/'.join(RESPONSE_FORMATS)}",
+    "speed": f"speed 必须是 {SPEED_MIN} 到 {SPEED_MAX} 之间的数字",
+    "stream_format": "stream_format 必须是 audio 或 sse",
+    "emo_voice": "emo_voice 必须是字符串（声音库中的名称）",
+    "emo_audio": "emo_audio 必须是字符串（服务器上的音频文件路径）",
+}
+
+_MISSING_FIELD = re.compile(r"missing required field `([A-Za-z_]+)`")
+_AT_FIELD = re.compile(r" - at `\$\.([A-Za-z_]+)")
+_decoder: Final = msgspec.json.Decoder(SpeechRequest)
+
+
+def invalid(field: str, message: str | None = None) -> ApiError:
+    text = message or SPEECH_FIELD_ERRORS.get(field, f"参数 {field} 无效")
+    return ApiError(400, text, param=field, code="invalid_value")
+
+
+def decode_speech(body: bytes, *, max_text_chars: int) -> SpeechRequest:
+    """The request, validated; `ApiError` (400) naming the field otherwise."""
+    try:
+        request = _decoder.decode(body)
+    except msgspec.ValidationError as error:
+        detail = str(error)
+        if detail.startswith("Expected `object`"):
+            raise ApiError(400, "请求体必须是 JSON 对象", code="invalid_json") from None
+        match = _MISSING_FIELD.search(detail) or _AT_FIELD.search(detail)
+        field = match.group(1) if match else "input"
+        raise invalid("voice" if field == "id" else field) from None
+    except msgspec.DecodeError:
+        raise ApiError(400, "请求体不是有效的 JSON", code="invalid_json") from None
+    if not request.input.strip():
+        raise invalid("input")
+    if len(request.input) > max_text_chars:
+        raise invalid("input", text_too_long(max_text_chars).replace("text", "input", 1))
+    if request.model is not None and request.model not in (MODEL, *MODEL_ALIASES):
+        raise ApiError(
+            404,
+            f"模型不存在: {request.model}（可用: {'/'.join((MODEL, *MODEL_ALIASES))}）",
+            param="model",
+            code="model_not_found",
+        )
+    emo_mode(request)  # raises on a contradiction
+    return request
+
+
+def emo_mode(request: SpeechRequest) -> EmoMode:
+    """The emotion mode: ``emo_mode`` if given, else the one the request's emotion fields imply.
+
+    ``instructions`` is IndexTTS2's emotion text (``text`` mode). Fields of two modes without an
+    ``emo_mode`` to choose between them are an error, as are both of a pair that mean one thing.
+    """
+    if request.instructions is not None and request.emo_text is not None:
+        raise invalid("instructions", "instructions 与 emo_text 只能提供一个（都是情感文本）")
+    if request.emo_voice is not None and request.emo_audio is not None:
+        raise invalid("emo_voice", "emo_voice 与 emo_audio 只能提供一个")
+    text = request.emo_text if request.emo_text is not None else request.instructions
+    mode = request.emo_mode
+    if mode is None:
+        implied: list[EmoMode] = []
+        if text is not None and text.strip():
+            implied.append("text")
+        if request.emo_vector is not None:
+            implied.append("vector")
+        if request.emo_voice is not None or request.emo_audio is not None:
+            implied.append("audio")
+        if len(implied) > 1:
+            raise invalid(
+                "emo_mode", f"同时给出了多种情感输入（{'/'.join(implied)}），请用 emo_mode 指明用哪一种"
+            )
+        mode = implied[0] if implied else "none"
+    if mode == "audio" and not ((request.emo_voice or "").strip() or (request.emo_audio or "").strip()):
+        raise invalid("emo_voice", "情感参考音频模式需要提供 emo_voice 或 emo_audio")
+    if mode == "vector" and request.emo_vector is None:
+        raise invalid("emo_vector", "情感向量模式需要提供 emo_vector")
+    if mode == "text" and not (text and text.strip()):
+        raise invalid("instructions", "情感文本引导模式需要提供 instructions（或 emo_text）")
+    return mode
+
+
+def speech_job(request: SpeechRequest, prompt_audio: str, emo_audio: str | None) -> SynthesisJob:
+    """The engine's job, given the resolved files of the voice and (in ``audio`` mode) the emotion."""
+    mode = emo_mode(request)
+    text = request.emo_text if request.emo_text is not None else request.instructions
+    return SynthesisJob(
+        text=request.input,
+        prompt_audio=prompt_audio,
+        emo_mode=mode,
+        emo_audio=emo_audio if mode == "audio" else None,
+        emo_alpha=1.0 if request.emo_alpha is None else request.emo_alpha,
+        emo_vector=tuple(request.emo_vector) if mode == "vector" and request.emo_vector else None,
+        emo_text=text if mode == "text" else None,
+        interval_silence=200 if request.interval_silence is None else request.interval_silence,
+        max_tokens=120 if request.max_tokens is None else request.max_tokens,
+        use_random=bool(request.use_random),
+        seed=request.seed,
+        quick_first=request.quick_first or 0,
+    )
+
+
+class Model(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "indextts-server"
+
+
+class ModelList(msgspec.Struct, kw_only=True):
+    """``GET /v1/models``: OpenAI's list shape (``data``); Open WebUI reads ``models`` from /audio/models."""
+
+    object: str = "list"
+    data: list[Model]
+    models: list[Model]
+
+
+def model_list() -> ModelList:
+    models = [Model(id=name) for name in (MODEL, *MODEL_ALIASES)]
+    return ModelList(data=models, models=models)

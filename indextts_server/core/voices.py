@@ -1,0 +1,129 @@
+"""The voice library's rules: what a voice name may be, the upload limits, and their client texts."""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Final
+
+import msgspec
+
+DEFAULT_VOICE: Final = "default"
+"""The bundled voice every client may name (``--default-voice``), unless the library has its own."""
+
+NAME_MAX_BYTES: Final = 200
+"""A name becomes a file name: its UTF-8 form must fit the file system's 255-byte limit."""
+
+
+class VoiceLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """What an upload may be; each one is a command-line flag."""
+
+    max_bytes: int = 10 * 1024 * 1024
+    min_seconds: float = 1.0
+    max_seconds: float = 30.0
+    max_count: int = 1000
+    max_name_chars: int = 64
+    max_ref_text_chars: int = 2000
+
+
+class VoiceError(Exception):
+    """An upload or a name that is refused: ``str(error)`` is the client's text.
+
+    ``status`` is the HTTP status it maps to, ``param`` the request field it is about and
+    ``code`` a stable machine-readable reason.
+    """
+
+    def __init__(self, message: str, *, status: int, param: str | None, code: str):
+        super().__init__(message)
+        self.status = status
+        self.param = param
+        self.code = code
+
+
+NAME_RULE: Final = "name 只能包含字母（任何文字）、数字、_ 和 -"
+
+
+def name_error(message: str) -> VoiceError:
+    return VoiceError(message, status=400, param="name", code="invalid_voice_name")
+
+
+def check_voice_name(name: str, max_chars: int) -> str:
+    """The name in its canonical (NFC) form, or `VoiceError` saying what is wrong with it.
+
+    Letters of any script, combining marks after a letter (Devanagari, Thai, ...), decimal digits,
+    ``_`` and ``-``. Nothing else: no ``.``, no path separators, no spaces, no control characters,
+    so a name can never leave the library's folder or hide in a listing.
+    """
+    canonical = unicodedata.normalize("NFC", name)
+    if not canonical:
+        raise name_error("缺少有效的 name")
+    if len(canonical) > max_chars or len(canonical.encode("utf-8")) > NAME_MAX_BYTES:
+        raise name_error(f"name 过长：最多 {max_chars} 个字符")
+    for index, char in enumerate(canonical):
+        category = unicodedata.category(char)
+        if char in "_-" or category == "Nd" or category.startswith("L"):
+            continue
+        if category.startswith("M") and index > 0:
+            continue
+        raise name_error(NAME_RULE)
+    return canonical
+
+
+def unknown_voice(field: str, name: str) -> VoiceError:
+    return VoiceError(f"{field} 不存在: {name}", status=404, param=field, code="voice_not_found")
+
+
+def voice_exists(name: str) -> VoiceError:
+    return VoiceError(
+        f"声音已存在: {name}（要替换它，请同时提交 replace=true）",
+        status=409,
+        param="name",
+        code="voice_exists",
+    )
+
+
+def library_full(limit: int) -> VoiceError:
+    return VoiceError(
+        f"声音库已满：最多 {limit} 个声音，请先删除不用的声音",
+        status=409,
+        param="name",
+        code="voice_limit_reached",
+    )
+
+
+def missing_sample() -> VoiceError:
+    return VoiceError("缺少 audio_sample 文件", status=400, param="audio_sample", code="missing_audio_sample")
+
+
+def sample_too_big(limit: int) -> VoiceError:
+    return VoiceError(
+        f"audio_sample 过大：最多 {limit} 字节", status=413, param="audio_sample", code="audio_too_large"
+    )
+
+
+def sample_not_audio() -> VoiceError:
+    return VoiceError(
+        "audio_sample 无法解码为音频（支持 wav/flac/mp3/ogg/webm/m4a）",
+        status=400,
+        param="audio_sample",
+        code="invalid_audio",
+    )
+
+
+def sample_duration(seconds: float, limits: VoiceLimits) -> VoiceError:
+    shown = f"超过 {limits.max_seconds:g}" if seconds > limits.max_seconds else f"{seconds:.2f}"
+    return VoiceError(
+        f"audio_sample 时长 {shown} 秒，必须在 {limits.min_seconds:g} 到 {limits.max_seconds:g} 秒之间",
+        status=400,
+        param="audio_sample",
+        code="invalid_audio_duration",
+    )
+
+
+def ref_text_too_long(limit: int) -> VoiceError:
+    return VoiceError(
+        f"ref_text 过长：最多 {limit} 个字符", status=400, param="ref_text", code="invalid_ref_text"
+    )
+
+
+def builtin_voice(name: str) -> VoiceError:
+    return VoiceError(f"内置声音不能删除: {name}", status=400, param="name", code="builtin_voice")

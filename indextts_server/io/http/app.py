@@ -1,0 +1,250 @@
+"""The HTTP port's ASGI application: routing, the shared token, CORS, operations and the demo page."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import mimetypes
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Final
+
+import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+
+from ...core.openai import ApiError, model_list
+from ..operations.metrics import CONTENT_TYPE, Metrics
+from ..transport.websocket import Server
+from .asgi import TEXT, Request, respond, respond_error, respond_json
+from .speech import MidStreamFailure, Speech
+from .voices import Voices
+
+log = logging.getLogger("indextts_server")
+
+WEB_ROOT: Final = Path(__file__).resolve().parent.parent.parent / "web"
+"""The demo page's files (``indextts_server/web``), served at ``/`` and ``/web/<file>``."""
+
+CONTENT_TYPES: Final = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".wav": "audio/wav",
+}
+CORS_METHODS: Final = "GET, POST, DELETE, OPTIONS"
+CORS_HEADERS: Final = "Authorization, Content-Type"
+
+Handler = Callable[[Request, ASGISendCallable], Awaitable[None]]
+
+
+def not_found(path: str) -> ApiError:
+    return ApiError(404, f"接口不存在: {path}", code="not_found")
+
+
+def method_not_allowed(method: str, allowed: str) -> ApiError:
+    return ApiError(
+        405,
+        f"不支持的方法: {method}（可用: {allowed}）",
+        code="method_not_allowed",
+        headers=(("allow", allowed),),
+    )
+
+
+class HttpApi:
+    """Everything on the HTTP port; ``ops_only`` keeps just ``/metrics``, ``/healthz`` and ``/readyz``.
+
+    The API (``/v1/...``) asks for the server's token when it has one (``Authorization: Bearer``,
+    as OpenAI's clients send it, or ``?token=``). Browsers: same-origin pages always work; another
+    origin must be listed with ``--allow-origin`` (``*``: any) to get CORS headers, and is refused
+    (403) otherwise, so a foreign page cannot upload or delete voices behind a user's back.
+    """
+
+    def __init__(self, server: Server, metrics: Metrics | None = None, *, ops_only: bool = False):
+        self.server = server
+        self.metrics = metrics
+        self.ops_only = ops_only
+        self.speech = Speech(server)
+        self.voices = Voices(server.voices)
+        self.web_root = WEB_ROOT
+
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        cors = self._cors(request)
+        try:
+            await self._route(request, send, cors)
+        except ApiError as error:
+            await respond_error(send, error, cors)
+        except MidStreamFailure:
+            raise  # hypercorn cuts the connection: the client must not take half the audio for all of it
+        except Exception:
+            log.exception("HTTP %s %s failed", request.method, request.path)
+            await respond_error(send, ApiError(500, "服务器内部错误", code="internal_error"), cors)
+
+    async def _lifespan(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _cors(self, request: Request) -> list[tuple[str, str]]:
+        origin = request.headers.get("origin")
+        allowed = self.server.config.allowed_origins
+        if origin is None or not (origin in allowed or "*" in allowed):
+            return []
+        return [
+            ("access-control-allow-origin", origin),
+            ("vary", "Origin"),
+            ("access-control-expose-headers", "X-Task-Id, Retry-After"),
+        ]
+
+    def _foreign(self, request: Request, cors: list[tuple[str, str]]) -> bool:
+        """A browser request from another origin that is not allowed."""
+        origin = request.headers.get("origin")
+        if origin is None or cors:
+            return False
+        host = request.headers.get("host", "")
+        return origin not in (f"http://{host}", f"https://{host}")
+
+    async def _route(self, request: Request, send: ASGISendCallable, cors: list[tuple[str, str]]) -> None:
+        segments = request.segments
+        method = "GET" if request.method == "HEAD" else request.method
+        ops = self._ops(request.path)
+        if ops is not None:
+            if method != "GET":
+                raise method_not_allowed(request.method, "GET, HEAD")
+            await ops(request, send)
+            return
+        if self.ops_only:
+            raise not_found(request.path)
+        if segments[1:2] != ["v1"]:
+            if method != "GET":
+                raise method_not_allowed(request.method, "GET, HEAD")
+            await self._static(request, send)
+            return
+        if self._foreign(request, cors):
+            raise ApiError(
+                403, f"不允许来自该来源的请求: {request.headers['origin']}", code="origin_not_allowed"
+            )
+        if method == "OPTIONS":
+            headers = [
+                *cors,
+                ("access-control-allow-methods", CORS_METHODS),
+                ("access-control-allow-headers", CORS_HEADERS),
+            ]
+            await respond(send, 204, b"", None, [*headers, ("access-control-max-age", "600")])
+            return
+        self._authorize(request)
+        route = segments[2:]
+        handler: Handler | None = None
+        allowed = "GET, HEAD"
+        if route in (["models"], ["audio", "models"]):
+            handler = self._models if method == "GET" else None
+        elif route == ["audio", "voices"]:
+            allowed = "GET, HEAD, POST"
+            handler = {"GET": self.voices.list, "POST": self.voices.upload}.get(method)
+        elif len(route) == 3 and route[:2] == ["audio", "voices"]:
+            allowed = "DELETE"
+            name = route[2]
+            if method == "DELETE":
+                await self.voices.delete(request, _with_cors(send, cors), name)
+                return
+        elif route == ["audio", "speech"]:
+            allowed = "POST"
+            handler = self.speech.handle if method == "POST" else None
+        else:
+            raise not_found(request.path)
+        if handler is None:
+            raise method_not_allowed(request.method, allowed)
+        await handler(request, _with_cors(send, cors))
+
+    def _authorize(self, request: Request) -> None:
+        token = self.server.config.auth_token
+        if not token:
+            return
+        authorization = request.headers.get("authorization", "")
+        if authorization.lower().startswith("bearer "):
+            offered: str | None = authorization[7:].strip()
+        else:
+            offered = request.query.get("token", [None])[0]
+        if offered is None or not hmac.compare_digest(offered.encode(), token.encode()):
+            raise ApiError(
+                401,
+                "缺少或错误的令牌：请发送 Authorization: Bearer <token>",
+                code="invalid_api_key",
+                headers=(("www-authenticate", "Bearer"),),
+            )
+
+    def _ops(self, path: str) -> Handler | None:
+        async def metrics(request: Request, send: ASGISendCallable) -> None:
+            if self.metrics is None:
+                raise not_found(path)
+            await respond(send, 200, self.metrics.render(), CONTENT_TYPE, [("cache-control", "no-store")])
+
+        async def healthz(request: Request, send: ASGISendCallable) -> None:
+            await respond(send, 200, b"ok\n", TEXT, [("cache-control", "no-store")])
+
+        async def readyz(request: Request, send: ASGISendCallable) -> None:
+            ready = self.server.ready
+            await respond(
+                send,
+                200 if ready else 503,
+                b"ready\n" if ready else b"not ready\n",
+                TEXT,
+                [("cache-control", "no-store")],
+            )
+
+        routes: dict[str, Handler] = {"/metrics": metrics, "/healthz": healthz, "/readyz": readyz}
+        return routes.get(path)
+
+    async def _models(self, request: Request, send: ASGISendCallable) -> None:
+        await respond_json(send, 200, model_list())
+
+    async def _static(self, request: Request, send: ASGISendCallable) -> None:
+        """``/`` is ``web/index.html``; ``/web/<file>`` any file under ``web/``, never outside it."""
+        segments = request.segments
+        if segments == ["", ""]:
+            parts = ["index.html"]
+        elif len(segments) > 2 and segments[1] == "web":
+            parts = segments[2:]
+        else:
+            raise not_found(request.path)
+        if any(not part or part.startswith(".") or "\\" in part or "\x00" in part for part in parts):
+            raise not_found(request.path)
+        root = self.web_root.resolve()
+        path = root.joinpath(*parts).resolve()
+        if not path.is_relative_to(root):
+            raise not_found(request.path)
+        try:
+            data = await trio.Path(path).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise not_found(request.path) from None
+        content_type = CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0]
+        await respond(
+            send, 200, data, content_type or "application/octet-stream", [("cache-control", "no-cache")]
+        )
+
+
+def _with_cors(send: ASGISendCallable, cors: list[tuple[str, str]]) -> ASGISendCallable:
+    """``send`` with the CORS headers added to the response head."""
+    if not cors:
+        return send
+    extra = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in cors]
+
+    async def wrapped(message: object) -> None:
+        if isinstance(message, dict) and message.get("type") == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)  # type: ignore[arg-type]  # the ASGI events are TypedDicts; this passes them on
+
+    return wrapped
