@@ -122,6 +122,7 @@ class Running:
         self.port = port
         self.url = f"ws://127.0.0.1:{port}"
         self.http_port = 0
+        self.app: HttpApi | None = None
 
     @property
     def http(self) -> str:
@@ -156,6 +157,7 @@ def start_http(nursery: trio.Nursery, start_server: StartServer, tmp_path: Path)
         config.setdefault("voices_dir", str(tmp_path / "voices"))
         running = await start_server(engine, **config)
         app = HttpApi(running.server, Metrics(process_metrics=False))
+        running.app = app
         serving = partial(serve_http, app, "127.0.0.1", 0, shutdown=running.server.drain_started.wait)
         running.http_port = bound_port(await nursery.start(serving))
         return running
