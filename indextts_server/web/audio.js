@@ -1,0 +1,162 @@
+// Audio in the page: WAV parsing and writing, gapless playback of segments, microphone to WAV.
+
+/** The PCM and format of a WAV file (ArrayBuffer), or an Error naming what is wrong. */
+export function parseWav(buffer) {
+  const view = new DataView(buffer);
+  const tag = (offset) => String.fromCharCode(...new Uint8Array(buffer, offset, 4));
+  if (buffer.byteLength < 12 || tag(0) !== "RIFF" || tag(8) !== "WAVE") {
+    throw new Error("not a WAV file");
+  }
+  let format = null;
+  for (let offset = 12; offset + 8 <= buffer.byteLength; ) {
+    const id = tag(offset);
+    let size = view.getUint32(offset + 4, true);
+    const body = offset + 8;
+    if (id === "fmt ") {
+      format = {
+        channels: view.getUint16(body + 2, true),
+        sampleRate: view.getUint32(body + 4, true),
+        bitsPerSample: view.getUint16(body + 14, true),
+      };
+    } else if (id === "data") {
+      if (!format) throw new Error("WAV data before its format");
+      size = Math.min(size, buffer.byteLength - body); // streamed headers may say 0xFFFFFFFF
+      return { ...format, pcm: new Uint8Array(buffer, body, size) };
+    }
+    offset = body + size + (size % 2);
+  }
+  throw new Error("WAV file without data");
+}
+
+/** A WAV Blob holding 16-bit PCM chunks (Uint8Array) one after the other. */
+export function wavBlob(chunks, sampleRate, channels = 1) {
+  const size = chunks.reduce((total, chunk) => total + chunk.byteLength, 0);
+  return new Blob([wavHeader(size, sampleRate, channels), ...chunks], { type: "audio/wav" });
+}
+
+function wavHeader(dataBytes, sampleRate, channels) {
+  const header = new ArrayBuffer(44);
+  const view = new DataView(header);
+  const text = (offset, value) => [...value].forEach((c, i) => view.setUint8(offset + i, c.charCodeAt(0)));
+  text(0, "RIFF");
+  view.setUint32(4, 36 + dataBytes, true);
+  text(8, "WAVE");
+  text(12, "fmt ");
+  view.setUint32(16, 16, true);
+  view.setUint16(20, 1, true); // PCM
+  view.setUint16(22, channels, true);
+  view.setUint32(24, sampleRate, true);
+  view.setUint32(28, sampleRate * channels * 2, true);
+  view.setUint16(32, channels * 2, true);
+  view.setUint16(34, 16, true);
+  text(36, "data");
+  view.setUint32(40, dataBytes, true);
+  return header;
+}
+
+/** An AudioBuffer as a mono 16-bit WAV Blob (channels averaged). */
+export function audioBufferToWav(audio) {
+  const samples = new Int16Array(audio.length);
+  const channels = [...Array(audio.numberOfChannels).keys()].map((c) => audio.getChannelData(c));
+  for (let i = 0; i < audio.length; i++) {
+    let sum = 0;
+    for (const channel of channels) sum += channel[i];
+    const value = Math.max(-1, Math.min(1, sum / channels.length));
+    samples[i] = value < 0 ? value * 0x8000 : value * 0x7fff;
+  }
+  return wavBlob([new Uint8Array(samples.buffer)], audio.sampleRate, 1);
+}
+
+/**
+ * Plays segments one after another without gaps, in the order they were given, as they arrive.
+ * Counts what was scheduled and what finished playing; `onchange(index, state)` follows each one.
+ */
+export class SegmentPlayer {
+  constructor(context, onchange) {
+    this.context = context;
+    this.onchange = onchange;
+    this.sources = new Set();
+    this.nextStart = 0;
+    this.decoding = Promise.resolve();
+    this.generation = 0;
+    this.scheduled = 0;
+    this.played = 0;
+  }
+
+  /** Queue one segment (a complete WAV file); resolves once it is scheduled. */
+  enqueue(index, wav) {
+    const generation = this.generation;
+    // decodeAudioData may settle out of order: chain them so segments keep their order.
+    this.decoding = this.decoding.then(async () => {
+      const audio = await this.context.decodeAudioData(wav.slice(0));
+      if (generation !== this.generation) return;
+      const source = this.context.createBufferSource();
+      source.buffer = audio;
+      source.connect(this.context.destination);
+      const now = this.context.currentTime;
+      const at = Math.max(now + 0.03, this.nextStart);
+      this.nextStart = at + audio.duration;
+      source.onended = () => {
+        if (!this.sources.delete(source)) return; // stopped, not played out
+        this.played += 1;
+        this.onchange(index, "played");
+      };
+      this.sources.add(source);
+      source.start(at);
+      this.scheduled += 1;
+      this.onchange(index, at <= now + 0.05 ? "playing" : "scheduled", at - now);
+    });
+    return this.decoding;
+  }
+
+  /** Stop at once: nothing already scheduled plays on. */
+  stop() {
+    this.generation += 1;
+    for (const source of this.sources) {
+      this.sources.delete(source);
+      source.stop();
+    }
+    this.nextStart = 0;
+  }
+}
+
+/** The microphone, recorded with MediaRecorder and turned into WAV in the page. */
+export class Recorder {
+  constructor(context) {
+    this.context = context;
+    this.recorder = null;
+    this.chunks = [];
+    this.startedAt = 0;
+  }
+
+  get recording() {
+    return this.recorder !== null;
+  }
+
+  get seconds() {
+    return this.recording ? (performance.now() - this.startedAt) / 1000 : 0;
+  }
+
+  async start() {
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    this.chunks = [];
+    this.recorder = new MediaRecorder(stream);
+    this.recorder.ondataavailable = (event) => event.data.size && this.chunks.push(event.data);
+    this.recorder.start();
+    this.startedAt = performance.now();
+  }
+
+  /** Stop and resolve with the recording as a mono 16-bit WAV Blob. */
+  async stop() {
+    const recorder = this.recorder;
+    if (!recorder) throw new Error("not recording");
+    const stopped = new Promise((resolve) => (recorder.onstop = resolve));
+    recorder.stop();
+    await stopped;
+    recorder.stream.getTracks().forEach((track) => track.stop());
+    this.recorder = null;
+    const encoded = await new Blob(this.chunks, { type: recorder.mimeType }).arrayBuffer();
+    const audio = await this.context.decodeAudioData(encoded);
+    return audioBufferToWav(audio);
+  }
+}
