@@ -21,7 +21,7 @@ from ...core.voices import VoiceError
 from ..audio.encoding import Transcoder, media_type
 from ..audio.paths import AudioPathError
 from ..scheduling.scheduler import SHUTTING_DOWN
-from ..transport.session import OUTBOX_SIZE, Close, Outgoing, Session
+from ..transport.session import OUTBOX_SIZE, Session
 from ..transport.websocket import Server
 from .asgi import BodyTooLarge, Request, body, encode_json, respond, start
 
@@ -43,18 +43,18 @@ class HttpSession(Session):
     """One HTTP request seen as a session: the worker's replies and audio arrive here as objects."""
 
     def __init__(self) -> None:
-        unused, _ = trio.open_memory_channel[Outgoing](0)
-        super().__init__(str(uuid.uuid4()), unused)
+        super().__init__(str(uuid.uuid4()))
         self._events, self.events = trio.open_memory_channel[Event](OUTBOX_SIZE)
 
     def send(self, reply: Reply) -> None:
         self._put(reply)
 
-    def deliver(self, message: Outgoing) -> None:
+    def deliver(self, message: str | bytes, size: int | None = None) -> None:
         if isinstance(message, bytes):
             self._put(message)
-        elif isinstance(message, Close):
-            self.open = False  # the server is closing: nothing more comes
+
+    def close(self, code: int, reason: str) -> None:
+        self.open = False  # the server is closing: nothing more comes
 
     def _put(self, event: Event) -> None:
         if not self.open:

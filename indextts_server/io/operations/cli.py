@@ -183,6 +183,20 @@ def parser() -> argparse.ArgumentParser:
     )
     ops.add_argument("--ping-timeout", type=_non_negative, default=20.0, help="seconds to wait for a pong")
     ops.add_argument(
+        "--max-session-buffer",
+        type=_positive_int,
+        default=32 << 20,
+        metavar="BYTES",
+        help="bytes of replies and audio one connection may leave unread before it is closed (1008)",
+    )
+    ops.add_argument(
+        "--max-total-buffer",
+        type=_positive_int,
+        default=256 << 20,
+        metavar="BYTES",
+        help="bytes left unread by all connections together; past it the one holding most is closed",
+    )
+    ops.add_argument(
         "--auth-token",
         default=os.environ.get("INDEXTTS_SERVER_AUTH_TOKEN"),
         help="require this token (Authorization: Bearer, or ?token=); "
@@ -245,6 +259,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         ping_timeout=args.ping_timeout,
         auth_token=args.auth_token or None,
         allowed_origins=tuple(args.allowed_origins or ()),
+        max_session_buffer=args.max_session_buffer,
+        max_total_buffer=args.max_total_buffer,
         voices_dir=args.voices_dir,
         default_voice=args.default_voice or None,
         voice_limits=VoiceLimits(

@@ -6,7 +6,7 @@ import logging
 import math
 import uuid
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import trio
 
@@ -41,6 +41,10 @@ class Ticket(NamedTuple):
     session: Session
 
 
+Refusal = Literal["full", "closed"]
+"""Why ``TaskBoard.submit`` did not queue a task: the queue is full, or admission has closed."""
+
+
 class TaskBoard:
     """Where tasks are admitted, moved between states (one log line each) and finally forgotten.
 
@@ -63,19 +67,25 @@ class TaskBoard:
         self.metrics: TaskObserver | None = None
         # Set (and replaced) on every transition: wait on it to see the board change.
         self.changed = trio.Event()
+        # Cleared once, when the drain starts: from then on nothing enters the queue.
+        self.admitting = True
 
     @property
     def queue_depth(self) -> int:
         """Tasks waiting to run (not counting a running one or cancelled leftovers)."""
         return len(self._tickets)
 
-    def submit(self, session: Session, job: SynthesisJob, delivery: Delivery = SEED_DELIVERY) -> Task | None:
-        """Queue a new task for ``job``; ``None`` when the queue is full.
+    def submit(
+        self, session: Session, job: SynthesisJob, delivery: Delivery = SEED_DELIVERY
+    ) -> Task | Refusal:
+        """Queue a new task for ``job``, or say why not.
 
         Right after a submit, ``queue_depth`` is the new task's position (1: next to run).
         """
+        if not self.admitting:
+            return "closed"
         if len(self._tickets) >= self.max_queue:
-            return None
+            return "full"
         task = Task(
             str(uuid.uuid4()),
             session.session_id,
@@ -87,7 +97,7 @@ class TaskBoard:
         try:
             self._send.send_nowait(Ticket(task, session))
         except trio.WouldBlock:
-            return None
+            return "full"
         self.registry.add(task)
         self._tickets[task.task_id] = Ticket(task, session)
         session.tasks.add(task.task_id)
@@ -129,18 +139,23 @@ class TaskBoard:
         self.changed = trio.Event()
 
     def cancel_waiting(self, reason: str) -> list[Ticket]:
-        """Cancel every waiting task (shutdown); return them so their clients can be told."""
+        """Close admission and cancel every waiting task (shutdown); return them to be told."""
+        self.admitting = False
         gone = list(self._tickets.values())
         for task, session in gone:
             self.move(task, "cancelled", session, reason)
         return gone
 
     def cancel_pending(self, session: Session) -> None:
-        """A session is gone: its waiting tasks will never run. A running one stops in the worker."""
+        """A session is closed: its waiting tasks will never run. A running one stops in the worker.
+
+        They end with the session's ``close_reason`` ("disconnected" unless it says otherwise).
+        """
+        reason = session.close_reason or DISCONNECTED_MESSAGE
         for task_id in list(session.tasks):
             task = self.registry.get(task_id)
             if task is not None and task.state == "pending":
-                self.move(task, "cancelled", session, DISCONNECTED_MESSAGE)
+                self.move(task, "cancelled", session, reason)
 
     def close(self) -> None:
         self._send.close()

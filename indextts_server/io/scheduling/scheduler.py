@@ -12,6 +12,8 @@ from ...core.engine import Engine, SynthesisJob
 from ...core.protocol import (
     CANCELLED_MESSAGE,
     CANCELLING_MESSAGE,
+    SHUTTING_DOWN_MESSAGE,
+    STUCK_AT_SHUTDOWN_MESSAGE,
     CancelReply,
     Error,
     Queued,
@@ -23,7 +25,9 @@ from .worker import InferenceWorker
 
 log = logging.getLogger("indextts_server")
 
-SHUTTING_DOWN: Final = "服务器正在关闭，请稍后重连"
+SHUTTING_DOWN: Final = SHUTTING_DOWN_MESSAGE
+STOP_GRACE: Final = 5.0
+"""Seconds a running task asked to stop by the drain has to reach a segment boundary."""
 
 
 def queue_full(max_queue: int) -> str:
@@ -122,6 +126,7 @@ class EmbeddedScheduler:
             for index, engine in enumerate(engines)
         ]
         self.draining = False
+        self.stop_grace = STOP_GRACE
 
     @property
     def queue_depth(self) -> int:
@@ -141,7 +146,7 @@ class EmbeddedScheduler:
     def alive(self, stall_limit: float) -> bool:
         now = trio.current_time()
         return all(
-            worker.running and (worker.current is None or now - worker.last_progress < stall_limit)
+            worker.running and (not worker.busy or now - worker.last_progress < stall_limit)
             for worker in self.workers
         )
 
@@ -155,7 +160,9 @@ class EmbeddedScheduler:
 
     async def submit(self, session: Session, job: SynthesisJob, delivery: Delivery) -> str | None:
         task = self.board.submit(session, job, delivery)
-        if task is None:
+        if task == "closed":  # the drain began while the request's paths were being checked
+            return SHUTTING_DOWN
+        if task == "full":
             return queue_full(self.board.max_queue)
         queued = Queued(task_id=task.task_id, session_id=session.session_id)
         if delivery.extended:
@@ -189,8 +196,9 @@ class EmbeddedScheduler:
                 )
             )
             session.send(error_reply(session, CANCELLED_MESSAGE, task_id))
-        elif task.stop_reason is None:
-            task.stop_reason = CANCELLED_MESSAGE  # the worker stops at the next segment boundary
+        else:
+            if task.stop_reason is None:  # a second cancel gets the same answer
+                task.stop_reason = CANCELLED_MESSAGE  # the worker stops at the next segment boundary
             session.send(
                 CancelReply(
                     task_id=task_id,
@@ -209,11 +217,22 @@ class EmbeddedScheduler:
         for task, session in self.board.cancel_waiting(SHUTTING_DOWN):
             session.send(error_reply(session, SHUTTING_DOWN, task.task_id))
         with trio.move_on_after(grace):
-            while self.busy:
-                await self.board.changed.wait()
+            await self._idle()
         for worker in self.workers:
             if worker.current is not None:
                 log.warning("drain timeout: stopping task=%s", worker.current.task.task_id)
-                worker.current.task.stop_reason = SHUTTING_DOWN
+                worker.stop(SHUTTING_DOWN)
+        # A task inside one long (or stuck) segment gets ``stop_grace`` more, then fails: the drain
+        # ends even with --task-timeout 0.
+        with trio.move_on_after(self.stop_grace):
+            await self._idle()
+        for worker in self.workers:
+            if worker.current is not None:
+                task_id = worker.current.task.task_id
+                log.warning("task did not stop in %gs: failing task=%s", self.stop_grace, task_id)
+                worker.abort(STUCK_AT_SHUTDOWN_MESSAGE)
+        await self._idle()
+
+    async def _idle(self) -> None:
         while self.busy:
             await self.board.changed.wait()

@@ -1,23 +1,46 @@
-"""The inference task: takes tasks from the global FIFO and runs its engine in a worker thread."""
+"""The inference task: takes tasks from the global FIFO and runs its engine in a worker thread.
+
+Theory of operation: who may change what.
+
+- ``Task.state`` moves only through ``TaskBoard.move`` (one log line, the metrics, the state
+  table's check). Waiting tasks are moved by the board (cancel, disconnect, drain); a task a
+  worker has taken is moved only by that worker, from ``running`` to its final state.
+- ``Task.stop_reason`` is set by the transport (a client's ``cancel``) and by the drain
+  (``InferenceWorker.stop``); it is read only by the worker, between segments. Once set it is
+  never cleared or replaced, and it becomes the task's final error message.
+- ``Session.open`` is cleared only by the session itself (closed, overflowed, dropped, or its
+  connection gone). The worker reads it between segments: a task whose session is closed stops
+  there, ending ``cancelled`` with the session's ``close_reason`` (or "disconnected").
+- The worker's cancel scope around a task is cancelled only by its deadline
+  (``--task-timeout``) or by ``InferenceWorker.abort`` (the drain, once a stop did not take).
+  Either way the thread inside the engine is abandoned: it keeps the engine's limiter until it
+  returns, then closes the engine's iterator itself, and the worker takes no new task before that.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
+import threading
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import numpy as np
 import trio
 
 from ...core.engine import PCM, SAMPLE_RATE, Engine, Segment, SynthesisJob
-from ...core.protocol import DISCONNECTED_MESSAGE, End, Error, Start
+from ...core.protocol import DISCONNECTED_MESSAGE, AudioFormat, End, Error, Start
 from ..audio.encoding import encode_audio
 from .board import TaskBoard, Ticket
 
 log = logging.getLogger("indextts_server")
 
 T = TypeVar("T")
+
+INLINE_SAMPLES: Final = 1 << 18
+"""Audio up to this many samples (~12 s) is assembled and encoded on the event loop; longer audio
+in a thread, so work that grows with audio length never holds the loop."""
+CLOSE_TIMEOUT: Final = 5.0
+"""Seconds the worker waits for an engine iterator to close before leaving it to its thread."""
 
 
 def engine_error(exc: BaseException) -> str:
@@ -29,13 +52,58 @@ def task_timed_out(seconds: float) -> str:
     return f"任务超时：超过 {seconds:g} 秒未完成"
 
 
-def _begin(engine: Engine, job: SynthesisJob) -> tuple[Iterator[Segment], Segment | None]:
-    segments = engine.synthesize(job)
-    return segments, next(segments, None)
+def assemble(chunks: list[PCM], audio_format: AudioFormat) -> bytes:
+    """Segments as one file: concatenated (when more than one) and encoded."""
+    whole = chunks[0] if len(chunks) == 1 else np.concatenate(chunks or [np.zeros(0, np.int16)])
+    return encode_audio(whole, audio_format)
 
 
-class TaskTimeout(Exception):
-    """The task ran past ``--task-timeout``."""
+class EngineRun:
+    """One task's pass through the engine, shared by the event loop and the thread inside it.
+
+    ``step`` runs in a worker thread and advances the engine by one segment. If the event loop
+    gives up on that thread (``hand_off``: a timeout or an abort), the thread closes the engine's
+    iterator itself when it returns, still holding the engine, so the iterator is never closed
+    concurrently with another use of the model nor left to the garbage collector.
+    """
+
+    def __init__(self, engine: Engine, job: SynthesisJob):
+        self._engine = engine
+        self._job = job
+        self._segments: Iterator[Segment] | None = None
+        self._lock = threading.Lock()
+        self._inside = False
+        self._handed_off = False
+
+    def step(self) -> Segment | None:
+        """In a thread holding the engine: the next segment, or ``None`` when there are no more."""
+        with self._lock:
+            if self._handed_off:
+                return None
+            self._inside = True
+        try:
+            if self._segments is None:
+                self._segments = self._engine.synthesize(self._job)
+            return next(self._segments, None)
+        finally:
+            with self._lock:
+                self._inside = False
+                handed_off = self._handed_off
+            if handed_off:
+                self.close()
+
+    def hand_off(self) -> bool:
+        """The event loop is done with this run: True if a thread inside will close it on return."""
+        with self._lock:
+            self._handed_off = True
+            return self._inside
+
+    def close(self) -> None:
+        """In a thread holding the engine: stop the engine's iterator (idempotent)."""
+        segments, self._segments = self._segments, None
+        close: Callable[[], object] | None = getattr(segments, "close", None)
+        if close is not None:
+            close()
 
 
 class InferenceWorker:
@@ -46,9 +114,9 @@ class InferenceWorker:
     advanced one segment per call, so a task that is cancelled, or whose client has gone, stops
     at the next segment boundary.
 
-    A task that outlives ``task_timeout`` fails at once and the worker moves on to the next
-    task; the thread still inside the engine is abandoned but keeps the limiter until it
-    returns, so the model is never entered twice at the same time.
+    A task that outlives ``task_timeout`` fails at once; the thread still inside the engine is
+    abandoned but keeps the limiter until it returns, and the worker takes the next task only
+    then, so the next task's time starts when it holds the engine.
     """
 
     def __init__(
@@ -69,6 +137,14 @@ class InferenceWorker:
         self.current: Ticket | None = None
         self.last_progress = 0.0
         self.running = False
+        self.waiting_for_engine = False  # an abandoned thread is still inside the engine
+        self._scope: trio.CancelScope | None = None
+        self._abort_reason: str | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Running a task, or waiting for an abandoned one to leave the engine."""
+        return self.current is not None or self.waiting_for_engine
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.last_progress = trio.current_time()
@@ -79,9 +155,25 @@ class InferenceWorker:
         finally:
             self.running = False
 
+    def stop(self, reason: str) -> None:
+        """Ask the running task (if any) to stop at its next segment boundary with ``reason``."""
+        if self.current is not None and self.current.task.stop_reason is None:
+            self.current.task.stop_reason = reason
+
+    def abort(self, reason: str) -> None:
+        """Fail the running task now with ``reason``, abandoning the thread inside the engine."""
+        if self.current is not None and self._scope is not None:
+            self._abort_reason = reason
+            self._scope.cancel()
+
     async def _serve(self) -> None:
         async with self.receive:
-            async for ticket in self.receive:
+            while True:
+                await self._engine_free()
+                try:
+                    ticket = await self.receive.receive()
+                except trio.EndOfChannel:
+                    return
                 if ticket.task.state != "pending":
                     continue  # cancelled while it waited
                 self.current = ticket
@@ -90,6 +182,17 @@ class InferenceWorker:
                 finally:
                     self.current = None
                     self.last_progress = trio.current_time()
+
+    async def _engine_free(self) -> None:
+        """Wait until no abandoned thread is inside the engine."""
+        if not self.limiter.borrowed_tokens:
+            return
+        self.waiting_for_engine = True
+        try:
+            async with self.limiter:
+                pass
+        finally:
+            self.waiting_for_engine = False
 
     async def _process(self, ticket: Ticket) -> None:
         task, session = ticket
@@ -100,20 +203,36 @@ class InferenceWorker:
             start.sample_rate = SAMPLE_RATE
             start.stream = task.delivery.stream
         session.send(start)
-        try:
-            result = await self._synthesize(ticket)
-        except Exception as exc:
-            if isinstance(exc, TaskTimeout):
-                message = task_timed_out(self.task_timeout)
-                log.warning("task timed out session=%s task=%s", session.session_id, task.task_id)
-            else:
-                message = engine_error(exc)
+        self._abort_reason = None
+        failure: str | None = None
+        result: tuple[int, float] | None = None
+        with trio.CancelScope() as scope:
+            if self.task_timeout > 0:
+                scope.deadline = trio.current_time() + self.task_timeout
+            self._scope = scope
+            try:
+                result = await self._synthesize(ticket)
+            except Exception as exc:
+                failure = engine_error(exc)
                 log.exception("engine failed session=%s task=%s", session.session_id, task.task_id)
-            self.board.move(task, "failed", session, message, engine_error=not isinstance(exc, TaskTimeout))
-            session.send(Error(task_id=task.task_id, session_id=session.session_id, message=message))
+            finally:
+                self._scope = None
+        if scope.cancelled_caught:
+            if self._abort_reason is not None:
+                failure = self._abort_reason
+                log.warning("task abandoned session=%s task=%s", session.session_id, task.task_id)
+            else:
+                failure = task_timed_out(self.task_timeout)
+                log.warning("task timed out session=%s task=%s", session.session_id, task.task_id)
+            self.board.move(task, "failed", session, failure)
+            session.send(Error(task_id=task.task_id, session_id=session.session_id, message=failure))
+            return
+        if failure is not None:
+            self.board.move(task, "failed", session, failure, engine_error=True)
+            session.send(Error(task_id=task.task_id, session_id=session.session_id, message=failure))
             return
         if result is None:
-            reason = task.stop_reason or DISCONNECTED_MESSAGE
+            reason = task.stop_reason or session.close_reason or DISCONNECTED_MESSAGE
             self.board.move(task, "cancelled", session, reason)
             session.send(Error(task_id=task.task_id, session_id=session.session_id, message=reason))
             return
@@ -131,62 +250,46 @@ class InferenceWorker:
         """
         task, session = ticket
         stream = task.delivery.stream
-        deadline = math.inf
-        if self.task_timeout > 0:
-            deadline = trio.current_time() + self.task_timeout
-        segments: Iterator[Segment] | None = None
+        run = EngineRun(self.engine, task.job)
         chunks: list[PCM] = []
         samples, compute = 0, 0.0
-        finished = abandoned = False
+        finished = False
         try:
             while not finished:
                 if task.stop_reason is not None or not session.open:
                     return None
                 began = trio.current_time()
-                try:
-                    if segments is None:
-                        # Starting the engine and its first segment share one thread hop.
-                        segments, segment = await self._call(deadline, _begin, self.engine, task.job)
-                    else:
-                        segment = await self._call(deadline, next, segments, None)
-                except TaskTimeout:
-                    abandoned = True
-                    raise
+                segment = await self._call(run.step)
                 compute += trio.current_time() - began
                 self.last_progress = trio.current_time()
                 if segment is None:
+                    finished = True
                     break
                 finished = segment.last
                 samples += len(segment.pcm)
                 if stream:
-                    await self._deliver(ticket, segment.pcm)
+                    await self._deliver(ticket, [segment.pcm])
                 else:
                     chunks.append(segment.pcm)
         finally:
-            close: Callable[[], object] | None = getattr(segments, "close", None)
-            if close is not None and not finished and not abandoned:
-                with trio.CancelScope(shield=True):
-                    await self._call(math.inf, close)
+            if not finished and not run.hand_off():
+                with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                    await self._call(run.close)
         if not stream:
-            whole = chunks[0] if len(chunks) == 1 else np.concatenate(chunks or [np.zeros(0, np.int16)])
-            await self._deliver(ticket, whole)
+            await self._deliver(ticket, chunks)
         return samples, compute
 
-    async def _deliver(self, ticket: Ticket, pcm: PCM) -> None:
+    async def _deliver(self, ticket: Ticket, chunks: list[PCM]) -> None:
         task, session = ticket
         audio_format = task.delivery.format
-        if audio_format in ("wav", "pcm"):
-            data = encode_audio(pcm, audio_format)
+        if audio_format in ("wav", "pcm") and sum(len(chunk) for chunk in chunks) <= INLINE_SAMPLES:
+            data = assemble(chunks, audio_format)
         else:
-            data = await trio.to_thread.run_sync(encode_audio, pcm, audio_format)
+            data = await trio.to_thread.run_sync(assemble, chunks, audio_format, abandon_on_cancel=True)
         if task.first_audio_at is None:
             task.first_audio_at = trio.current_time()
-        session.deliver(data)
+        session.deliver(data, len(data))
 
-    async def _call(self, deadline: float, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` in a worker thread; past ``deadline`` the thread is abandoned."""
-        if deadline == math.inf:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
-        with trio.move_on_at(deadline):
-            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=True)
-        raise TaskTimeout
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` in a worker thread holding the engine; abandoned if this task is cancelled."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=True)

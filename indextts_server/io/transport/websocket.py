@@ -39,7 +39,7 @@ from ..audio.voices import VoiceLibrary
 from ..scheduling.board import TaskBoard, TaskObserver
 from ..scheduling.scheduler import SHUTTING_DOWN, EmbeddedScheduler, Scheduler
 from ..scheduling.worker import InferenceWorker
-from .session import OUTBOX_SIZE, Close, Outgoing, Session
+from .session import Close, OutboxBudget, Session
 
 log = logging.getLogger("indextts_server")
 
@@ -65,10 +65,11 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     voices_dir: str = "voices"
     default_voice: str | None = "asset/zero_shot_prompt.wav"
     voice_limits: VoiceLimits = VoiceLimits()
+    max_session_buffer: int = 32 << 20
+    max_total_buffer: int = 256 << 20
 
 
 GOING_AWAY: Final = 1001
-POLICY_VIOLATION: Final = 1008
 
 
 def endpoint_url(endpoint: object) -> str:
@@ -120,6 +121,7 @@ class Server:
         self.scheduler = scheduler
         self.metrics = metrics
         self.paths = AudioPaths(resolve_roots(config.audio_roots))
+        self.budget = OutboxBudget(config.max_session_buffer, config.max_total_buffer)
         self.voices = VoiceLibrary(config.voices_dir, config.voice_limits, config.default_voice)
         self.sessions: dict[str, Session] = {}
         self.draining = False
@@ -219,7 +221,7 @@ class Server:
         try:
             yield
         finally:
-            session.open = False
+            session.release()
             del self.sessions[session.session_id]
             if self.draining and not self.sessions:
                 self._sessions_gone.set()
@@ -240,8 +242,7 @@ class Server:
             )
             return
         ws = await request.accept()
-        outbox, pending = trio.open_memory_channel[Outgoing](OUTBOX_SIZE)
-        session = Session(str(uuid.uuid4()), outbox)
+        session = Session(str(uuid.uuid4()), self.budget)
         if self.metrics is not None:
             self.metrics.connection_opened()
         log.info("session opened session=%s remote=%s", session.session_id, ws.remote)
@@ -249,7 +250,10 @@ class Server:
             async with self.hosting(session):
                 async with trio.open_nursery() as nursery:
                     session.bind(nursery.cancel_scope)
-                    nursery.start_soon(self._write, ws, pending, session)
+                    # Not reading: its tasks end now, not when its connection is finally cut.
+                    closed = self.scheduler.session_closed
+                    session.on_overflow = lambda gone: nursery.start_soon(closed, gone)
+                    nursery.start_soon(self._write, ws, session)
                     nursery.start_soon(self._heartbeat, ws, session)
                     session.send(Welcome(session_id=session.session_id))
                     await self._read(ws, session)
@@ -257,9 +261,6 @@ class Server:
         finally:
             if self.metrics is not None:
                 self.metrics.connection_closed()
-            if session.overflowed:
-                with trio.move_on_after(1, shield=True):
-                    await ws.aclose(POLICY_VIOLATION, "client is not reading")
             log.info("session closed session=%s", session.session_id)
 
     def _refusal(self, request: WebSocketRequest) -> tuple[int, str] | None:
@@ -282,15 +283,15 @@ class Server:
                 return 401, "missing or wrong token\n"
         return None
 
-    async def _write(
-        self, ws: WebSocketConnection, pending: trio.MemoryReceiveChannel[Outgoing], session: Session
-    ) -> None:
+    async def _write(self, ws: WebSocketConnection, session: Session) -> None:
         try:
-            async for message in pending:
+            while True:
+                message, cost = await session.next_message()
                 if isinstance(message, Close):
                     await ws.aclose(message.code, message.reason)
                     return
                 await ws.send_message(message)
+                session.written(cost)
         except ConnectionClosed:
             session.drop()
 
@@ -327,7 +328,8 @@ class Server:
             except ConnectionClosed:
                 return
             session.last_activity = trio.current_time()
-            await self._handle(frame, session)
+            if session.open:  # a closing session still reads, for the close handshake
+                await self._handle(frame, session)
 
     async def _handle(self, frame: str | bytes, session: Session) -> None:
         if isinstance(frame, bytes):
@@ -368,7 +370,7 @@ class Server:
         )
         refusal = await self.scheduler.submit(session, job, delivery)
         if refusal is not None:
-            if self.metrics is not None:
+            if self.metrics is not None and refusal != SHUTTING_DOWN:
                 self.metrics.task_refused()
             self._error(session, refusal)
 

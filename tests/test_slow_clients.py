@@ -1,0 +1,176 @@
+"""Clients that do not read: what the server holds for them is bounded in bytes, and they are closed with 1008."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from typing import Any
+
+import trio
+from trio_websocket import open_websocket_url
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+from indextts_server.core.engine import SAMPLE_RATE
+
+from .conftest import CLIENT_MAX_MESSAGE, CliServer, Running, tts, wait_until
+
+NOT_READING = "客户端未及时读取消息，连接已关闭（1008）"
+# 160 CJK characters: about 40 s of tone audio, a WAV of about 1.8 MB, in two segments.
+LONG = "今天天气很好我们一起去公园散步吧。" * 10
+LONG_WAV_BYTES = 40 * SAMPLE_RATE * 2
+
+
+class Unread:
+    """A WebSocket client that sends requests and reads nothing until ``close_code``.
+
+    Its receive buffer is kept small, so what the server sends it piles up in the server.
+    """
+
+    def __init__(self, stream: trio.SocketStream, ws: WSConnection):
+        self.stream = stream
+        self.ws = ws
+
+    @classmethod
+    async def open(cls, port: int) -> Unread:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connect: no autotuning
+        await sock.connect(("127.0.0.1", port))
+        stream = trio.SocketStream(sock)
+        ws = WSConnection(ConnectionType.CLIENT)
+        await stream.send_all(ws.send(Request(host=f"127.0.0.1:{port}", target="/")))
+        while True:
+            ws.receive_data(await stream.receive_some(4096))
+            if any(isinstance(event, AcceptConnection) for event in ws.events()):
+                return cls(stream, ws)
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        await self.stream.send_all(self.ws.send(TextMessage(json.dumps(payload, ensure_ascii=False))))
+
+    async def close_code(self) -> int | None:
+        """Read everything the server sent; the code of its close frame (None: cut without one)."""
+        while True:
+            data = await self.stream.receive_some(1 << 16)
+            if not data:
+                return None
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, CloseConnection):
+                    await self.stream.send_all(self.ws.send(event.response()))
+                    await self.stream.aclose()
+                    return event.code
+
+
+async def test_a_client_that_does_not_read_is_closed_with_1008_and_its_tasks_cancelled(
+    start_server: Any,
+) -> None:
+    server: Running = await start_server(max_session_buffer=4 * LONG_WAV_BYTES)
+    lazy = await Unread.open(server.port)
+    await wait_until(lambda: len(server.server.sessions) == 1)
+    (session,) = server.server.sessions.values()
+    for _ in range(12):
+        await lazy.send(tts(LONG))
+    await wait_until(lambda: session.overflowed)
+    async with server.connect() as other:
+        # The rest of the service carries on, and every task of the closed session ended cancelled.
+        await other.request(tts("我照常收到。"))
+        assert not session.tasks
+        mine = [task for task in server.server.board.registry if task.session_id == session.session_id]
+        assert len(mine) == 12
+        assert {task.state for task in mine} <= {"completed", "cancelled"}
+        cancelled = [task for task in mine if task.state == "cancelled"]
+        assert len(cancelled) >= 12 - 4
+        assert {task.error_message for task in cancelled} == {NOT_READING}
+    assert await lazy.close_code() == 1008
+
+
+async def test_past_the_total_bound_the_session_holding_most_is_closed(start_server: Any) -> None:
+    server: Running = await start_server(max_session_buffer=100 * LONG_WAV_BYTES, max_total_buffer=6 * LONG_WAV_BYTES)
+    greedy = await Unread.open(server.port)
+    await wait_until(lambda: len(server.server.sessions) == 1)
+    (session,) = server.server.sessions.values()
+    for _ in range(6):
+        await greedy.send(tts(LONG))
+    await wait_until(lambda: session.overflowed)
+    assert server.server.budget.buffered <= 6 * LONG_WAV_BYTES
+    async with server.connect() as reader:
+        _, wav = await reader.request(tts(LONG))
+        assert len(wav) > LONG_WAV_BYTES * 0.9
+    assert await greedy.close_code() == 1008
+
+
+async def test_a_client_that_reads_gets_a_file_larger_than_its_bound(start_server: Any) -> None:
+    server: Running = await start_server(max_session_buffer=1 << 16)
+    async with server.connect() as client:
+        _, wav = await client.request(tts(LONG))
+        assert len(wav) > LONG_WAV_BYTES * 0.9
+        _, again = await client.request(tts(LONG))
+        assert again == wav
+
+
+def _memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of a process, in bytes."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        fields = dict(line.split(":", 1) for line in status)
+    return {key: int(fields[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM")}
+
+
+PER_SESSION = 3 * LONG_WAV_BYTES
+TOTAL = 10 * LONG_WAV_BYTES
+CONNECTIONS = 16
+REQUESTS = 8
+SLACK = 40 << 20
+"""What may grow besides the buffers: interpreter and allocator overhead, the connections, the
+running task's audio (once as samples, once as a file)."""
+
+
+def test_many_connections_that_never_read_keep_rss_within_the_bounds() -> None:
+    # Unbounded, these clients would make the server hold 16 x 8 files of 1.8 MB (~230 MB).
+    server = CliServer(
+        ["--engine", "tone", "--port", "0", "--max-queue", "1000", "--ping-interval", "0",
+         "--max-session-buffer", str(PER_SESSION), "--max-total-buffer", str(TOTAL)],
+        env=dict(os.environ),
+    )  # fmt: skip
+    pid = server.process.pid
+    closed: list[int | None] = []
+
+    async def read_close(lazy: Unread) -> None:
+        closed.append(await lazy.close_code())
+
+    async def main() -> None:
+        with trio.fail_after(100):
+            # Warm up: the first long request fills the engine's caches and the allocator.
+            async with open_websocket_url(server.url, max_message_size=CLIENT_MAX_MESSAGE) as ws:
+                await ws.send_message(json.dumps(tts(LONG)))
+                while "生成完成" not in str(await ws.get_message()):
+                    pass
+            before = _memory(pid)["VmRSS"]
+            lazies = [await Unread.open(server.port) for _ in range(CONNECTIONS)]
+            for lazy in lazies:
+                for _ in range(REQUESTS):
+                    await lazy.send(tts(LONG))
+            # Every session is closed for not reading, once what it holds reaches a bound.
+            await trio.to_thread.run_sync(lambda: _wait_for(server, "is not reading", CONNECTIONS))
+            peak = _memory(pid)["VmHWM"]
+            async with trio.open_nursery() as nursery:
+                for lazy in lazies:
+                    nursery.start_soon(read_close, lazy)
+        growth = peak - before
+        print(f"server RSS before {before >> 20} MiB, peak growth {growth / (1 << 20):.1f} MiB")
+        assert growth < TOTAL + SLACK, f"grew {growth >> 20} MiB"
+
+    try:
+        trio.run(main)
+    finally:
+        assert server.stop() == 0
+    assert closed == [1008] * CONNECTIONS
+
+
+def _wait_for(server: CliServer, pattern: str, count: int) -> None:
+    deadline = time.monotonic() + 90
+    while len(re.findall(pattern, server.text)) < count:
+        assert time.monotonic() < deadline, f"{count} x {pattern!r} never logged:\n{server.text[-3000:]}"
+        time.sleep(0.05)
