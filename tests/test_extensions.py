@@ -152,6 +152,9 @@ async def test_cancel_a_running_task_between_segments(start_server: Any) -> None
             "status": "cancelling",
             "message": "任务将在当前段落完成后取消",
         }
+        # Asking again while it is stopping gets the same answer, and changes nothing.
+        await client.send({"type": "cancel", "task_id": task_id})
+        assert (await client.recv_json())["status"] == "cancelling"
         engine.release()
         assert await client.recv_json() == client.error_reply("任务已取消", task_id)
         await client.send({"type": "task_status", "task_id": task_id})

@@ -20,7 +20,9 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from indextts_server.core.decode import RequestError, decode_request
 from indextts_server.core.engine import Segment, SynthesisJob
+from indextts_server.io.audio.paths import AudioPaths
 from indextts_server.io.engines.tone import ToneEngine
+from indextts_server.io.transport.websocket import Server, ServerConfig
 
 from .conftest import CliServer, GatedEngine, Running, tts, wait_until
 
@@ -69,9 +71,11 @@ async def test_drain_timeout_stops_the_running_task_at_a_segment_boundary(
         running = (await client.recv_json())["task_id"]
         await client.recv_json()
         await engine.first_segment()
+        task = server.server.board.registry.get(running)
+        assert task is not None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.server.drain)
-            await trio.sleep(0.3)  # past the drain timeout
+            await wait_until(lambda: task.stop_reason is not None)  # past the drain timeout
             engine.release()
             assert await client.recv_json() == client.error_reply(SHUTDOWN, running)
             with pytest.raises(ConnectionClosed):
@@ -131,17 +135,42 @@ def test_sigterm_during_a_busy_queue_answers_everyone_and_exits_zero() -> None:
 
 
 class HangingEngine(ToneEngine):
-    """A tone engine that hangs inside a segment for texts containing "挂起" until released."""
+    """A tone engine that hangs inside a segment for texts containing "挂起" until released.
+
+    Its iterators record whether they were closed (``close()``; the garbage collector never
+    calls it) and in which thread.
+    """
 
     def __init__(self) -> None:
         super().__init__()
+        self.entered = threading.Event()
         self.released = threading.Event()
+        self.closed = threading.Event()
+        self.closed_in: str | None = None
+        self.hang_from = 0  # the first segment that hangs
 
     def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
-        for segment in super().synthesize(job):
-            if "挂起" in job.text:
-                self.released.wait(timeout=30)
-            yield segment
+        return _Hanging(self, super().synthesize(job), "挂起" in job.text)
+
+
+class _Hanging(Iterator[Segment]):
+    def __init__(self, engine: HangingEngine, inner: Iterator[Segment], hang: bool):
+        self.engine = engine
+        self.inner = inner
+        self.hang = hang
+        self.index = 0
+
+    def __next__(self) -> Segment:
+        segment = next(self.inner)
+        self.index += 1
+        if self.hang and self.index > self.engine.hang_from:
+            self.engine.entered.set()
+            self.engine.released.wait(timeout=30)
+        return segment
+
+    def close(self) -> None:
+        self.engine.closed_in = threading.current_thread().name
+        self.engine.closed.set()
 
 
 async def test_task_timeout_fails_a_hung_task_and_the_queue_moves_on(start_server: Any) -> None:
@@ -157,6 +186,119 @@ async def test_task_timeout_fails_a_hung_task_and_the_queue_moves_on(start_serve
         # The model is never entered twice at once: the next task starts once the hung call returns.
         engine.released.set()
         await client.request(tts("下一个任务。"))
+
+
+async def test_after_a_timeout_the_next_task_waits_pending_until_the_engine_is_free(
+    start_server: Any,
+) -> None:
+    engine = HangingEngine()
+    server: Running = await start_server(engine, task_timeout=0.5)
+    async with server.connect() as client:
+        await client.send(tts("这里会挂起。"))
+        hung = (await client.recv_json())["task_id"]
+        assert (await client.recv_json())["type"] == "start"
+        await client.send(tts("排在后面。"))
+        waiting = (await client.recv_json())["task_id"]
+        assert await client.recv_json() == client.error_reply("任务超时：超过 0.5 秒未完成", hung)
+        # Its time has not started: it is not running while the hung call still holds the model.
+        await client.send({"type": "task_status", "task_id": waiting})
+        reply = await client.recv_json()
+        assert (reply["status"], reply["completed_at"]) == ("pending", None)
+        assert not engine.closed.is_set()
+        engine.released.set()
+        assert await client.recv_json() == client.reply("start", waiting)
+        await client.recv_audio()
+        assert await client.recv_json() == client.reply("end", waiting)
+    # The abandoned iterator was closed by the thread that ran it, once it came back.
+    assert engine.closed.is_set() and engine.closed_in != threading.main_thread().name
+
+
+async def test_stopping_the_server_never_waits_for_a_thread_stuck_in_the_engine() -> None:
+    engine = HangingEngine()
+    engine.hang_from = 1  # inside its second segment: the engine's iterator exists by then
+    server = Server(ServerConfig(host="127.0.0.1", port=0, task_timeout=60), engine)
+    unstick = threading.Timer(10, engine.released.set)  # lets a server that waits finish anyway
+    unstick.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            listening = await nursery.start(server.run)
+            async with open_websocket_url(f"ws://127.0.0.1:{listening.port}") as ws:
+                await ws.get_message()
+                await ws.send_message(json.dumps(tts("这里会挂起。" + LONG, max_tokens=20)))
+                await trio.to_thread.run_sync(engine.entered.wait, 10)
+                nursery.cancel_scope.cancel()
+        stopped_while_stuck = not engine.released.is_set()
+    finally:
+        unstick.cancel()
+        engine.released.set()
+    assert stopped_while_stuck
+    await trio.to_thread.run_sync(engine.closed.wait, 10)
+    assert engine.closed.is_set()
+
+
+async def test_drain_fails_a_task_stuck_in_a_segment_even_without_a_task_timeout(
+    start_server: Any,
+) -> None:
+    engine = HangingEngine()
+    server: Running = await start_server(engine, task_timeout=0, drain_timeout=0.1)
+    server.server.stop_grace = 0.1
+    try:
+        async with server.connect() as client:
+            await client.send(tts("这里会挂起。"))
+            hung = (await client.recv_json())["task_id"]
+            assert (await client.recv_json())["type"] == "start"
+            await trio.to_thread.run_sync(engine.entered.wait, 10)
+            with trio.fail_after(20):
+                await server.server.drain()
+            stuck = "服务器正在关闭：任务未能在限定时间内停止"
+            assert await client.recv_json() == client.error_reply(stuck, hung)
+            with pytest.raises(ConnectionClosed) as closed:
+                await client.recv()
+            assert closed.value.reason is not None and closed.value.reason.code == 1001
+        task = server.server.board.registry.get(hung)
+        assert task is not None and (task.state, task.error_message) == ("failed", stuck)
+    finally:
+        engine.released.set()
+
+
+class GatedPaths(AudioPaths):
+    """Audio path checks that wait, in their worker thread, until released."""
+
+    def __init__(self, paths: AudioPaths):
+        super().__init__(paths.roots, ttl=0)
+        self.entered = threading.Event()
+        self.released = threading.Event()
+
+    def check(self, field: str, value: str, now: float) -> str:
+        self.entered.set()
+        self.released.wait(timeout=30)
+        return super().check(field, value, now)
+
+
+async def test_a_request_still_being_checked_when_the_drain_starts_is_refused(start_server: Any) -> None:
+    engine = GatedEngine()
+    server: Running = await start_server(engine)
+    async with server.connect() as client:
+        await client.send(tts(LONG, max_tokens=20))
+        running = (await client.recv_json())["task_id"]
+        await client.recv_json()
+        await engine.first_segment()
+        paths = GatedPaths(server.server.paths)
+        server.server.paths = paths
+        await client.send(tts("检查路径时开始关闭。"))
+        await trio.to_thread.run_sync(paths.entered.wait, 10)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.server.drain)
+            await wait_until(lambda: server.server.draining)
+            paths.released.set()
+            # Refused, not queued: nothing enters the queue once the drain has begun.
+            assert await client.recv_json() == client.error_reply(SHUTDOWN)
+            engine.release()
+            await client.recv_audio()
+            assert await client.recv_json() == client.reply("end", running)
+            with pytest.raises(ConnectionClosed):
+                await client.recv()
+    assert len(server.server.board.registry) == 1
 
 
 async def test_per_session_limit_on_tasks_in_flight(start_server: Any) -> None:
