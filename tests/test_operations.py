@@ -22,6 +22,7 @@ from indextts_server.core.decode import RequestError, decode_request
 from indextts_server.core.engine import Segment, SynthesisJob
 from indextts_server.io.audio.paths import AudioPaths
 from indextts_server.io.engines.tone import ToneEngine
+from indextts_server.io.scheduling.scheduler import EmbeddedScheduler
 from indextts_server.io.transport.websocket import Server, ServerConfig
 
 from .conftest import CliServer, GatedEngine, Running, tts, wait_until
@@ -241,7 +242,9 @@ async def test_drain_fails_a_task_stuck_in_a_segment_even_without_a_task_timeout
 ) -> None:
     engine = HangingEngine()
     server: Running = await start_server(engine, task_timeout=0, drain_timeout=0.1)
-    server.server.stop_grace = 0.1
+    scheduler = server.server.scheduler
+    assert isinstance(scheduler, EmbeddedScheduler)
+    scheduler.stop_grace = 0.1
     try:
         async with server.connect() as client:
             await client.send(tts("这里会挂起。"))
