@@ -22,12 +22,13 @@ import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from indextts_server.bench.drive.corpus import seed_request
+from indextts_server.core.config import ServerConfig
 from indextts_server.core.engine import PCM, Engine, Segment, SynthesisJob
 from indextts_server.io.engines.tone import ToneEngine
 from indextts_server.io.http.app import HttpApi
 from indextts_server.io.operations.metrics import Metrics
 from indextts_server.io.transport.http import bound_port, serve_http
-from indextts_server.io.transport.websocket import Server, ServerConfig
+from indextts_server.io.transport.websocket import Server
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "asset/zero_shot_prompt.wav"

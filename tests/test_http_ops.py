@@ -9,11 +9,12 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from indextts_server.core.config import ServerConfig
 from indextts_server.io.engines.tone import ToneEngine
 from indextts_server.io.http.app import HttpApi
 from indextts_server.io.operations.metrics import Metrics
 from indextts_server.io.transport.http import bound_port, serve_http
-from indextts_server.io.transport.websocket import Server, ServerConfig, ServerMetrics
+from indextts_server.io.transport.websocket import Server, ServerMetrics
 
 
 class Reply:

@@ -18,12 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
+from indextts_server.core.config import ServerConfig
 from indextts_server.core.decode import RequestError, decode_request
 from indextts_server.core.engine import Segment, SynthesisJob
 from indextts_server.io.audio.paths import AudioPaths
 from indextts_server.io.engines.tone import ToneEngine
 from indextts_server.io.scheduling.scheduler import EmbeddedScheduler
-from indextts_server.io.transport.websocket import Server, ServerConfig
+from indextts_server.io.transport.websocket import Server
 
 from .conftest import CliServer, GatedEngine, Running, tts, wait_until
 

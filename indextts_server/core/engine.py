@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal, NamedTuple, Protocol
+from typing import Final, Literal, NamedTuple, Protocol
 
 import msgspec
 import numpy as np
@@ -16,9 +16,20 @@ SAMPLE_RATE = 22050
 
 PCM = npt.NDArray[np.int16]
 
+# The bounds a request's values may take (the project's; the contract gives only the defaults,
+# which are `SynthesisJob`'s). The model reads at most 600 text tokens per segment.
+MAX_TOKENS_MIN: Final = 20
+MAX_TOKENS_MAX: Final = 600
+INTERVAL_SILENCE_MAX: Final = 5000
+SEED_MAX: Final = 2**32 - 1
+
 
 class SynthesisJob(msgspec.Struct, frozen=True, kw_only=True):
-    """One validated request, with its audio paths already resolved to absolute files."""
+    """One validated request, with its audio paths already resolved to absolute files.
+
+    The defaults here are the contract's, and the only place they are written: a request field
+    left out (or ``null``) takes the value below (see `core.jobs`).
+    """
 
     text: str
     prompt_audio: str

@@ -7,9 +7,9 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from .decode import FIELD_ERRORS, text_too_long
-from .engine import EmoMode, SynthesisJob
-from .protocol import INTERVAL_SILENCE_MAX, MAX_TOKENS_MAX, MAX_TOKENS_MIN, SEED_MAX, EmoVector, UnitFloat
+from .engine import INTERVAL_SILENCE_MAX, MAX_TOKENS_MAX, MAX_TOKENS_MIN, SEED_MAX, EmoMode, SynthesisJob
+from .protocol import EmoVector, UnitFloat
+from .texts import FIELD_ERRORS, text_too_long
 from .voices import DEFAULT_VOICE
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]

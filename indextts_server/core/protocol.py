@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Literal
 
 import msgspec
 
-from .engine import EmoMode
+from . import texts
+from .engine import INTERVAL_SILENCE_MAX, MAX_TOKENS_MAX, MAX_TOKENS_MIN, SEED_MAX, EmoMode
 
 TaskState = Literal["pending", "running", "completed", "failed", "cancelled"]
 AudioFormat = Literal["wav", "pcm", "flac", "mp3"]
-
-# Documented ranges; the seed gives the defaults, the project gives the bounds.
-MAX_TOKENS_MIN: Final = 20
-MAX_TOKENS_MAX: Final = 600
-INTERVAL_SILENCE_MAX: Final = 5000
-SEED_MAX: Final = 2**32 - 1
-
-WELCOME_MESSAGE: Final = "已连接到 IndexTTS WebSocket"
-USAGE: Final = '发送 {"type":"tts_stream", "text":"...", "emo_mode":"none/audio/vector/text", ...} 开始合成'
-QUEUED_MESSAGE: Final = "任务已加入队列，等待处理"
-START_MESSAGE: Final = "开始生成音频"
-END_MESSAGE: Final = "生成完成"
-CANCELLED_MESSAGE: Final = "任务已取消"
-CANCELLING_MESSAGE: Final = "任务将在当前段落完成后取消"
-DISCONNECTED_MESSAGE: Final = "客户端已断开连接"
-SHUTTING_DOWN_MESSAGE: Final = "服务器正在关闭，请稍后重连"
-STUCK_AT_SHUTDOWN_MESSAGE: Final = "服务器正在关闭：任务未能在限定时间内停止"
-NOT_READING_MESSAGE: Final = "客户端未及时读取消息，连接已关闭（1008）"
-
-BOTH_VOICE: Final = "prompt_audio 与 voice 只能提供一个"
-BOTH_EMO_VOICE: Final = "emo_audio 与 emo_voice 只能提供一个"
 
 UnitFloat = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 EmoVector = Annotated[list[UnitFloat], msgspec.Meta(min_length=8, max_length=8)]
@@ -72,27 +52,27 @@ class TtsStream(msgspec.Struct, tag_field="type", tag="tts_stream", kw_only=True
 
     def __post_init__(self) -> None:
         if not self.text.strip():
-            raise ValueError("缺少有效的 text")
+            raise ValueError(texts.TEXT_MISSING)
         if self.voice is not None and self.prompt_audio is not None:
-            raise ValueError(BOTH_VOICE)
+            raise ValueError(texts.BOTH_VOICE)
         if self.voice is not None:
             if not self.voice.strip():
-                raise ValueError("缺少有效的 voice")
+                raise ValueError(texts.VOICE_MISSING)
         elif not (self.prompt_audio and self.prompt_audio.strip()):
-            raise ValueError("缺少有效的 prompt_audio")
+            raise ValueError(texts.PROMPT_AUDIO_MISSING)
         mode = self.emo_mode or "none"
         if mode == "audio":
             if self.emo_voice is not None and self.emo_audio is not None:
-                raise ValueError(BOTH_EMO_VOICE)
+                raise ValueError(texts.BOTH_EMO_VOICE)
             if self.emo_voice is not None:
                 if not self.emo_voice.strip():
-                    raise ValueError("缺少有效的 emo_voice")
+                    raise ValueError(texts.EMO_VOICE_MISSING)
             elif not (self.emo_audio and self.emo_audio.strip()):
-                raise ValueError("情感参考音频模式需要提供 emo_audio")
+                raise ValueError(texts.EMO_AUDIO_REQUIRED)
         if mode == "vector" and self.emo_vector is None:
-            raise ValueError("情感向量模式需要提供 emo_vector")
+            raise ValueError(texts.EMO_VECTOR_REQUIRED)
         if mode == "text" and not (self.emo_text and self.emo_text.strip()):
-            raise ValueError("情感文本引导模式需要提供 emo_text")
+            raise ValueError(texts.EMO_TEXT_REQUIRED)
 
 
 class TaskStatusQuery(msgspec.Struct, tag_field="type", tag="task_status", kw_only=True):
@@ -113,15 +93,15 @@ Request = TtsStream | TaskStatusQuery | Cancel
 class Welcome(msgspec.Struct, kw_only=True):
     status: Literal["success"] = "success"
     session_id: str
-    message: str = WELCOME_MESSAGE
-    usage: str = USAGE
+    message: str = texts.WELCOME
+    usage: str = texts.USAGE
 
 
 class Queued(msgspec.Struct, kw_only=True):
     type: Literal["queued"] = "queued"
     task_id: str
     session_id: str
-    message: str = QUEUED_MESSAGE
+    message: str = texts.QUEUED
     # Extended requests only: 1 means next in line (a task may be running ahead of it).
     position: int | msgspec.UnsetType = msgspec.UNSET
 
@@ -130,7 +110,7 @@ class Start(msgspec.Struct, kw_only=True):
     type: Literal["start"] = "start"
     task_id: str
     session_id: str
-    message: str = START_MESSAGE
+    message: str = texts.START
     format: AudioFormat | msgspec.UnsetType = msgspec.UNSET
     sample_rate: int | msgspec.UnsetType = msgspec.UNSET
     stream: bool | msgspec.UnsetType = msgspec.UNSET
@@ -150,7 +130,7 @@ class End(msgspec.Struct, kw_only=True):
     type: Literal["end"] = "end"
     task_id: str
     session_id: str
-    message: str = END_MESSAGE
+    message: str = texts.END
     timing: Timing | msgspec.UnsetType = msgspec.UNSET
 
 

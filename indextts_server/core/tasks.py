@@ -10,7 +10,7 @@ from typing import Final
 import msgspec
 
 from .engine import SAMPLE_RATE, SynthesisJob
-from .protocol import AudioFormat, TaskState, TaskStatusReply, Timing
+from .protocol import AudioFormat, TaskState, Timing
 
 TRANSITIONS: Final[dict[TaskState, frozenset[TaskState]]] = {
     "pending": frozenset({"running", "cancelled"}),
@@ -39,8 +39,8 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     extended: bool = False
 
 
-SEED_DELIVERY: Final = Delivery()
-"""A request without extensions: one WAV, the seed's replies."""
+CONTRACT_DELIVERY: Final = Delivery()
+"""A request without extensions: one WAV, the contract's replies."""
 
 
 class Task:
@@ -73,7 +73,7 @@ class Task:
         job: SynthesisJob,
         created_at: datetime,
         *,
-        delivery: Delivery = SEED_DELIVERY,
+        delivery: Delivery = CONTRACT_DELIVERY,
         accepted_at: float = 0.0,
     ):
         self.task_id = task_id
@@ -108,16 +108,6 @@ class Task:
     @property
     def finished(self) -> bool:
         return self.state in FINISHED
-
-    def status_reply(self, session_id: str) -> TaskStatusReply:
-        return TaskStatusReply(
-            session_id=session_id,
-            task_id=self.task_id,
-            status=self.state,
-            created_at=iso(self.created_at),
-            completed_at=None if self.completed_at is None else iso(self.completed_at),
-            error_message=self.error_message,
-        )
 
 
 class TaskRegistry:

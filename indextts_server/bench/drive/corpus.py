@@ -9,7 +9,10 @@ from typing import Final
 
 import numpy as np
 
+from ...core.decode import RequestError, decode_request
 from ...core.engine import SynthesisJob
+from ...core.jobs import audio_fields, job_from
+from ...core.protocol import TtsStream
 from ...io.audio.encoding import wav_bytes
 from ...io.engines.tone import ToneEngine
 
@@ -85,7 +88,7 @@ def reply_sizes(frames: Sequence[str]) -> dict[str, int]:
     engine = ToneEngine()
     sizes: dict[str, int] = {}
     for frame in dict.fromkeys(frames):
-        job = _job(json.loads(frame))
+        job = _job(frame)
         if job is None:
             continue
         chunks = [segment.pcm for segment in engine.synthesize(job)]
@@ -94,16 +97,12 @@ def reply_sizes(frames: Sequence[str]) -> dict[str, int]:
     return sizes
 
 
-def _job(request: object) -> SynthesisJob | None:
-    if not isinstance(request, dict) or request.get("type") != "tts_stream":
+def _job(frame: str) -> SynthesisJob | None:
+    """The job a server would run for ``frame`` (its paths unchecked), or ``None`` if it refuses it."""
+    try:
+        request = decode_request(frame, max_text_chars=1 << 30)
+    except RequestError:
         return None
-    text, prompt = request.get("text"), request.get("prompt_audio")
-    silence, max_tokens = request.get("interval_silence"), request.get("max_tokens")
-    if not isinstance(text, str) or not text.strip() or not isinstance(prompt, str):
+    if not isinstance(request, TtsStream):
         return None
-    return SynthesisJob(
-        text=text,
-        prompt_audio=prompt,
-        interval_silence=silence if isinstance(silence, int) else 200,
-        max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 120,
-    )
+    return job_from(request, audio_fields(request))

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import soundfile
+import trio
+
+from ...core import texts
 
 
 class AudioPathError(Exception):
@@ -24,17 +28,17 @@ def check_audio_path(field: str, value: str, roots: Sequence[Path]) -> str:
     """
     resolved = Path(os.path.realpath(value))
     if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
-        raise AudioPathError(f"{field} 不在允许的音频目录内: {value}")
+        raise AudioPathError(texts.outside_roots(field, value))
     if not resolved.exists():
-        raise AudioPathError(f"{field} 文件不存在: {value}")
+        raise AudioPathError(texts.file_missing(field, value))
     if not resolved.is_file():
-        raise AudioPathError(f"{field} 不是文件: {value}")
+        raise AudioPathError(texts.not_a_file(field, value))
     try:
         info = soundfile.info(str(resolved))
     except (soundfile.LibsndfileError, RuntimeError, OSError):
-        raise AudioPathError(f"{field} 无法解码为音频: {value}") from None
+        raise AudioPathError(texts.undecodable(field, value)) from None
     if info.frames <= 0:
-        raise AudioPathError(f"{field} 音频为空: {value}")
+        raise AudioPathError(texts.empty_audio(field, value))
     return str(resolved)
 
 
@@ -50,6 +54,31 @@ class AudioPaths:
         self.roots = tuple(roots)
         self.ttl = ttl
         self._checked: dict[tuple[str, str], tuple[str, float]] = {}
+
+    async def resolve(self, fields: Mapping[str, str]) -> dict[str, str]:
+        """Each field's path, checked and resolved; `AudioPathError` for the first bad one.
+
+        Paths checked lately are answered at once; otherwise the checks run in a worker thread.
+        """
+        now = time.monotonic()
+        resolved = self.recall_all(fields, now)
+        if resolved is None:
+            resolved = await trio.to_thread.run_sync(self.check_all, fields, now)
+        return resolved
+
+    def recall_all(self, fields: Mapping[str, str], now: float) -> dict[str, str] | None:
+        """Every field's resolved path if each was checked lately, else ``None`` (no I/O)."""
+        resolved: dict[str, str] = {}
+        for field, value in fields.items():
+            path = self.recall(value, now)
+            if path is None:
+                return None
+            resolved[field] = path
+        return resolved
+
+    def check_all(self, fields: Mapping[str, str], now: float) -> dict[str, str]:
+        """Blocking (call from a worker thread): check every field's path, in order."""
+        return {field: self.check(field, value, now) for field, value in fields.items()}
 
     def recall(self, value: str, now: float) -> str | None:
         """The resolved path if ``value`` was checked recently (no I/O)."""

@@ -17,10 +17,10 @@ from ...core.engine import PCM, SynthesisJob
 from ...core.openai import ApiError, SpeechRequest, decode_speech, emo_mode, error_body, speech_job
 from ...core.protocol import End, Error, Queued, Reply
 from ...core.tasks import Delivery
+from ...core.texts import SHUTTING_DOWN
 from ...core.voices import VoiceError
 from ..audio.encoding import Transcoder, media_type
 from ..audio.paths import AudioPathError
-from ..scheduling.scheduler import SHUTTING_DOWN
 from ..transport.session import OUTBOX_SIZE, Session
 from ..transport.websocket import Server
 from .asgi import BodyTooLarge, Request, body, encode_json, respond, start

@@ -15,11 +15,12 @@ from typing import Final
 import trio
 from trio_websocket import WebSocketServer
 
+from ...core.config import ServerConfig
 from ...core.engine import Engine
 from ...core.voices import VoiceLimits
 from ..http.app import HttpApi
 from ..transport.http import bound_port, serve_http
-from ..transport.websocket import Server, ServerConfig
+from ..transport.websocket import Server
 from .logs import setup_logging
 from .metrics import Metrics
 from .systemd import Notifier, listen_sockets, trio_listeners

@@ -10,9 +10,10 @@ from typing import Literal, NamedTuple, Protocol
 
 import trio
 
+from ...core import texts
 from ...core.engine import SAMPLE_RATE, SynthesisJob
-from ...core.protocol import DISCONNECTED_MESSAGE, TaskState
-from ...core.tasks import SEED_DELIVERY, Delivery, Task, TaskRegistry
+from ...core.protocol import TaskState
+from ...core.tasks import CONTRACT_DELIVERY, Delivery, Task, TaskRegistry
 from ..transport.session import Session
 
 log = logging.getLogger("indextts_server")
@@ -76,7 +77,7 @@ class TaskBoard:
         return len(self._tickets)
 
     def submit(
-        self, session: Session, job: SynthesisJob, delivery: Delivery = SEED_DELIVERY
+        self, session: Session, job: SynthesisJob, delivery: Delivery = CONTRACT_DELIVERY
     ) -> Task | Refusal:
         """Queue a new task for ``job``, or say why not.
 
@@ -151,7 +152,7 @@ class TaskBoard:
 
         They end with the session's ``close_reason`` ("disconnected" unless it says otherwise).
         """
-        reason = session.close_reason or DISCONNECTED_MESSAGE
+        reason = session.close_reason or texts.DISCONNECTED
         for task_id in list(session.tasks):
             task = self.registry.get(task_id)
             if task is not None and task.state == "pending":

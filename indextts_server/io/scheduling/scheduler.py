@@ -8,16 +8,8 @@ from typing import Final, Protocol
 
 import trio
 
+from ...core import replies, texts
 from ...core.engine import Engine, SynthesisJob
-from ...core.protocol import (
-    CANCELLED_MESSAGE,
-    CANCELLING_MESSAGE,
-    SHUTTING_DOWN_MESSAGE,
-    STUCK_AT_SHUTDOWN_MESSAGE,
-    CancelReply,
-    Error,
-    Queued,
-)
 from ...core.tasks import Delivery
 from ..transport.session import Session
 from .board import TaskBoard, TaskObserver
@@ -25,29 +17,8 @@ from .worker import InferenceWorker
 
 log = logging.getLogger("indextts_server")
 
-SHUTTING_DOWN: Final = SHUTTING_DOWN_MESSAGE
 STOP_GRACE: Final = 5.0
 """Seconds a running task asked to stop by the drain has to reach a segment boundary."""
-
-
-def queue_full(max_queue: int) -> str:
-    return f"服务器繁忙：队列已满（最多 {max_queue} 个等待任务），请稍后重试"
-
-
-def unknown_task(task_id: str) -> str:
-    return f"任务不存在或已过期: {task_id}"
-
-
-def not_your_task(task_id: str) -> str:
-    return f"只能取消本会话创建的任务: {task_id}"
-
-
-def already_finished(task_id: str, state: str) -> str:
-    return f"任务已结束（{state}），无法取消: {task_id}"
-
-
-def error_reply(session: Session, message: str, task_id: str | None = None) -> Error:
-    return Error(task_id=task_id, session_id=session.session_id, message=message)
 
 
 class Scheduler(Protocol):
@@ -161,52 +132,36 @@ class EmbeddedScheduler:
     async def submit(self, session: Session, job: SynthesisJob, delivery: Delivery) -> str | None:
         task = self.board.submit(session, job, delivery)
         if task == "closed":  # the drain began while the request's paths were being checked
-            return SHUTTING_DOWN
+            return texts.SHUTTING_DOWN
         if task == "full":
-            return queue_full(self.board.max_queue)
-        queued = Queued(task_id=task.task_id, session_id=session.session_id)
-        if delivery.extended:
-            queued.position = self.board.queue_depth
-        session.send(queued)
+            return texts.queue_full(self.board.max_queue)
+        session.send(replies.queued(task.task_id, session.session_id, delivery, self.board.queue_depth))
         return None
 
     async def status(self, task_id: str, session: Session) -> None:
         task = self.board.registry.get(task_id)
         if task is None:
-            session.send(error_reply(session, unknown_task(task_id), task_id))
+            session.send(replies.error(session.session_id, texts.unknown_task(task_id), task_id))
         else:
-            session.send(task.status_reply(session.session_id))
+            session.send(replies.task_status(task, session.session_id))
 
     async def cancel(self, task_id: str, session: Session) -> None:
         task = self.board.registry.get(task_id)
         if task is None:
-            session.send(error_reply(session, unknown_task(task_id), task_id))
+            session.send(replies.error(session.session_id, texts.unknown_task(task_id), task_id))
         elif task.session_id != session.session_id:
-            session.send(error_reply(session, not_your_task(task_id), task_id))
+            session.send(replies.error(session.session_id, texts.not_your_task(task_id), task_id))
         elif task.finished:
-            session.send(error_reply(session, already_finished(task_id, task.state), task_id))
+            message = texts.already_finished(task_id, task.state)
+            session.send(replies.error(session.session_id, message, task_id))
         elif task.state == "pending":
-            self.board.move(task, "cancelled", session, CANCELLED_MESSAGE)
-            session.send(
-                CancelReply(
-                    task_id=task_id,
-                    session_id=session.session_id,
-                    status="cancelled",
-                    message=CANCELLED_MESSAGE,
-                )
-            )
-            session.send(error_reply(session, CANCELLED_MESSAGE, task_id))
+            self.board.move(task, "cancelled", session, texts.CANCELLED)
+            session.send(replies.cancelled(task_id, session.session_id))
+            session.send(replies.error(session.session_id, texts.CANCELLED, task_id))
         else:
             if task.stop_reason is None:  # a second cancel gets the same answer
-                task.stop_reason = CANCELLED_MESSAGE  # the worker stops at the next segment boundary
-            session.send(
-                CancelReply(
-                    task_id=task_id,
-                    session_id=session.session_id,
-                    status="cancelling",
-                    message=CANCELLING_MESSAGE,
-                )
-            )
+                task.stop_reason = texts.CANCELLED  # the worker stops at the next segment boundary
+            session.send(replies.cancelling(task_id, session.session_id))
 
     async def session_closed(self, session: Session) -> None:
         self.board.cancel_pending(session)
@@ -214,14 +169,14 @@ class EmbeddedScheduler:
     async def drain(self, grace: float) -> None:
         self.draining = True
         log.info("draining: %d running, %d waiting", self.busy, self.board.queue_depth)
-        for task, session in self.board.cancel_waiting(SHUTTING_DOWN):
-            session.send(error_reply(session, SHUTTING_DOWN, task.task_id))
+        for task, session in self.board.cancel_waiting(texts.SHUTTING_DOWN):
+            session.send(replies.error(session.session_id, texts.SHUTTING_DOWN, task.task_id))
         with trio.move_on_after(grace):
             await self._idle()
         for worker in self.workers:
             if worker.current is not None:
                 log.warning("drain timeout: stopping task=%s", worker.current.task.task_id)
-                worker.stop(SHUTTING_DOWN)
+                worker.stop(texts.SHUTTING_DOWN)
         # A task inside one long (or stuck) segment gets ``stop_grace`` more, then fails: the drain
         # ends even with --task-timeout 0.
         with trio.move_on_after(self.stop_grace):
@@ -230,7 +185,7 @@ class EmbeddedScheduler:
             if worker.current is not None:
                 task_id = worker.current.task.task_id
                 log.warning("task did not stop in %gs: failing task=%s", self.stop_grace, task_id)
-                worker.abort(STUCK_AT_SHUTDOWN_MESSAGE)
+                worker.abort(texts.STUCK_AT_SHUTDOWN)
         await self._idle()
 
     async def _idle(self) -> None:

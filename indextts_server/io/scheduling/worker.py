@@ -27,8 +27,9 @@ from typing import Final, TypeVar
 import numpy as np
 import trio
 
-from ...core.engine import PCM, SAMPLE_RATE, Engine, Segment, SynthesisJob
-from ...core.protocol import DISCONNECTED_MESSAGE, AudioFormat, End, Error, Start
+from ...core import replies, texts
+from ...core.engine import PCM, Engine, Segment, SynthesisJob
+from ...core.protocol import AudioFormat
 from ..audio.encoding import encode_audio
 from .board import TaskBoard, Ticket
 
@@ -41,15 +42,6 @@ INLINE_SAMPLES: Final = 1 << 18
 in a thread, so work that grows with audio length never holds the loop."""
 CLOSE_TIMEOUT: Final = 5.0
 """Seconds the worker waits for an engine iterator to close before leaving it to its thread."""
-
-
-def engine_error(exc: BaseException) -> str:
-    detail = str(exc) or type(exc).__name__
-    return f"音频生成失败: {detail}"
-
-
-def task_timed_out(seconds: float) -> str:
-    return f"任务超时：超过 {seconds:g} 秒未完成"
 
 
 def assemble(chunks: list[PCM], audio_format: AudioFormat) -> bytes:
@@ -197,12 +189,7 @@ class InferenceWorker:
     async def _process(self, ticket: Ticket) -> None:
         task, session = ticket
         self.board.move(task, "running", session)
-        start = Start(task_id=task.task_id, session_id=session.session_id)
-        if task.delivery.extended:
-            start.format = task.delivery.format
-            start.sample_rate = SAMPLE_RATE
-            start.stream = task.delivery.stream
-        session.send(start)
+        session.send(replies.start(task.task_id, session.session_id, task.delivery))
         self._abort_reason = None
         failure: str | None = None
         result: tuple[int, float] | None = None
@@ -213,7 +200,7 @@ class InferenceWorker:
             try:
                 result = await self._synthesize(ticket)
             except Exception as exc:
-                failure = engine_error(exc)
+                failure = texts.engine_failed(str(exc) or type(exc).__name__)
                 log.exception("engine failed session=%s task=%s", session.session_id, task.task_id)
             finally:
                 self._scope = None
@@ -222,26 +209,24 @@ class InferenceWorker:
                 failure = self._abort_reason
                 log.warning("task abandoned session=%s task=%s", session.session_id, task.task_id)
             else:
-                failure = task_timed_out(self.task_timeout)
+                failure = texts.task_timed_out(self.task_timeout)
                 log.warning("task timed out session=%s task=%s", session.session_id, task.task_id)
             self.board.move(task, "failed", session, failure)
-            session.send(Error(task_id=task.task_id, session_id=session.session_id, message=failure))
+            session.send(replies.error(session.session_id, failure, task.task_id))
             return
         if failure is not None:
             self.board.move(task, "failed", session, failure, engine_error=True)
-            session.send(Error(task_id=task.task_id, session_id=session.session_id, message=failure))
+            session.send(replies.error(session.session_id, failure, task.task_id))
             return
         if result is None:
-            reason = task.stop_reason or session.close_reason or DISCONNECTED_MESSAGE
+            reason = task.stop_reason or session.close_reason or texts.DISCONNECTED
             self.board.move(task, "cancelled", session, reason)
-            session.send(Error(task_id=task.task_id, session_id=session.session_id, message=reason))
+            session.send(replies.error(session.session_id, reason, task.task_id))
             return
         samples, compute = result
         self.board.move(task, "completed", session, samples=samples, compute=compute)
-        end = End(task_id=task.task_id, session_id=session.session_id)
-        if task.delivery.extended:
-            end.timing = task.timing(samples, compute)
-        session.send(end)
+        timing = task.timing(samples, compute)
+        session.send(replies.end(task.task_id, session.session_id, task.delivery, timing))
 
     async def _synthesize(self, ticket: Ticket) -> tuple[int, float] | None:
         """Run the engine and deliver the audio; ``None`` if the task was stopped first.

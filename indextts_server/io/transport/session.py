@@ -10,7 +10,8 @@ from typing import Final, NamedTuple
 import msgspec
 import trio
 
-from ...core.protocol import NOT_READING_MESSAGE, Reply
+from ...core import texts
+from ...core.protocol import Reply
 
 log = logging.getLogger("indextts_server")
 
@@ -182,9 +183,9 @@ class Session:
             return
         log.warning("session %s is not reading (%d bytes unread); closing it", self.session_id, self.buffered)
         self.overflowed = True
-        self.close_reason = NOT_READING_MESSAGE
+        self.close_reason = texts.NOT_READING
         self._forget_queued()
-        self.close(POLICY_VIOLATION, "client is not reading")
+        self.close(POLICY_VIOLATION, texts.CLOSE_NOT_READING)
         if self._scope is not None:
             self._scope.deadline = min(self._scope.deadline, trio.current_time() + CLOSE_GRACE)
         if self.on_overflow is not None:

@@ -10,10 +10,9 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Final, Protocol, overload
+from typing import Final, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-import msgspec
 import trio
 from trio_websocket import (
     ConnectionClosed,
@@ -23,50 +22,21 @@ from trio_websocket import (
     serve_websocket,
 )
 
-from ...core.decode import BINARY_FRAME, RequestError, decode_request
-from ...core.engine import Engine, SynthesisJob
-from ...core.protocol import (
-    Cancel,
-    Error,
-    TaskStatusQuery,
-    TtsStream,
-    Welcome,
-)
-from ...core.tasks import Delivery
-from ...core.voices import VoiceError, VoiceLimits
+from ...core import replies, texts
+from ...core.config import ServerConfig
+from ...core.decode import RequestError, decode_request
+from ...core.engine import Engine
+from ...core.jobs import VOICE_FIELDS, audio_fields, delivery_from, job_from
+from ...core.protocol import Cancel, TaskStatusQuery, TtsStream
+from ...core.voices import VoiceError
 from ..audio.paths import AudioPathError, AudioPaths, resolve_roots
 from ..audio.voices import VoiceLibrary
 from ..scheduling.board import TaskBoard, TaskObserver
-from ..scheduling.scheduler import SHUTTING_DOWN, EmbeddedScheduler, Scheduler
+from ..scheduling.scheduler import EmbeddedScheduler, Scheduler
 from ..scheduling.worker import InferenceWorker
 from .session import Close, OutboxBudget, Session
 
 log = logging.getLogger("indextts_server")
-
-
-class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the server is told at start-up; the CLI documents each one."""
-
-    host: str = "0.0.0.0"
-    port: int = 8770
-    max_queue: int = 100
-    task_ttl: float = 300.0
-    max_text_chars: int = 2000
-    max_message_bytes: int = 1 << 20
-    audio_roots: tuple[str, ...] = (".",)
-    drain_timeout: float = 30.0
-    max_pending_per_session: int = 16
-    task_timeout: float = 600.0
-    idle_timeout: float = 600.0
-    ping_interval: float = 20.0
-    ping_timeout: float = 20.0
-    auth_token: str | None = None
-    allowed_origins: tuple[str, ...] = ()
-    voices_dir: str = "voices"
-    default_voice: str | None = "asset/zero_shot_prompt.wav"
-    voice_limits: VoiceLimits = VoiceLimits()
-    max_session_buffer: int = 32 << 20
-    max_total_buffer: int = 256 << 20
 
 
 GOING_AWAY: Final = 1001
@@ -77,10 +47,6 @@ def endpoint_url(endpoint: object) -> str:
     port = getattr(endpoint, "port", "?")
     host = f"[{address}]" if ":" in address else address
     return f"ws://{host}:{port}"
-
-
-def too_many_in_flight(limit: int) -> str:
-    return f"本会话进行中的任务过多（最多 {limit} 个），请等待已有任务完成"
 
 
 class ServerMetrics(TaskObserver, Protocol):
@@ -207,7 +173,7 @@ class Server:
         self._listen_scope.cancel()
         await self.scheduler.drain(self.config.drain_timeout)
         for session in list(self.sessions.values()):
-            session.close(GOING_AWAY, "server shutting down")
+            session.close(GOING_AWAY, texts.CLOSE_SHUTTING_DOWN)
         with trio.move_on_after(5):
             if self.sessions:
                 await self._sessions_gone.wait()
@@ -255,7 +221,7 @@ class Server:
                     session.on_overflow = lambda gone: nursery.start_soon(closed, gone)
                     nursery.start_soon(self._write, ws, session)
                     nursery.start_soon(self._heartbeat, ws, session)
-                    session.send(Welcome(session_id=session.session_id))
+                    session.send(replies.welcome(session.session_id))
                     await self._read(ws, session)
                     nursery.cancel_scope.cancel()
         finally:
@@ -269,7 +235,7 @@ class Server:
         if self.config.allowed_origins:
             origin = headers.get(b"origin", b"").decode("latin-1")
             if origin not in self.config.allowed_origins:
-                return 403, "origin not allowed\n"
+                return 403, texts.ORIGIN_REFUSED + "\n"
         token = self.config.auth_token
         if token:
             offered = None
@@ -280,7 +246,7 @@ class Server:
                 query = parse_qs(urlsplit(request.path).query)
                 offered = query.get("token", [None])[0]
             if offered is None or not hmac.compare_digest(offered.encode(), token.encode()):
-                return 401, "missing or wrong token\n"
+                return 401, texts.TOKEN_REFUSED + "\n"
         return None
 
     async def _write(self, ws: WebSocketConnection, session: Session) -> None:
@@ -306,7 +272,7 @@ class Server:
             now = trio.current_time()
             if timeout > 0 and not session.tasks and now - session.last_activity >= timeout:
                 log.info("session idle for %gs; closing session=%s", timeout, session.session_id)
-                session.close(GOING_AWAY, "idle timeout")
+                session.close(GOING_AWAY, texts.CLOSE_IDLE)
                 return
             if interval > 0:
                 with trio.move_on_after(self.config.ping_timeout) as waited:
@@ -333,7 +299,7 @@ class Server:
 
     async def _handle(self, frame: str | bytes, session: Session) -> None:
         if isinstance(frame, bytes):
-            self._error(session, BINARY_FRAME)
+            self._error(session, texts.BINARY_FRAME)
             return
         try:
             request = decode_request(frame, max_text_chars=self.config.max_text_chars)
@@ -351,78 +317,39 @@ class Server:
     async def _submit(self, request: TtsStream, session: Session) -> None:
         limit = self.config.max_pending_per_session
         if self.draining:
-            self._error(session, SHUTTING_DOWN)
+            self._error(session, texts.SHUTTING_DOWN)
             return
         if limit and len(session.tasks) >= limit:
-            self._error(session, too_many_in_flight(limit))
+            self._error(session, texts.too_many_in_flight(limit))
             return
         try:
-            job = self._job(request, recall=True)
-            if job is None:
-                job = await trio.to_thread.run_sync(self._job, request)
+            resolved = await self._resolve(audio_fields(request))
         except (AudioPathError, VoiceError) as error:
             self._error(session, str(error))
             return
-        delivery = Delivery(
-            stream=bool(request.stream),
-            format=request.format or "wav",
-            extended=request.extended,
-        )
+        job, delivery = job_from(request, resolved), delivery_from(request)
         refusal = await self.scheduler.submit(session, job, delivery)
         if refusal is not None:
-            if self.metrics is not None and refusal != SHUTTING_DOWN:
+            if self.metrics is not None and refusal != texts.SHUTTING_DOWN:
                 self.metrics.task_refused()
             self._error(session, refusal)
 
-    @overload
-    def _job(self, request: TtsStream) -> SynthesisJob: ...
-    @overload
-    def _job(self, request: TtsStream, *, recall: bool) -> SynthesisJob | None: ...
+    async def _resolve(self, fields: dict[str, str]) -> dict[str, str]:
+        """The file behind each audio field: a path checked (at once if checked lately), or a
+        library voice (looked up on disk every time, so never stale)."""
+        if not VOICE_FIELDS.intersection(fields):
+            return await self.paths.resolve(fields)
+        return await trio.to_thread.run_sync(self._look_up, fields)
 
-    def _job(self, request: TtsStream, *, recall: bool = False) -> SynthesisJob | None:
-        """The engine's view of a request: defaults applied, audio paths checked and resolved.
-
-        With ``recall`` it does no I/O and answers ``None`` unless every path was checked lately;
-        without, it checks them (blocking: call it from a worker thread).
-        """
-        mode = request.emo_mode or "none"
-        named = [("prompt_audio", request.prompt_audio)]
-        if request.voice is not None:
-            named = [("voice", request.voice)]
-        if mode == "audio":
-            if request.emo_voice is None:
-                named.append(("emo_audio", request.emo_audio))
-            else:
-                named.append(("emo_voice", request.emo_voice))
+    def _look_up(self, fields: dict[str, str]) -> dict[str, str]:
+        """Blocking (call from a worker thread): resolve every field, in order."""
         now = time.monotonic()
-        resolved: list[str] = []
-        for field, value in named:
-            assert value is not None
-            if field in ("voice", "emo_voice"):
-                if recall:
-                    return None  # a library voice is looked up on disk every time: never stale
-                path: str | None = self.voices.resolve(field, value)
-            else:
-                path = self.paths.recall(value, now) if recall else self.paths.check(field, value, now)
-            if path is None:
-                return None
-            resolved.append(path)
-        prompt = resolved[0]
-        emo_audio = resolved[1] if mode == "audio" else None
-        return SynthesisJob(
-            text=request.text,
-            prompt_audio=prompt,
-            emo_mode=mode,
-            emo_audio=emo_audio,
-            emo_alpha=1.0 if request.emo_alpha is None else request.emo_alpha,
-            emo_vector=tuple(request.emo_vector) if mode == "vector" and request.emo_vector else None,
-            emo_text=request.emo_text if mode == "text" else None,
-            interval_silence=200 if request.interval_silence is None else request.interval_silence,
-            max_tokens=120 if request.max_tokens is None else request.max_tokens,
-            use_random=bool(request.use_random),
-            seed=request.seed,
-            quick_first=request.quick_first or 0,
-        )
+        return {
+            field: self.voices.resolve(field, value)
+            if field in VOICE_FIELDS
+            else self.paths.check(field, value, now)
+            for field, value in fields.items()
+        }
 
     def _error(self, session: Session, message: str, task_id: str | None = None) -> None:
-        session.send(Error(task_id=task_id, session_id=session.session_id, message=message))
+        session.send(replies.error(session.session_id, message, task_id))

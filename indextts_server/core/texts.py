@@ -1,0 +1,152 @@
+"""Every text a client can read, in one catalogue: replies, errors, close reasons, refusals.
+
+The contract's clients and tests match these byte for byte, so a text here changes only together
+with the contract. The README's error table lists each one (``tests/test_texts.py`` checks it);
+a text with a variable part is a function whose parameters name that part.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from .engine import INTERVAL_SILENCE_MAX, MAX_TOKENS_MAX, MAX_TOKENS_MIN, SEED_MAX
+
+REQUEST_TYPES: Final = ("tts_stream", "task_status", "cancel")
+"""The request ``type`` values, in the order the errors list them."""
+
+# -- replies -------------------------------------------------------------------------------------
+
+WELCOME: Final = "已连接到 IndexTTS WebSocket"
+USAGE: Final = '发送 {"type":"tts_stream", "text":"...", "emo_mode":"none/audio/vector/text", ...} 开始合成'
+QUEUED: Final = "任务已加入队列，等待处理"
+START: Final = "开始生成音频"
+END: Final = "生成完成"
+CANCELLED: Final = "任务已取消"
+"""A cancel's reply for a waiting task, and the final error of any cancelled task."""
+CANCELLING: Final = "任务将在当前段落完成后取消"
+DISCONNECTED: Final = "客户端已断开连接"
+"""The ``error_message`` of a task whose session closed before it finished."""
+NOT_READING: Final = "客户端未及时读取消息，连接已关闭（1008）"
+"""The ``error_message`` of a task whose session was closed for not reading its replies."""
+
+# -- request errors: one text per field, however the field is wrong -------------------------------
+
+TEXT_MISSING: Final = "缺少有效的 text"
+PROMPT_AUDIO_MISSING: Final = "缺少有效的 prompt_audio"
+VOICE_MISSING: Final = "缺少有效的 voice"
+EMO_VOICE_MISSING: Final = "缺少有效的 emo_voice"
+BOTH_VOICE: Final = "prompt_audio 与 voice 只能提供一个"
+BOTH_EMO_VOICE: Final = "emo_audio 与 emo_voice 只能提供一个"
+EMO_AUDIO_REQUIRED: Final = "情感参考音频模式需要提供 emo_audio"
+EMO_VECTOR_REQUIRED: Final = "情感向量模式需要提供 emo_vector"
+EMO_TEXT_REQUIRED: Final = "情感文本引导模式需要提供 emo_text"
+
+FIELD_ERRORS: Final[dict[str, str]] = {
+    "text": TEXT_MISSING,
+    "prompt_audio": PROMPT_AUDIO_MISSING,
+    "voice": "voice 必须是字符串（声音库中的名称）",
+    "emo_voice": "emo_voice 必须是字符串（声音库中的名称）",
+    "emo_mode": "emo_mode 必须是 none/audio/vector/text",
+    "emo_audio": "emo_audio 必须是字符串（服务器上的音频文件路径）",
+    "emo_alpha": "emo_alpha 必须是 0.0 到 1.0 之间的数字",
+    "emo_vector": "emo_vector 必须是由 8 个 0.0 到 1.0 之间的数字组成的数组",
+    "emo_text": "emo_text 必须是字符串",
+    "interval_silence": f"interval_silence 必须是 0 到 {INTERVAL_SILENCE_MAX} 之间的整数（毫秒）",
+    "max_tokens": f"max_tokens 必须是 {MAX_TOKENS_MIN} 到 {MAX_TOKENS_MAX} 之间的整数",
+    "use_random": "use_random 必须是布尔值（true 或 false）",
+    "seed": f"seed 必须是 0 到 {SEED_MAX} 之间的整数",
+    "task_id": "缺少有效的 task_id",
+    "stream": "stream 必须是布尔值（true 或 false）",
+    "format": "format 必须是 wav/pcm/flac/mp3",
+    "quick_first": f"quick_first 必须是 0 到 {MAX_TOKENS_MAX} 之间的整数",
+    "details": "details 必须是布尔值（true 或 false）",
+}
+"""The error for each request field; the decoder picks one by the field a failure names."""
+
+
+def invalid_field(field: str) -> str:
+    """A field the decoder refused that `FIELD_ERRORS` does not know (a gap, not client input)."""
+    return f"参数 {field} 无效"
+
+
+def text_too_long(limit: int) -> str:
+    return f"text 过长：最多 {limit} 个字符"
+
+
+# -- frame errors ----------------------------------------------------------------------------------
+
+MALFORMED_JSON: Final = "消息不是有效的 JSON"
+NOT_AN_OBJECT: Final = "消息必须是 JSON 对象"
+MISSING_TYPE: Final = f"缺少 type 字段（可选值: {'/'.join(REQUEST_TYPES)}）"
+BINARY_FRAME: Final = "不支持二进制消息，请发送 JSON 文本消息"
+
+
+def unknown_type(type_: str) -> str:
+    """``type_`` as the client sent it (a non-string shown as JSON)."""
+    return f"未知的消息类型: {type_}（可选值: {'/'.join(REQUEST_TYPES)}）"
+
+
+# -- audio paths ------------------------------------------------------------------------------------
+
+
+def outside_roots(field: str, path: str) -> str:
+    return f"{field} 不在允许的音频目录内: {path}"
+
+
+def file_missing(field: str, path: str) -> str:
+    return f"{field} 文件不存在: {path}"
+
+
+def not_a_file(field: str, path: str) -> str:
+    return f"{field} 不是文件: {path}"
+
+
+def undecodable(field: str, path: str) -> str:
+    return f"{field} 无法解码为音频: {path}"
+
+
+def empty_audio(field: str, path: str) -> str:
+    return f"{field} 音频为空: {path}"
+
+
+# -- admission, tasks and cancel --------------------------------------------------------------------
+
+SHUTTING_DOWN: Final = "服务器正在关闭，请稍后重连"
+STUCK_AT_SHUTDOWN: Final = "服务器正在关闭：任务未能在限定时间内停止"
+
+
+def queue_full(max_queue: int) -> str:
+    return f"服务器繁忙：队列已满（最多 {max_queue} 个等待任务），请稍后重试"
+
+
+def too_many_in_flight(limit: int) -> str:
+    return f"本会话进行中的任务过多（最多 {limit} 个），请等待已有任务完成"
+
+
+def unknown_task(task_id: str) -> str:
+    return f"任务不存在或已过期: {task_id}"
+
+
+def not_your_task(task_id: str) -> str:
+    return f"只能取消本会话创建的任务: {task_id}"
+
+
+def already_finished(task_id: str, status: str) -> str:
+    return f"任务已结束（{status}），无法取消: {task_id}"
+
+
+def engine_failed(reason: str) -> str:
+    return f"音频生成失败: {reason}"
+
+
+def task_timed_out(seconds: float) -> str:
+    return f"任务超时：超过 {seconds:g} 秒未完成"
+
+
+# -- connection: close reasons and handshake refusals (sent as the close frame or HTTP body) ---------
+
+CLOSE_SHUTTING_DOWN: Final = "server shutting down"
+CLOSE_IDLE: Final = "idle timeout"
+CLOSE_NOT_READING: Final = "client is not reading"
+ORIGIN_REFUSED: Final = "origin not allowed"
+TOKEN_REFUSED: Final = "missing or wrong token"
