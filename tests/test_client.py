@@ -19,6 +19,8 @@ import pytest
 import soundfile
 from websockets.sync.client import connect
 
+from indextts_server.client.voices import http_base
+
 from .conftest import EMO_PROMPT, PROMPT, REPO, CliServer, decode_wav, tts
 
 TEXT = "大家好，我现在正在体验 AI 科技！今天天气很好，我们一起散步。"
@@ -62,15 +64,17 @@ def direct_wav(url: str, request: dict[str, object]) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[CliServer]:
-    running = CliServer(["--engine", "tone", "--port", "0"])
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
+    voices = str(tmp_path_factory.mktemp("voices"))
+    running = CliServer(["--engine", "tone", "--port", "0", "--voices-dir", voices])
     yield running
     running.stop()
 
 
 @pytest.fixture(scope="module")
-def guarded() -> Iterator[CliServer]:
-    running = CliServer(["--engine", "tone", "--port", "0", "--auth-token", TOKEN])
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
+    voices = str(tmp_path_factory.mktemp("guarded-voices"))
+    running = CliServer(["--engine", "tone", "--port", "0", "--voices-dir", voices, "--auth-token", TOKEN])
     yield running
     running.stop()
 
@@ -287,3 +291,59 @@ def _lines_until(stream: IO[bytes], prefix: str) -> list[str]:
         if seen[-1].startswith(prefix):
             return seen
     raise AssertionError(f"no line starting {prefix!r}: {seen}")
+
+
+def voices(server: CliServer, *args: str, token: str | None = None) -> subprocess.CompletedProcess[bytes]:
+    extra = ["--token", token] if token else []
+    return client("voices", args[0], "--url", server.url, "--http-url", server.http, *extra, *args[1:])
+
+
+def test_voices_add_list_use_replace_and_remove(server: CliServer) -> None:
+    added = voices(server, "add", "声音_1", str(REPO / PROMPT))
+    assert (added.returncode, added.stderr.decode()) == (0, "added 声音_1\n")
+    listed = voices(server, "list")
+    rows = [line.split("\t") for line in listed.stdout.decode().splitlines()]
+    assert [row[0] for row in rows] == ["default", "声音_1"] and rows[1][1].endswith("s")
+    spoken = say(server, "用声音库里的声音。", "--voice", "声音_1", "-o", "-", "-q")
+    assert spoken.returncode == 0 and spoken.stdout[:4] == b"RIFF"
+    again = voices(server, "add", "声音_1", str(REPO / EMO_PROMPT))
+    assert again.returncode == 1
+    assert again.stderr.decode().strip() == "error: 声音已存在: 声音_1（要替换它，请同时提交 replace=true）"
+    replaced = voices(server, "add", "声音_1", str(REPO / EMO_PROMPT), "--replace")
+    assert replaced.returncode == 0
+    as_json = json.loads(voices(server, "list", "--json").stdout)
+    assert {v["name"]: v["duration"] for v in as_json["voices"]}["声音_1"] == round(
+        soundfile.info(str(REPO / EMO_PROMPT)).duration, 3
+    )
+    removed = voices(server, "rm", "声音_1")
+    assert (removed.returncode, removed.stderr.decode()) == (0, "removed 声音_1\n")
+    gone = voices(server, "rm", "声音_1")
+    assert gone.returncode == 1 and gone.stderr.decode().startswith("error: ")
+    unknown = say(server, "你好。", "--voice", "声音_1", "-o", "-")
+    assert unknown.returncode == 1 and unknown.stderr.decode().splitlines()[-1] == "error: voice 不存在: 声音_1"
+
+
+def test_a_refused_upload_exits_1_with_the_servers_message(server: CliServer, tmp_path: Path) -> None:
+    fake = tmp_path / "fake.wav"
+    fake.write_bytes(b"RIFF but not really audio")
+    refused = voices(server, "add", "fake", str(fake))
+    assert refused.returncode == 1
+    assert refused.stderr.decode().strip() == "error: audio_sample 无法解码为音频（支持 wav/flac/mp3/ogg/webm/m4a）"
+    evil = voices(server, "add", "../x", str(REPO / PROMPT))
+    assert evil.returncode == 1 and "name 只能包含" in evil.stderr.decode()
+    missing = voices(server, "add", "x", str(tmp_path / "nope.wav"))
+    assert missing.returncode == 1 and "cannot read" in missing.stderr.decode()
+
+
+def test_voices_need_the_token_of_a_protected_server(guarded: CliServer) -> None:
+    refused = voices(guarded, "list")
+    assert refused.returncode == 1
+    assert refused.stderr.decode().strip() == "error: 缺少或错误的令牌：请发送 Authorization: Bearer <token>"
+    allowed = voices(guarded, "list", token=TOKEN)
+    assert allowed.returncode == 0 and allowed.stdout.decode().startswith("default\t")
+
+
+def test_the_http_api_is_found_beside_the_websocket_url() -> None:
+    assert http_base("ws://10.0.0.5:8770") == "http://10.0.0.5:8771"
+    assert http_base("wss://tts.example.com/ws") == "https://tts.example.com:8771"
+    assert http_base("ws://[::1]:8770/") == "http://[::1]:8771"

@@ -1,12 +1,12 @@
-"""The demo page in a real browser (headless Chromium) against a real tone server."""
+"""The demo page in a real browser (headless Chromium) against a real tone server and its HTTP port."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import io
 import json
-import threading
+import os
+import shutil
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,44 +15,13 @@ import soundfile
 from selenium import webdriver
 
 from .browser import Page, start_chromium
-from .conftest import REPO, CliServer
+from .conftest import PROMPT, REPO, CliServer
 
-WEB = REPO / "indextts_server" / "web"
 TWO_SEGMENTS = "今天天气很好，我们一起去散步吧。明天下午我们再去公园看看花。"
 LONG = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。" * 3
-
-
-class _Site(http.server.SimpleHTTPRequestHandler):
-    """Interim: serves the page's files and its config until the HTTP port exists."""
-
-    ws_port = 0
-
-    def do_GET(self) -> None:
-        if self.path == "/web/config.json":
-            self._json({"ws_port": self.ws_port, "auth_required": False})
-        elif self.path.startswith("/v1/audio/voices"):
-            self._json({"voices": []})
-        else:
-            self.path = "/index.html" if self.path.split("?")[0] == "/" else self.path.removeprefix("/web")
-            super().do_GET()
-
-    def _json(self, value: object) -> None:
-        body = json.dumps(value).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def _site(ws_port: int) -> tuple[str, http.server.ThreadingHTTPServer]:
-    handler = type("Site", (_Site,), {"ws_port": ws_port})
-    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(WEB)))
-    threading.Thread(target=site.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{site.server_port}/", site
+TOKEN = "page-token"
+SCREENSHOT = os.environ.get("INDEXTTS_SCREENSHOT")
+"""Where to copy the page's screenshot (the README's picture is made this way)."""
 
 
 @pytest.fixture(scope="module")
@@ -63,29 +32,61 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[CliServer]:
-    running = CliServer(["--engine", "tone", "--port", "0", "--tone-rtf", "0.2"])
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
+    voices = tmp_path_factory.mktemp("voices")
+    running = CliServer(["--engine", "tone", "--port", "0", "--tone-rtf", "0.2", "--voices-dir", str(voices)])
     yield running
     running.stop()
 
 
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
+    voices = tmp_path_factory.mktemp("guarded-voices")
+    running = CliServer(
+        ["--engine", "tone", "--port", "0", "--voices-dir", str(voices), "--auth-token", TOKEN]
+    )
+    yield running
+    running.stop()
+
+
+def _open(browser: webdriver.Chrome, server: CliServer, query: str = "") -> Page:
+    page = Page(browser, f"{server.http}/")
+    browser.get(page.url)  # on the page's origin first, to forget what an earlier test stored there
+    browser.execute_script("localStorage.clear()")
+    page.open(query)
+    return page
+
+
 @pytest.fixture
 def page(browser: webdriver.Chrome, server: CliServer) -> Iterator[Page]:
-    url, site = _site(server.port)
-    page = Page(browser, url)
-    page.open()
+    page = _open(browser, server)
     yield page
-    site.shutdown()
     assert page.severe_console() == []
 
 
-def _speak(page: Page, text: str, *, prompt: str = "asset/zero_shot_prompt.wav", max_tokens: int = 20) -> None:
-    page.choose("voice", "path:")
-    page.fill("prompt-path", prompt)
+def _speak(page: Page, text: str, *, prompt: str | None = None, max_tokens: int = 20) -> None:
+    if prompt is not None:
+        page.choose("voice", "path:")
+        page.fill("prompt-path", prompt)
     page.fill("text", text)
     page.driver.execute_script("document.getElementById('more').open = true")
     page.fill("max-tokens", str(max_tokens))
     page.click("speak")
+
+
+def _library(server: CliServer, token: str | None = None) -> dict[str, dict[str, object]]:
+    request = urllib.request.Request(f"{server.http}/v1/audio/voices")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return {voice["name"]: voice for voice in json.load(response)["voices"]}
+
+
+def test_the_page_learns_the_websocket_port_and_lists_the_library(page: Page, server: CliServer) -> None:
+    assert page.state["config"] == {"ws_port": server.port, "auth_required": False}
+    assert page.element("ws-url").get_attribute("placeholder") == f"ws://127.0.0.1:{server.port}/"
+    assert [voice["name"] for voice in page.state["voices"]] == list(_library(server))
+    assert page.element("voice").get_attribute("value") == "default"
 
 
 def test_streams_plays_every_segment_and_offers_the_whole_wav(page: Page, tmp_path: Path) -> None:
@@ -96,16 +97,50 @@ def test_streams_plays_every_segment_and_offers_the_whole_wav(page: Page, tmp_pa
     assert state["position"] == 1 and state["taskId"]
     assert set(state["timing"]) == {"queue_wait", "first_audio", "total", "audio_seconds", "rtf"}
     assert abs(state["timing"]["audio_seconds"] - state["audioSeconds"]) < 0.01
-    page.wait(lambda: page.state["segmentsPlayed"] == 2, "both segments to play out", timeout=30)
-    rows = page.driver.find_elements("css selector", "#segments tbody tr td.playback")
+    page.wait(lambda: page.state["segmentsPlayed"] == 2, "both segments to play out")
+    rows = page.driver.find_elements("css selector", "#segments tbody td.playback")
     assert [row.get_attribute("data-state") for row in rows] == ["played", "played"]
     assert "real-time factor" in page.text("timing")
     href = page.element("download").get_attribute("href")
     assert href.startswith("blob:")
-    wav = page.fetch_bytes(href)
-    pcm, rate = soundfile.read(io.BytesIO(wav), dtype="int16")
+    pcm, rate = soundfile.read(io.BytesIO(page.fetch_bytes(href)), dtype="int16")
     assert rate == 22050 and abs(len(pcm) / rate - state["audioSeconds"]) < 0.01
-    page.driver.save_screenshot(str(tmp_path / "page.png"))
+    page.driver.find_element("tag name", "body").screenshot(str(tmp_path / "page.png"))
+    if SCREENSHOT:
+        shutil.copyfile(tmp_path / "page.png", SCREENSHOT)
+
+
+def test_an_uploaded_file_becomes_a_voice_to_speak_with(page: Page, server: CliServer) -> None:
+    page.driver.execute_script("document.getElementById('add-voice').open = true")
+    page.fill("new-voice-name", "网页_voice")
+    page.element("new-voice-file").send_keys(str(REPO / PROMPT))
+    page.click("upload")
+    page.wait(lambda: page.state["lastUpload"] is not None, "the upload")
+    assert page.state["error"] is None
+    assert page.element("voice").get_attribute("value") == "网页_voice"
+    assert "网页_voice" in _library(server)
+    _speak(page, "用上传的声音说话。")
+    assert page.wait_phase("done", "error")["phase"] == "done"
+    page.click("voice-delete")
+    page.wait(lambda: "网页_voice" not in [v["name"] for v in page.state["voices"]], "the voice to go")
+    assert "网页_voice" not in _library(server)
+
+
+def test_a_microphone_recording_is_uploaded_as_wav(page: Page, server: CliServer) -> None:
+    page.driver.execute_script("document.getElementById('add-voice').open = true")
+    page.fill("new-voice-name", "mic")
+    page.click("record")
+    page.wait(lambda: page.state["recordingSeconds"] >= 1.5, "1.5 s of recording")
+    page.click("record")
+    page.wait(lambda: page.text("record-state").startswith("recorded "), "the WAV")
+    page.click("upload")
+    page.wait(lambda: page.state["lastUpload"] is not None, "the upload")
+    assert page.state["error"] is None, page.state["error"]
+    assert page.state["lastUpload"]["type"] == "audio/wav"
+    duration = _library(server)["mic"]["duration"]
+    assert isinstance(duration, float) and 1.4 < duration < 5
+    _speak(page, "麦克风的声音。")
+    assert page.wait_phase("done", "error")["phase"] == "done"
 
 
 def test_shows_the_servers_error_as_written_and_stays_usable(page: Page) -> None:
@@ -113,16 +148,62 @@ def test_shows_the_servers_error_as_written_and_stays_usable(page: Page) -> None
     state = page.wait_phase("done", "error")
     assert state["phase"] == "error"
     assert page.text("error") == "prompt_audio 文件不存在: asset/missing.wav"
+    page.choose("voice", "default")
     _speak(page, "你好。")
     assert page.wait_phase("done", "error")["phase"] == "done"
     assert not page.element("error").is_displayed()
 
 
+def test_an_upload_refused_by_the_server_shows_its_message(page: Page, tmp_path: Path) -> None:
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("not audio at all")
+    page.driver.execute_script("document.getElementById('add-voice').open = true")
+    page.fill("new-voice-name", "bad")
+    page.element("new-voice-file").send_keys(str(not_audio))
+    page.click("upload")
+    page.wait(lambda: page.state["error"] is not None, "the error")
+    assert page.text("error") == "audio_sample 无法解码为音频（支持 wav/flac/mp3/ogg/webm/m4a）"
+    # The browser logs the refused request itself (a 400): that, and only that, is expected.
+    assert [m for m in page.severe_console() if "v1/audio/voices - Failed to load resource" not in m] == []
+
+
 def test_cancel_stops_the_task_and_the_playback(page: Page) -> None:
     _speak(page, LONG)
-    page.wait(lambda: page.state["segmentsReceived"] >= 1, "the first segment")
+    page.wait(lambda: page.state["segmentsScheduled"] >= 1, "the first segment to be scheduled")
     page.click("cancel")
     state = page.wait_phase("cancelled", "done", "error")
     assert state["phase"] == "cancelled", state
     assert page.text("status") == "任务已取消"
-    assert state["segmentsReceived"] < 9 and state["error"] is None
+    assert state["error"] is None and state["segmentsReceived"] < 9
+    # Whatever was scheduled and had not played out was stopped with the cancel.
+    assert state["segmentsStopped"] >= 1
+    assert state["segmentsPlayed"] + state["segmentsStopped"] == state["segmentsScheduled"]
+    cells = page.driver.find_elements("css selector", "#segments td.playback")
+    assert "playing" not in [cell.get_attribute("data-state") for cell in cells]
+
+
+def test_a_token_protected_server_works_with_the_token(browser: webdriver.Chrome, guarded: CliServer) -> None:
+    page = _open(browser, guarded)
+    assert page.state["config"]["auth_required"] is True
+    assert page.text("connection-hint") == "This server needs a token."
+    _speak(page, "你好。")
+    assert page.wait_phase("done", "error")["phase"] == "error"
+    assert page.text("error").startswith(f"cannot connect to ws://127.0.0.1:{guarded.port}/")
+    # The browser reports the refused handshake (401) on its console: expected here.
+    assert all("WebSocket connection to" in m for m in page.severe_console())
+    page.fill("token", TOKEN)
+    page.element("text").click()  # the token field's change event
+    page.wait(lambda: [v["name"] for v in page.state["voices"]] == ["default"], "the library, with the token")
+    page.choose("voice", "default")
+    _speak(page, "你好。")
+    state = page.wait_phase("done", "error")
+    assert state["phase"] == "done", state
+    assert page.severe_console() == []
+
+
+def test_the_websocket_url_can_be_overridden(browser: webdriver.Chrome, server: CliServer) -> None:
+    page = _open(browser, server, f"?ws=ws://localhost:{server.port}/")
+    assert page.element("ws-url").get_attribute("value") == f"ws://localhost:{server.port}/"
+    _speak(page, "你好。")
+    assert page.wait_phase("done", "error")["phase"] == "done"
+    assert page.severe_console() == []

@@ -20,12 +20,14 @@ const state = {
   segmentsReceived: 0,
   segmentsScheduled: 0,
   segmentsPlayed: 0,
+  segmentsStopped: 0,
   audioSeconds: 0,
   bytesReceived: 0,
   timing: null,
   error: null,
   status: "",
   voices: [],
+  recordingSeconds: 0,
   lastUpload: null,
 };
 window.indextts = { state };
@@ -219,7 +221,8 @@ async function toggleRecording() {
   }
   $("record").textContent = "Stop";
   recorder.timer = setInterval(() => {
-    $("record-state").textContent = `recording… ${recorder.instance.seconds.toFixed(1)} s`;
+    state.recordingSeconds = recorder.instance.seconds;
+    $("record-state").textContent = `recording… ${state.recordingSeconds.toFixed(1)} s`;
   }, 100);
 }
 
@@ -258,11 +261,12 @@ function buildRequest() {
 }
 
 function resetResult() {
+  player?.stop();
+  player = null;
   Object.assign(state, {
     taskId: null, position: null, segmentsReceived: 0, segmentsScheduled: 0, segmentsPlayed: 0,
-    audioSeconds: 0, bytesReceived: 0, timing: null,
+    segmentsStopped: 0, audioSeconds: 0, bytesReceived: 0, timing: null,
   });
-  player?.stop();
   $("segments").hidden = true;
   $("segments").tBodies[0].replaceChildren();
   $("timing").hidden = true;
@@ -358,8 +362,9 @@ function onaudio(buffer) {
 }
 
 function onPlayback(index, what, delay) {
-  if (what === "played") state.segmentsPlayed = player.played;
-  else state.segmentsScheduled = player.scheduled;
+  state.segmentsScheduled = player.scheduled;
+  state.segmentsPlayed = player.played;
+  state.segmentsStopped = player.stopped;
   const cell = $("segments").querySelector(`tr[data-index="${index}"] td.playback`);
   if (cell) {
     cell.textContent = what === "scheduled" ? `in ${delay.toFixed(1)} s` : what;

@@ -69,18 +69,20 @@ export function audioBufferToWav(audio) {
 
 /**
  * Plays segments one after another without gaps, in the order they were given, as they arrive.
- * Counts what was scheduled and what finished playing; `onchange(index, state)` follows each one.
+ * Counts what was scheduled, what played out and what was stopped; `onchange(index, state)`
+ * follows each segment (scheduled, playing, played, stopped).
  */
 export class SegmentPlayer {
   constructor(context, onchange) {
     this.context = context;
     this.onchange = onchange;
-    this.sources = new Set();
+    this.sources = new Map(); // scheduled and not yet ended: source -> segment index
     this.nextStart = 0;
     this.decoding = Promise.resolve();
     this.generation = 0;
     this.scheduled = 0;
     this.played = 0;
+    this.stopped = 0;
   }
 
   /** Queue one segment (a complete WAV file); resolves once it is scheduled. */
@@ -101,7 +103,7 @@ export class SegmentPlayer {
         this.played += 1;
         this.onchange(index, "played");
       };
-      this.sources.add(source);
+      this.sources.set(source, index);
       source.start(at);
       this.scheduled += 1;
       this.onchange(index, at <= now + 0.05 ? "playing" : "scheduled", at - now);
@@ -109,12 +111,14 @@ export class SegmentPlayer {
     return this.decoding;
   }
 
-  /** Stop at once: nothing already scheduled plays on. */
+  /** Stop at once: nothing already scheduled plays on, and nothing still decoding will start. */
   stop() {
     this.generation += 1;
-    for (const source of this.sources) {
+    for (const [source, index] of this.sources) {
       this.sources.delete(source);
       source.stop();
+      this.stopped += 1;
+      this.onchange(index, "stopped");
     }
     this.nextStart = 0;
   }

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
+import msgspec
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
@@ -39,6 +40,13 @@ CORS_METHODS: Final = "GET, POST, DELETE, OPTIONS"
 CORS_HEADERS: Final = "Authorization, Content-Type"
 
 Handler = Callable[[Request, ASGISendCallable], Awaitable[None]]
+
+
+class WebConfig(msgspec.Struct, kw_only=True):
+    """``GET /web/config.json``: the demo page's settings (public: the page reads it before any token)."""
+
+    ws_port: int
+    auth_required: bool
 
 
 def not_found(path: str) -> ApiError:
@@ -131,7 +139,10 @@ class HttpApi:
         if segments[1:2] != ["v1"]:
             if method != "GET":
                 raise method_not_allowed(request.method, "GET, HEAD")
-            await self._static(request, send)
+            if request.path == "/web/config.json":
+                await self._web_config(request, send)
+            else:
+                await self._static(request, send)
             return
         if self._foreign(request, cors):
             raise ApiError(
@@ -210,6 +221,11 @@ class HttpApi:
 
     async def _models(self, request: Request, send: ASGISendCallable) -> None:
         await respond_json(send, 200, model_list())
+
+    async def _web_config(self, request: Request, send: ASGISendCallable) -> None:
+        """What the demo page cannot guess: the WebSocket port, and whether a token is needed."""
+        config = WebConfig(ws_port=self.server.port, auth_required=bool(self.server.config.auth_token))
+        await respond_json(send, 200, config, [("cache-control", "no-store")])
 
     async def _static(self, request: Request, send: ASGISendCallable) -> None:
         """``/`` is ``web/index.html``; ``/web/<file>`` any file under ``web/``, never outside it."""

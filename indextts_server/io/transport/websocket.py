@@ -92,6 +92,7 @@ class Server:
         self.sessions: dict[str, Session] = {}
         self.draining = False
         self.listening = False
+        self.port = config.port  # the bound port once listening (``--port 0`` picks one)
         self._adopted = list(listeners)
         self._listen_scope = trio.CancelScope()
         self._stop_scope = trio.CancelScope()
@@ -156,6 +157,7 @@ class Server:
                 for endpoint in server.listeners:
                     engine = self.scheduler.engine_name
                     log.info("listening on %s (engine %s)", endpoint_url(endpoint), engine)
+                self.port = next((p for e in server.listeners if (p := getattr(e, "port", None))), self.port)
                 self.listening = True
                 task_status.started(server)
         self.listening = False
