@@ -306,6 +306,8 @@ def test_voices_add_list_use_replace_and_remove(server: CliServer) -> None:
     assert [row[0] for row in rows] == ["default", "声音_1"] and rows[1][1].endswith("s")
     spoken = say(server, "用声音库里的声音。", "--voice", "声音_1", "-o", "-", "-q")
     assert spoken.returncode == 0 and spoken.stdout[:4] == b"RIFF"
+    moved = say(server, "用声音库里的声音。", "--voice", "声音_1", "--emo-voice", "default", "-o", "-", "-q")
+    assert moved.returncode == 0 and moved.stdout != spoken.stdout
     again = voices(server, "add", "声音_1", str(REPO / EMO_PROMPT))
     assert again.returncode == 1
     assert again.stderr.decode().strip() == "error: 声音已存在: 声音_1（要替换它，请同时提交 replace=true）"

@@ -207,3 +207,82 @@ def test_the_websocket_url_can_be_overridden(browser: webdriver.Chrome, server: 
     _speak(page, "你好。")
     assert page.wait_phase("done", "error")["phase"] == "done"
     assert page.severe_console() == []
+
+
+def _mode(page: Page, mode: str) -> None:
+    page.driver.execute_script(
+        "const r = document.querySelector(`input[name=emo-mode][value=${arguments[0]}]`);"
+        "r.checked = true; r.dispatchEvent(new Event('change'));",
+        mode,
+    )
+
+
+def _slide(page: Page, element_id: str, value: float) -> None:
+    page.driver.execute_script(
+        "const e = document.getElementById(arguments[0]); e.value = arguments[1];"
+        "e.dispatchEvent(new Event('input'));",
+        element_id,
+        str(value),
+    )
+
+
+def test_each_emotion_mode_sends_its_fields(page: Page) -> None:
+    expected_common = {"type": "tts_stream", "voice": "default", "stream": True, "format": "wav", "details": True}
+    cases: list[tuple[str, dict[str, object]]] = [
+        ("none", {"emo_mode": "none"}),
+        ("audio", {"emo_mode": "audio", "emo_voice": "default", "emo_alpha": 0.6}),
+        ("vector", {"emo_mode": "vector", "emo_vector": [0.8, 0, 0, 0, 0, 0, 0.2, 0]}),
+        ("text", {"emo_mode": "text", "emo_text": "有点难过", "emo_alpha": 0.6}),
+    ]
+    _slide(page, "emo-alpha", 0.6)
+    _slide(page, "emo-0", 0.8)
+    _slide(page, "emo-6", 0.2)
+    for mode, fields in cases:
+        _mode(page, mode)
+        if mode == "text":
+            page.fill("emo-text", "有点难过")
+        visible = page.driver.execute_script(
+            "return [...document.querySelectorAll('[data-mode]')].filter(e => !e.hidden).map(e => e.dataset.mode)"
+        )
+        assert all(mode in shown.split() for shown in visible), (mode, visible)
+        _speak(page, "情感测试。")
+        state = page.wait_phase("done", "error")
+        assert state["phase"] == "done", (mode, state["error"])
+        sent = state["lastRequest"]
+        assert sent == {**expected_common, "text": "情感测试。", "max_tokens": 20, **fields}, mode
+    assert page.text("emo-alpha-value") == "0.60"
+
+
+def test_the_pure_helpers_of_the_page(page: Page) -> None:
+    results = page.driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "Promise.all([import('./web/api.js'), import('./web/audio.js')]).then(async ([api, audio]) => {"
+        "  const blob = audio.wavBlob([new Uint8Array([1, 0, 255, 127])], 16000);"
+        "  const parsed = audio.parseWav(await blob.arrayBuffer());"
+        "  let refused = null;"
+        "  try { audio.parseWav(new ArrayBuffer(8)); } catch (e) { refused = e.message; }"
+        "  done({"
+        "    https: api.defaultWebSocketUrl({ws_port: 9}, {protocol: 'https:', hostname: 'tts.example.com'}),"
+        "    http: api.defaultWebSocketUrl({ws_port: 8770}, {protocol: 'http:', hostname: '::1'}),"
+        "    token: api.withToken('wss://h/ws?x=1', 'a b&c'),"
+        "    wav: [blob.size, blob.type, parsed.sampleRate, parsed.channels, Array.from(parsed.pcm)],"
+        "    refused,"
+        "  });"
+        "}).catch(e => done(String(e)));"
+    )
+    assert results == {
+        "https": "wss://tts.example.com:9/",
+        "http": "ws://[::1]:8770/",
+        "token": "wss://h/ws?x=1&token=a+b%26c",
+        "wav": [48, "audio/wav", 16000, 1, [1, 0, 255, 127]],
+        "refused": "not a WAV file",
+    }
+
+
+def test_the_websocket_url_follows_the_pages_host(browser: webdriver.Chrome, server: CliServer) -> None:
+    page = Page(browser, f"http://localhost:{server.http_port}/")
+    page.open()
+    assert page.element("ws-url").get_attribute("placeholder") == f"ws://localhost:{server.port}/"
+    _speak(page, "你好。")
+    assert page.wait_phase("done", "error")["phase"] == "done"
+    assert page.severe_console() == []

@@ -29,6 +29,7 @@ const state = {
   voices: [],
   recordingSeconds: 0,
   lastUpload: null,
+  lastRequest: null,
 };
 window.indextts = { state };
 
@@ -290,6 +291,7 @@ async function speak() {
     return;
   }
   current = { taskId: null, sentAt: performance.now(), firstAudio: null, chunks: [], sampleRate: 22050 };
+  state.lastRequest = request;
   channel.send(request);
   setPhase("sent");
   setStatus("sent");
