@@ -103,6 +103,53 @@ class _RngState(NamedTuple):
         random.setstate(cast(tuple[object, ...], self.python))
 
 
+class _RngGate:
+    """Who may use the process-wide RNGs: seeded steps one at a time, alone; others together.
+
+    torch's CPU generator, numpy's and Python's ``random`` are process-wide, and a seeded step
+    swaps its own state into them (and every CUDA device's). With several engines (one per
+    device, each stepping in its own thread), a seeded step therefore runs with no other
+    engine's step beside it, and unseeded steps share. Waiting seeded steps go first, so a
+    stream of unseeded work cannot starve them.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._sharing = 0
+        self._alone = False
+        self._waiting_alone = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._alone and not self._waiting_alone)
+            self._sharing += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._sharing -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_alone += 1
+            self._cond.wait_for(lambda: not self._alone and not self._sharing)
+            self._waiting_alone -= 1
+            self._alone = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._alone = False
+                self._cond.notify_all()
+
+
+_RNG_GATE: Final = _RngGate()
+"""One for the process: every IndexTTS2Engine's steps pass it."""
+
+
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # CPU and every CUDA device
     np.random.seed(seed % 2**32)
@@ -355,23 +402,29 @@ class IndexTTS2Engine:
 
     @contextmanager
     def _step(self, rng: list[_RngState | int | None]) -> Iterator[None]:
-        """Serialise, run under inference_mode, and swap in the job's private RNG state if seeded."""
+        """Serialise, run under inference_mode, and swap in the job's private RNG state if seeded.
+
+        The swap happens with no other engine stepping (``_RNG_GATE``), so a seeded request's
+        sampling is its own on any number of engines.
+        """
         with self._lock, torch.inference_mode():
             state = rng[0]
             if state is None:
-                yield
+                with _RNG_GATE.shared():
+                    yield
                 return
-            cuda_too = self.device.startswith("cuda")
-            outer = _RngState.capture(cuda_too)
-            if isinstance(state, int):
-                _seed_everything(state)
-            else:
-                state.restore()
-            try:
-                yield
-            finally:
-                rng[0] = _RngState.capture(cuda_too)
-                outer.restore()
+            with _RNG_GATE.alone():
+                cuda_too = self.device.startswith("cuda")
+                outer = _RngState.capture(cuda_too)
+                if isinstance(state, int):
+                    _seed_everything(state)
+                else:
+                    state.restore()
+                try:
+                    yield
+                finally:
+                    rng[0] = _RngState.capture(cuda_too)
+                    outer.restore()
 
 
 def _make_rng_neutral(module: object) -> None:
