@@ -121,10 +121,16 @@ class Speech:
                 raise ApiError(429, refusal, code="queue_full", headers=(("retry-after", RETRY_AFTER),))
             queued = await session.events.receive()  # the scheduler answers at once
             assert isinstance(queued, Queued)
+            failure: ApiError | MidStreamFailure | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch, request, session, nursery.cancel_scope)
-                await self._respond(queued.task_id, session, speech, send)
+                try:
+                    await self._respond(queued.task_id, session, speech, send)
+                except (ApiError, MidStreamFailure) as error:
+                    failure = error  # raised outside the nursery, not wrapped in an exception group
                 nursery.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
 
     def _job(self, speech: SpeechRequest) -> SynthesisJob:
         try:
