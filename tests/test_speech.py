@@ -24,7 +24,7 @@ from .test_voices import sample, upload
 
 TEXT = "大家好，我现在正在体验 AI 科技！今天天气很好。"
 THREE_SEGMENTS = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"
-FORMATS = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
+FORMATS: list[Any] = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
 
 
 class JobsEngine:
@@ -55,8 +55,8 @@ def seconds(data: bytes, response_format: str) -> float:
     """The duration a decoder finds in ``data``."""
     if response_format == "pcm":
         return len(data) / 2 / SAMPLE_RATE
-    with av.open(io.BytesIO(data)) as container:
-        frames = [frame for frame in container.decode(audio=0)]
+    with av.open(io.BytesIO(data), mode="r") as container:
+        frames = list(container.decode(audio=0))
     return sum(frame.samples for frame in frames) / frames[0].sample_rate
 
 
@@ -76,7 +76,12 @@ async def reference(api: Running, text: str = TEXT, **extra: Any) -> bytes:
     """The non-streamed WAV of ``text`` in alice's voice: what every format must last as long as."""
     client = sdk(api)
     response = await in_thread(
-        client.audio.speech.create, model="indextts2", voice="alice", input=text, response_format="wav", extra_body=extra
+        client.audio.speech.create,
+        model="indextts2",
+        voice="alice",
+        input=text,
+        response_format="wav",
+        extra_body=extra,
     )
     return bytes(response.content)
 
@@ -85,21 +90,30 @@ async def reference(api: Running, text: str = TEXT, **extra: Any) -> bytes:
 
 
 @pytest.mark.parametrize("response_format", FORMATS)
-async def test_every_format_decodes_to_the_right_duration(api: Running, response_format: str) -> None:
+async def test_every_format_decodes_to_the_right_duration(api: Running, response_format: Any) -> None:
     expected = len(decode_wav(await reference(api))[0]) / SAMPLE_RATE
     client = sdk(api)
     response = await in_thread(
         client.audio.speech.create, model="tts-1", voice="alice", input=TEXT, response_format=response_format
     )
     assert response.response.headers["content-type"].startswith(
-        {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac", "wav": "audio/wav", "pcm": "audio/L16"}[response_format]
+        {
+            "mp3": "audio/mpeg",
+            "opus": "audio/ogg",
+            "aac": "audio/aac",
+            "flac": "audio/flac",
+            "wav": "audio/wav",
+            "pcm": "audio/L16",
+        }[response_format]
     )
     assert int(response.response.headers["content-length"]) == len(response.content)
     assert abs(seconds(response.content, response_format) - expected) < 0.08
 
 
 @pytest.mark.parametrize("response_format", FORMATS)
-async def test_every_format_streams_and_decodes_to_the_right_duration(api: Running, response_format: str) -> None:
+async def test_every_format_streams_and_decodes_to_the_right_duration(
+    api: Running, response_format: Any
+) -> None:
     expected = len(decode_wav(await reference(api, THREE_SEGMENTS, max_tokens=20))[0]) / SAMPLE_RATE
     client = sdk(api)
 
@@ -118,7 +132,13 @@ async def test_every_format_streams_and_decodes_to_the_right_duration(api: Runni
     data = b"".join(chunks)
     if response_format == "wav":
         assert data[4:8] == b"\xff\xff\xff\xff" and data[40:44] == b"\xff\xff\xff\xff"  # open-ended
-        data = data[:4] + (len(data) - 8).to_bytes(4, "little") + data[8:40] + (len(data) - 44).to_bytes(4, "little") + data[44:]
+        data = (
+            data[:4]
+            + (len(data) - 8).to_bytes(4, "little")
+            + data[8:40]
+            + (len(data) - 44).to_bytes(4, "little")
+            + data[44:]
+        )
     assert abs(seconds(data, response_format) - expected) < 0.08
 
 
@@ -126,7 +146,7 @@ async def test_streamed_pcm_and_wav_equal_the_whole_audio_sample_for_sample(api:
     whole = decode_wav(await reference(api, THREE_SEGMENTS, max_tokens=20))[0]
     client = sdk(api)
 
-    def stream(response_format: str) -> bytes:
+    def stream(response_format: Any) -> bytes:
         with client.audio.speech.with_streaming_response.create(
             model="indextts2", voice="alice", input=THREE_SEGMENTS, response_format=response_format,
             extra_body={"stream": True, "max_tokens": 20},
@@ -137,7 +157,9 @@ async def test_streamed_pcm_and_wav_equal_the_whole_audio_sample_for_sample(api:
     assert np.array_equal(np.frombuffer((await in_thread(stream, "wav"))[44:], "<i2"), whole)
 
 
-async def test_the_first_bytes_leave_after_the_first_segment_not_the_whole_text(start_http: StartServer) -> None:
+async def test_the_first_bytes_leave_after_the_first_segment_not_the_whole_text(
+    start_http: StartServer,
+) -> None:
     engine = GatedEngine()
     api = await start_http(engine)
     client = sdk(api)
@@ -174,7 +196,13 @@ async def test_sse_sends_deltas_then_done(api: Running) -> None:
 
     def stream() -> tuple[str, list[dict[str, Any]]]:
         with httpx.Client(timeout=30) as client:
-            body = {"input": THREE_SEGMENTS, "voice": "alice", "response_format": "pcm", "stream_format": "sse", "max_tokens": 20}
+            body = {
+                "input": THREE_SEGMENTS,
+                "voice": "alice",
+                "response_format": "pcm",
+                "stream_format": "sse",
+                "max_tokens": 20,
+            }
             with client.stream("POST", f"{api.http}/v1/audio/speech", json=body) as response:
                 events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
                 return response.headers["content-type"], events
@@ -184,7 +212,11 @@ async def test_sse_sends_deltas_then_done(api: Running) -> None:
     assert {e["type"] for e in events[:-1]} == {"speech.audio.delta"} and len(events) >= 3
     assert events[-1] == {
         "type": "speech.audio.done",
-        "usage": {"input_tokens": len(THREE_SEGMENTS), "output_tokens": 0, "total_tokens": len(THREE_SEGMENTS)},
+        "usage": {
+            "input_tokens": len(THREE_SEGMENTS),
+            "output_tokens": 0,
+            "total_tokens": len(THREE_SEGMENTS),
+        },
     }
     audio = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
     assert np.array_equal(np.frombuffer(audio, "<i2"), whole)
@@ -199,14 +231,21 @@ async def test_speed_changes_the_duration_and_keeps_the_pitch(api: Running, spee
     normal = decode_wav(await reference(api, text))[0]
     client = sdk(api)
     response = await in_thread(
-        client.audio.speech.create, model="indextts2", voice="alice", input=text, response_format="wav", speed=speed
+        client.audio.speech.create,
+        model="indextts2",
+        voice="alice",
+        input=text,
+        response_format="wav",
+        speed=speed,
     )
     faster = decode_wav(response.content)[0]
     assert abs(len(faster) / len(normal) - 1 / speed) < 0.05
     assert abs(peak_hz(faster) - peak_hz(normal)) < 0.03 * peak_hz(normal)
 
 
-async def test_instructions_are_the_emotion_text_and_extra_fields_reach_the_model(start_http: StartServer) -> None:
+async def test_instructions_are_the_emotion_text_and_extra_fields_reach_the_model(
+    start_http: StartServer,
+) -> None:
     engine = JobsEngine()
     api = await start_http(engine)
     await upload(api.http, "alice", sample(2.0))
@@ -291,7 +330,7 @@ async def test_a_waiting_request_whose_client_leaves_is_never_computed(start_htt
         await in_thread(give_up)
         await wait_until(lambda: any(t.state == "cancelled" for t in api.server.board.registry))
         engine.release()
-        while (await ws.recv())  != {**ws.reply("end", (await _first_task(api)))}:
+        while (await ws.recv()) != {**ws.reply("end", (await _first_task(api)))}:
             pass
     assert engine.texts("begin") == [THREE_SEGMENTS]
 
@@ -316,15 +355,45 @@ def error_of(api: Running, body: Any, **kwargs: Any) -> tuple[int, dict[str, Any
         ({"input": "你好", "speed": "fast"}, 400, "speed", "speed 必须是 0.25 到 4.0 之间的数字"),
         ({"input": "  "}, 400, "input", "缺少有效的 input"),
         ({"voice": "alice"}, 400, "input", "缺少有效的 input"),
-        ({"input": "你好", "response_format": "ogg"}, 400, "response_format", "response_format 必须是 mp3/opus/aac/flac/wav/pcm"),
+        (
+            {"input": "你好", "response_format": "ogg"},
+            400,
+            "response_format",
+            "response_format 必须是 mp3/opus/aac/flac/wav/pcm",
+        ),
         ({"input": "你好", "emo_alpha": 2}, 400, "emo_alpha", "emo_alpha 必须是 0.0 到 1.0 之间的数字"),
-        ({"input": "你好", "emo_vector": [1]}, 400, "emo_vector", "emo_vector 必须是由 8 个 0.0 到 1.0 之间的数字组成的数组"),
-        ({"input": "你好", "emo_mode": "audio"}, 400, "emo_voice", "情感参考音频模式需要提供 emo_voice 或 emo_audio"),
-        ({"input": "你好", "instructions": "开心", "emo_vector": [0] * 8}, 400, "emo_mode", "同时给出了多种情感输入（text/vector），请用 emo_mode 指明用哪一种"),
+        (
+            {"input": "你好", "emo_vector": [1]},
+            400,
+            "emo_vector",
+            "emo_vector 必须是由 8 个 0.0 到 1.0 之间的数字组成的数组",
+        ),
+        (
+            {"input": "你好", "emo_mode": "audio"},
+            400,
+            "emo_voice",
+            "情感参考音频模式需要提供 emo_voice 或 emo_audio",
+        ),
+        (
+            {"input": "你好", "instructions": "开心", "emo_vector": [0] * 8},
+            400,
+            "emo_mode",
+            "同时给出了多种情感输入（text/vector），请用 emo_mode 指明用哪一种",
+        ),
         ({"input": "你好", "voice": "nobody"}, 404, "voice", "voice 不存在: nobody"),
-        ({"input": "你好", "voice": {"id": "../../etc/passwd"}}, 404, "voice", "voice 不存在: ../../etc/passwd"),
+        (
+            {"input": "你好", "voice": {"id": "../../etc/passwd"}},
+            404,
+            "voice",
+            "voice 不存在: ../../etc/passwd",
+        ),
         ({"input": "你好", "emo_voice": "nobody"}, 404, "emo_voice", "emo_voice 不存在: nobody"),
-        ({"input": "你好", "model": "whisper-1"}, 404, "model", "模型不存在: whisper-1（可用: indextts2/tts-1/tts-1-hd/gpt-4o-mini-tts）"),
+        (
+            {"input": "你好", "model": "whisper-1"},
+            404,
+            "model",
+            "模型不存在: whisper-1（可用: indextts2/tts-1/tts-1-hd/gpt-4o-mini-tts）",
+        ),
         ({"input": "好" * 2001}, 400, "input", "input 过长：最多 2000 个字符"),
     ],
 )
@@ -346,10 +415,16 @@ async def test_the_sdk_raises_its_own_error_types(api: Running) -> None:
 
 
 async def test_malformed_json_and_a_body_too_large_are_refused(api: Running) -> None:
-    code, error, _ = await in_thread(error_of, api, None, content=b"{nope", headers={"content-type": "application/json"})
+    code, error, _ = await in_thread(
+        error_of, api, None, content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert (code, error["message"]) == (400, "请求体不是有效的 JSON")
     code, error, _ = await in_thread(error_of, api, None, content=b"x" * (2 << 20))
-    assert (code, error["code"], error["message"]) == (413, "request_too_large", "请求体过大：最多 1048576 字节")
+    assert (code, error["code"], error["message"]) == (
+        413,
+        "request_too_large",
+        "请求体过大：最多 1048576 字节",
+    )
 
 
 async def test_a_full_queue_is_429_with_retry_after(start_http: StartServer) -> None:
@@ -362,7 +437,12 @@ async def test_a_full_queue_is_429_with_retry_after(start_http: StartServer) -> 
         await wait_until(lambda: api.server.scheduler.queue_depth == 1)
         code, error, headers = await in_thread(error_of, api, {"input": "你好"})
         engine.release()
-    assert (code, headers["retry-after"], error["type"], error["code"]) == (429, "1", "rate_limit_error", "queue_full")
+    assert (code, headers["retry-after"], error["type"], error["code"]) == (
+        429,
+        "1",
+        "rate_limit_error",
+        "queue_full",
+    )
     assert error["message"] == "服务器繁忙：队列已满（最多 1 个等待任务），请稍后重试"
 
 
@@ -373,7 +453,10 @@ async def test_draining_answers_503_to_waiting_and_new_requests(start_http: Star
 
     def post(name: str, text: str) -> None:
         with httpx.Client(timeout=30) as client:
-            response = client.post(f"{api.http}/v1/audio/speech", json={"input": text, "response_format": "wav", "max_tokens": 20})
+            response = client.post(
+                f"{api.http}/v1/audio/speech",
+                json={"input": text, "response_format": "wav", "max_tokens": 20},
+            )
             results[name] = (response.status_code, response.content)
 
     async with trio.open_nursery() as nursery:

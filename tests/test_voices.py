@@ -308,3 +308,23 @@ def test_a_voice_survives_a_restart_and_is_usable_by_name(tmp_path: Path) -> Non
             assert decode_wav(speech.content)[1] == SR
     finally:
         assert second.stop() == 0
+
+
+def test_every_limit_is_a_flag_with_its_default() -> None:
+    from indextts_server.core.voices import VoiceLimits
+    from indextts_server.io.operations.cli import config_from, parser
+
+    defaults = config_from(parser().parse_args([]))
+    assert (defaults.voices_dir, defaults.voice_limits) == ("voices", VoiceLimits())
+    assert VoiceLimits() == VoiceLimits(
+        max_bytes=10 * 1024 * 1024, min_seconds=1.0, max_seconds=30.0, max_count=1000, max_name_chars=64
+    )
+    args = [
+        "--voices-dir", "/srv/voices", "--voice-max-bytes", "5000", "--voice-min-seconds", "2",
+        "--voice-max-seconds", "9", "--voice-max-count", "3", "--voice-name-max-chars", "10",
+    ]  # fmt: skip
+    config = config_from(parser().parse_args(args))
+    assert config.voices_dir == "/srv/voices"
+    assert config.voice_limits == VoiceLimits(
+        max_bytes=5000, min_seconds=2.0, max_seconds=9.0, max_count=3, max_name_chars=10
+    )

@@ -53,18 +53,13 @@ class HttpSession(Session):
         if isinstance(message, bytes):
             self._put(message)
 
-    def close(self, code: int, reason: str) -> None:
-        self.open = False  # the server is closing: nothing more comes
-
     def _put(self, event: Event) -> None:
         if not self.open:
             return
         try:
             self._events.send_nowait(event)
         except trio.WouldBlock:
-            log.warning("HTTP request %s is not reading; dropping it", self.session_id)
-            self.overflowed = True
-            self.drop()
+            self.overflow()  # the request is not reading: its task stops like a slow WebSocket's
 
 
 def task_error(message: str) -> ApiError:
@@ -154,7 +149,7 @@ class Speech:
             message = await request.receive()
             if message["type"] == "http.disconnect":
                 log.info("HTTP client went away session=%s", session.session_id)
-                session.open = False
+                session.drop()
                 scope.cancel()
                 return
 

@@ -122,6 +122,10 @@ class Server:
                 async with trio.open_nursery() as connections:
                     server = await connections.start(self._listen, connections)
                     task_status.started(server)
+                if self.draining:
+                    # The WebSocket connections are gone, but HTTP requests may still have tasks
+                    # running: the drain ends this (``_stop_scope``) once every task is done.
+                    await trio.sleep_forever()
                 services.cancel_scope.cancel()
 
     async def _listen(
