@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 from trio_websocket import WebSocketServer
@@ -19,11 +19,16 @@ from ...core.config import ServerConfig
 from ...core.engine import Engine
 from ...core.voices import VoiceLimits
 from ..http.app import HttpApi
+from ..scheduling.scheduler import Scheduler
 from ..transport.http import bound_port, serve_http
 from ..transport.websocket import Server
 from .logs import setup_logging
 from .metrics import Metrics
 from .systemd import Notifier, listen_sockets, trio_listeners
+
+if TYPE_CHECKING:  # the cluster's modules need redis, an optional extra: imported only when used
+    from ..scheduling.broker.gateway import BrokerScheduler
+    from ..scheduling.broker.node import WorkerNode
 
 log = logging.getLogger("indextts_server")
 
@@ -143,6 +148,35 @@ def parser() -> argparse.ArgumentParser:
         "--voice-name-max-chars", type=_positive_int, default=limits.max_name_chars, help="longest voice name"
     )
 
+    fleet = p.add_argument_group("cluster mode (needs the [cluster] extra)")
+    fleet.add_argument(
+        "--broker",
+        default=None,
+        metavar="redis://HOST:PORT/DB",
+        help="share one queue, task status and cancel across processes and machines through this "
+        "Redis (>= 7) or Valkey; default: none, one process with its own queue",
+    )
+    fleet.add_argument(
+        "--role",
+        choices=("all", "gateway", "worker"),
+        default="all",
+        help="with --broker: gateway holds client connections and loads no model; worker runs the "
+        "engine and listens on no client port; all is both",
+    )
+    fleet.add_argument(
+        "--lease",
+        type=_positive,
+        default=5.0,
+        help="with --broker: seconds after which a silent worker or gateway counts as lost "
+        "(its task re-run elsewhere or failed, its tasks cancelled)",
+    )
+    fleet.add_argument(
+        "--max-deliveries",
+        type=_positive_int,
+        default=3,
+        help="with --broker: times a task is handed to a worker before a lost worker fails it for good",
+    )
+
     ops = p.add_argument_group("operations")
     ops.add_argument(
         "--metrics-port",
@@ -236,6 +270,13 @@ def _port_or_off(text: str) -> int | None:
     return value
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
 def _non_negative(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -303,8 +344,17 @@ def build_engines(args: argparse.Namespace, progress: Callable[[str], None]) -> 
         raise SystemExit(2) from None
 
 
+class Service(Protocol):
+    """What receives the signals: the WebSocket `Server`, or a worker-only node."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    async def drain(self) -> None: ...
+
+
 async def _watch_signals(
-    server: Server,
+    server: Service,
     notifier: Notifier,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -383,6 +433,77 @@ async def _run_then_stop(
     scope.cancel()
 
 
+async def serve_worker(
+    node: WorkerNode,
+    notifier: Notifier,
+    metrics: Metrics,
+    metrics_address: tuple[str, int] | None = None,
+) -> None:
+    """Run a worker-only node (``--role worker``) and its operations endpoints until drained."""
+    from ..scheduling.broker.node import OpsApi
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_watch_signals, node, notifier)
+        if metrics_address is not None:
+            host, port = metrics_address
+            ops = OpsApi(lambda: node.ready, metrics)
+            urls = await nursery.start(partial(serve_http, ops, host, port))
+            log.info("metrics on http://%s:%s/metrics (also /healthz, /readyz)", host, bound_port(urls))
+        stall_limit = node.task_timeout or DEFAULT_STALL_LIMIT
+        await nursery.start(notifier.run_watchdog, lambda: node.scheduler.alive(stall_limit))
+        await nursery.start(node.run)
+        notifier.ready(f"working; engine {node.scheduler.engine_name}")
+        nursery.start_soon(_report_worker_status, node, notifier)
+        await node.stopped.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def _report_worker_status(node: WorkerNode, notifier: Notifier) -> None:
+    while True:
+        notifier.status(node.scheduler.status_line())
+        await trio.sleep(STATUS_PERIOD)
+
+
+def _cluster(
+    args: argparse.Namespace,
+    config: ServerConfig,
+    engines: list[Engine],
+    metrics: Metrics,
+) -> tuple[BrokerScheduler, Callable[[], None]]:
+    """A cluster process's scheduler (``--broker``), its redis client imported only now."""
+    try:
+        from ..scheduling.broker.gateway import BrokerScheduler
+        from ..scheduling.broker.store import Store
+        from ..scheduling.broker.worker import BrokerWorker, worker_name
+
+        store = Store(args.broker, lease=args.lease, task_ttl=config.task_ttl, max_queue=config.max_queue)
+    except ImportError as exc:
+        print(f"--broker 需要安装可选依赖: pip install -e \".[cluster]\" ({exc})", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValueError as exc:
+        print(f"--broker 地址无效: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    workers = [
+        BrokerWorker(
+            engine,
+            store,
+            name=worker_name(index),
+            task_timeout=config.task_timeout,
+            on_engine_error=metrics.engine_error,
+        )
+        for index, engine in enumerate(engines)
+    ]
+    scheduler = BrokerScheduler(
+        store,
+        gateway=args.role != "worker",
+        workers=workers,
+        max_deliveries=args.max_deliveries,
+        metrics=metrics,
+    )
+    metrics.set_fleet_source(lambda: (scheduler.fleet.queue_depth, scheduler.fleet.workers))
+    return scheduler, store.close
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     setup_logging(args.log_level)
@@ -394,7 +515,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         notifier.status(status)
         notifier.extend_timeout(LOAD_STEP_TIMEOUT)
 
-    engines = build_engines(args, progress)
     metrics = Metrics()
     metrics_address = None
     if args.metrics_port is not None:
@@ -402,9 +522,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     http_address = None
     if args.http_port is not None:
         http_address = (args.http_host or args.host, args.http_port)
+    config = config_from(args)
+    if args.broker is None and args.role != "all":
+        print("--role gateway/worker 需要 --broker redis://HOST:PORT/DB", file=sys.stderr)
+        raise SystemExit(2)
+    engines = build_engines(args, progress) if args.role != "gateway" else []
+    scheduler: Scheduler | None = None
+    close: Callable[[], None] = lambda: None  # noqa: E731
+    if args.broker is not None:
+        scheduler, close = _cluster(args, config, engines, metrics)
 
     async def start() -> None:
-        server = Server(config_from(args), engines, metrics=metrics, listeners=trio_listeners(adopted))
+        if args.role == "worker":
+            from ..scheduling.broker.gateway import BrokerScheduler
+            from ..scheduling.broker.node import WorkerNode
+
+            assert isinstance(scheduler, BrokerScheduler)
+            node = WorkerNode(scheduler, drain_timeout=config.drain_timeout, task_timeout=config.task_timeout)
+            metrics.set_queue_depth_source(lambda: node.scheduler.queue_depth)
+            await serve_worker(node, notifier, metrics, metrics_address)
+            return
+        server = Server(
+            config, engines, metrics=metrics, listeners=trio_listeners(adopted), scheduler=scheduler
+        )
         server.voices.prepare()
         metrics.set_queue_depth_source(lambda: server.scheduler.queue_depth)
         await serve(server, notifier, metrics, metrics_address, http_address)
@@ -412,5 +552,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         trio.run(start)
     finally:
+        close()
         notifier.close()
     log.info("stopped")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Literal, get_args
 
 from prometheus_client import (
@@ -12,9 +12,11 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The media type of :meth:`Metrics.render`'s output (Prometheus text format 0.0.4)."""
@@ -73,6 +75,10 @@ class Metrics:
         """Read the queue depth from ``depth()`` at each scrape, e.g. ``lambda: board.queue_depth``."""
         self.queue_depth.set_function(depth)
 
+    def set_fleet_source(self, fleet: Callable[[], FleetView]) -> None:
+        """Cluster mode: export the fleet's queue depth and each worker's activity at each scrape."""
+        self.registry.register(_FleetCollector(fleet))
+
     def connection_opened(self) -> None:
         self.connections.inc()
 
@@ -115,3 +121,36 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric (:data:`CONTENT_TYPE`)."""
         return generate_latest(self.registry)
+
+
+FleetView = tuple[int, Mapping[str, tuple[bool, str | None, int]]]
+"""Fleet queue depth, and per worker: alive, the task it runs (or None), tasks it completed."""
+
+
+class _FleetCollector(Collector):
+    def __init__(self, fleet: Callable[[], FleetView]):
+        self.fleet = fleet
+
+    def collect(self) -> Iterator[Metric]:
+        depth, workers = self.fleet()
+        yield GaugeMetricFamily(
+            "indextts_fleet_queue_depth", "Tasks waiting in the fleet's queue (all gateways).", value=depth
+        )
+        up = GaugeMetricFamily(
+            "indextts_fleet_worker_up", "1 while the worker's lease is live.", labels=["worker"]
+        )
+        busy = GaugeMetricFamily(
+            "indextts_fleet_worker_busy", "1 while the worker runs a task.", labels=["worker"]
+        )
+        done = GaugeMetricFamily(
+            "indextts_fleet_worker_completed",
+            "Tasks the worker completed since it started.",
+            labels=["worker"],
+        )
+        for name, (alive, task, completed) in sorted(workers.items()):
+            up.add_metric([name], 1 if alive else 0)
+            busy.add_metric([name], 1 if task else 0)
+            done.add_metric([name], completed)
+        yield up
+        yield busy
+        yield done

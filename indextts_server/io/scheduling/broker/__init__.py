@@ -1,0 +1,1 @@
+"""Cluster mode: tasks, replies and worker leases on a Redis (or Valkey) broker."""

@@ -1,0 +1,486 @@
+"""Cluster mode, end to end: a real redis-server, gateways and tone workers as separate processes.
+
+Every test starts its own ``redis-server`` on a free loopback port (persistence off) and stops it
+by PID. Leases are short (1 s) so that lost workers and gateways are noticed within the test's
+time; tasks are made long with ``--tone-rtf``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import trio
+from trio_websocket import open_websocket_url
+
+from indextts_server.core.fleet import (
+    BROKER_LOST,
+    BROKER_UNAVAILABLE,
+    GATEWAY_GONE,
+    ReplyEvent,
+    TaskRecord,
+    gave_up,
+    orphan_verdict,
+    worker_lost_after_audio,
+)
+from indextts_server.io.scheduling.broker.store import PENDING, task_key
+
+from .conftest import CLIENT_MAX_MESSAGE, REPO, Client, Json, tts
+
+LEASE = "1"
+LONG = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"  # 3 segments of 3 s
+SHORT = "短句。"
+DISCONNECTED = "客户端已断开连接"
+CANCELLED = "任务已取消"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RedisServer:
+    """A ``redis-server`` of our own: loopback, a free port, no persistence; stopped by PID."""
+
+    def __init__(self, directory: Path):
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is needed (scripts/test installs Debian's redis-server package)"
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        settings = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(
+            [self.binary, *settings, "--dir", str(self.directory)], stdout=subprocess.DEVNULL
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        for _ in range(200):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                threading.Event().wait(0.025)
+        raise AssertionError("redis-server did not answer PING")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+class Node:
+    """``python -m indextts_server --broker ...`` as a process, and what it logged."""
+
+    def __init__(self, role: str, broker: str, *args: str):
+        self.role = role
+        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        command = [sys.executable, "-m", "indextts_server", "--engine", "tone", "--host", "127.0.0.1"]
+        command += [
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--broker",
+            broker,
+            "--role",
+            role,
+            "--lease",
+            LEASE,
+        ]
+        self.process = subprocess.Popen(
+            [*command, *args], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
+        )
+        assert self.process.stderr is not None
+        self.log: list[str] = []
+        self.url = ""
+        self.metrics = ""
+        wanted = "listening on ws://" if role != "worker" else "worker ready"
+        for line in self.process.stderr:
+            self.log.append(line)
+            if found := re.search(r"metrics on (http://127\.0\.0\.1:\d+)", line):
+                self.metrics = found.group(1)
+            if found := re.search(r"listening on (ws://127\.0\.0\.1:\d+)", line):
+                self.url = found.group(1)
+            if wanted in line:
+                break
+        else:
+            raise AssertionError(f"{role} exited ({self.process.wait()}):\n{self.text}")
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        self.log.extend(self.process.stderr)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.log)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def ready(self) -> int:
+        try:
+            with urllib.request.urlopen(f"{self.metrics}/readyz", timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[Client]:
+        async with open_websocket_url(self.url, max_message_size=CLIENT_MAX_MESSAGE) as ws:
+            welcome = json.loads(await ws.get_message())
+            yield Client(ws, welcome)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fleet(broker: RedisServer) -> Iterator[Callable[..., Node]]:
+    """Start nodes on ``broker``: ``fleet("gateway")``, ``fleet("worker", "--tone-rtf", "0.2")``."""
+    nodes: list[Node] = []
+
+    def start(role: str, *args: str) -> Node:
+        node = Node(role, broker.url, *args)
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.process.kill()
+    for node in nodes:
+        node.process.wait(timeout=10)
+
+
+async def ends(client: Client, tasks: set[str]) -> dict[str, Json]:
+    """Read until each of ``tasks`` has ended (``end`` or error); each must end exactly once."""
+    ended: dict[str, Json] = {}
+    while set(ended) != tasks:
+        message = await client.recv()
+        if isinstance(message, bytes):
+            continue
+        if message.get("type") == "end" or message.get("status") == "error":
+            task_id = message["task_id"]
+            assert task_id in tasks and task_id not in ended, message
+            ended[task_id] = message
+    return ended
+
+
+async def nothing_more(client: Client) -> None:
+    """No stray reply is left: the next message is the answer to a query sent now."""
+    probe = "no-such-task"
+    assert await client.error({"type": "task_status", "task_id": probe}) == client.error_reply(
+        f"任务不存在或已过期: {probe}", probe
+    )
+
+
+async def submit(client: Client, text: str, **fields: Any) -> str:
+    """Send a request; its task id from ``queued`` (audio of a running task may come first)."""
+    await client.send(tts(text, **fields))
+    while isinstance(queued := await client.recv(), bytes):
+        pass
+    assert queued["type"] == "queued", queued
+    return str(queued["task_id"])
+
+
+async def status(client: Client, task_id: str) -> Json:
+    await client.send({"type": "task_status", "task_id": task_id})
+    return await client.recv_json()
+
+
+async def eventually(client: Client, task_id: str, state: str) -> Json:
+    """Poll a task's status until it is ``state`` (the broker has no event a client could wait on)."""
+    while True:
+        reply = await status(client, task_id)
+        if reply.get("status") == state:
+            return reply
+        await trio.sleep(0.1)
+
+
+# --- the pure parts ------------------------------------------------------------------------
+
+
+def record(**fields: Any) -> TaskRecord:
+    defaults: dict[str, Any] = {"task_id": "t", "state": "running", "session": "s", "gateway": "g"}
+    return TaskRecord(created_at="", **{**defaults, **fields})
+
+
+def test_a_lost_workers_task_runs_again_until_audio_went_out_or_deliveries_ran_out() -> None:
+    assert orphan_verdict(record(attempt=1), max_deliveries=3) == ("requeue", None, None)
+    assert orphan_verdict(record(state="pending"), max_deliveries=3) == ("requeue", None, None)
+    assert orphan_verdict(record(attempt=1, audio=True, worker="w"), max_deliveries=3) == (
+        "end",
+        "failed",
+        worker_lost_after_audio("w"),
+    )
+    assert orphan_verdict(record(attempt=3), max_deliveries=3) == ("end", "failed", gave_up(3))
+    assert orphan_verdict(record(attempt=1, stop=CANCELLED), max_deliveries=3) == (
+        "end",
+        "cancelled",
+        CANCELLED,
+    )
+    assert orphan_verdict(record(state="completed"), max_deliveries=3)[0] == "forget"
+    assert orphan_verdict(None, max_deliveries=3)[0] == "forget"
+
+
+def test_reply_events_survive_the_broker_field_for_field() -> None:
+    event = ReplyEvent(task="t", kind="end", attempt=2, seq=5, samples=10, compute=0.25)
+    fields = {name.encode(): str(value).encode() for name, value in event.fields().items()}
+    assert ReplyEvent.from_fields(fields) == event
+    audio = ReplyEvent(task="t", kind="audio", attempt=1, seq=2, data=b"\x00\xff")
+    raw = {
+        name.encode(): value if isinstance(value, bytes) else str(value).encode()
+        for name, value in audio.fields().items()
+    }
+    assert ReplyEvent.from_fields(raw) == audio
+
+
+# --- the fleet -----------------------------------------------------------------------------
+
+
+async def test_one_fifo_across_gateways_with_fleet_wide_positions(fleet: Callable[..., Node]) -> None:
+    one, two = fleet("gateway"), fleet("gateway")
+    order: list[str] = []
+    async with one.connect() as a, two.connect() as b:
+        clients = {}
+        for index in range(6):
+            client = (a, b)[index % 2]
+            await client.send(tts(SHORT, format="wav"))
+            queued = await client.recv_json()
+            assert queued["position"] == index + 1  # fleet-wide, whichever gateway took it
+            order.append(queued["task_id"])
+            clients[queued["task_id"]] = client
+        worker = await trio.to_thread.run_sync(fleet, "worker", "--tone-rtf", "0.05")
+        await ends(a, set(order[0::2]))
+        await ends(b, set(order[1::2]))
+    started = re.findall(r"task running task=(\S+)", worker.text)
+    assert started == order
+
+
+async def test_status_and_cancel_answer_from_any_gateway_with_the_ownership_rule(
+    fleet: Callable[..., Node],
+) -> None:
+    one, two = fleet("gateway"), fleet("gateway")  # no worker yet: the task waits
+    async with one.connect() as owner, two.connect() as other:
+        task_id = await submit(owner, SHORT)
+        seen = await status(other, task_id)
+        assert seen["status"] == "pending" and seen["session_id"] == other.session_id
+        assert await other.error({"type": "cancel", "task_id": task_id}) == other.error_reply(
+            f"只能取消本会话创建的任务: {task_id}", task_id
+        )
+        await owner.send({"type": "cancel", "task_id": task_id})
+        assert (await owner.recv_json())["status"] == "cancelled"
+        assert await owner.recv_json() == owner.error_reply(CANCELLED, task_id)
+        final = await status(other, task_id)
+        assert (final["status"], final["error_message"]) == ("cancelled", CANCELLED)
+        assert await other.error({"type": "task_status", "task_id": "nope"}) == other.error_reply(
+            "任务不存在或已过期: nope", "nope"
+        )
+
+
+async def test_max_queue_is_fleet_wide(fleet: Callable[..., Node]) -> None:
+    one, two = fleet("gateway", "--max-queue", "2"), fleet("gateway", "--max-queue", "2")
+    async with one.connect() as a, two.connect() as b:
+        await submit(a, SHORT)
+        await submit(b, SHORT)
+        refused = await a.error(tts(SHORT))
+        assert refused == a.error_reply("服务器繁忙：队列已满（最多 2 个等待任务），请稍后重试")
+
+
+async def test_a_disconnect_cancels_waiting_tasks_and_stops_the_running_one_on_its_worker(
+    fleet: Callable[..., Node],
+) -> None:
+    one, two = fleet("gateway"), fleet("gateway")
+    worker = fleet("worker", "--tone-rtf", "0.2")
+    async with two.connect() as watcher:
+        async with one.connect() as leaving:
+            running = await submit(leaving, LONG, max_tokens=20, stream=True)
+            assert (await leaving.recv_json())["type"] == "start"
+            waiting = await submit(leaving, SHORT)
+        assert (await eventually(watcher, waiting, "cancelled"))["error_message"] == DISCONNECTED
+        assert (await eventually(watcher, running, "cancelled"))["error_message"] == DISCONNECTED
+    assert f"task cancelled task={running}" in worker.text
+    assert f"task running task={waiting}" not in worker.text
+
+
+def running_on(broker: RedisServer, task_id: str, workers: list[Node]) -> tuple[Node, Node]:
+    """The worker running the task, and the other one."""
+    name = broker.client().hget(task_key(task_id), "worker")
+    assert isinstance(name, bytes)
+    busy = [w for w in workers if name.decode().endswith(f"-{w.process.pid}-w0")]
+    assert len(busy) == 1, name
+    return busy[0], next(w for w in workers if w is not busy[0])
+
+
+async def test_a_killed_worker_s_task_completes_on_another_worker(
+    fleet: Callable[..., Node], broker: RedisServer
+) -> None:
+    gateway = fleet("gateway")
+    workers = [fleet("worker", "--tone-rtf", "0.5"), fleet("worker", "--tone-rtf", "0.5")]
+    async with gateway.connect() as client:
+        task_id = await submit(client, LONG, max_tokens=20)  # one WAV at the end: no audio before
+        assert (await client.recv_json())["type"] == "start"
+        doomed, survivor = running_on(broker, task_id, workers)
+        doomed.kill()
+        assert isinstance(await client.recv(), bytes)
+        assert await client.recv_json() == client.reply("end", task_id)
+        await nothing_more(client)
+    assert f"task running task={task_id}" in survivor.text
+    assert "queued again" in gateway.text + survivor.text
+
+
+async def test_a_killed_worker_s_task_fails_clearly_once_its_audio_reached_the_client(
+    fleet: Callable[..., Node], broker: RedisServer
+) -> None:
+    gateway = fleet("gateway")
+    workers = [fleet("worker", "--tone-rtf", "0.5"), fleet("worker", "--tone-rtf", "0.5")]
+    async with gateway.connect() as client:
+        task_id = await submit(client, LONG, max_tokens=20, stream=True)
+        assert (await client.recv_json())["type"] == "start"
+        assert isinstance(await client.recv(), bytes)  # the first segment went out
+        doomed, survivor = running_on(broker, task_id, workers)
+        doomed.kill()
+        while isinstance(message := await client.recv(), bytes):
+            pass
+        name = broker.client().hget(task_key(task_id), "worker")
+        assert isinstance(name, bytes)
+        assert message == client.error_reply(worker_lost_after_audio(name.decode()), task_id)
+        await nothing_more(client)
+    assert f"task running task={task_id}" not in survivor.text
+
+
+async def test_a_task_fails_for_good_after_max_deliveries(fleet: Callable[..., Node]) -> None:
+    gateway = fleet("gateway", "--max-deliveries", "1")
+    first = fleet("worker", "--tone-rtf", "0.2")
+    async with gateway.connect() as client:
+        task_id = await submit(client, LONG, max_tokens=20)
+        assert (await client.recv_json())["type"] == "start"
+        first.kill()
+        assert await client.recv_json() == client.error_reply(gave_up(1), task_id)
+
+
+async def test_a_killed_gateway_s_tasks_are_cancelled_and_their_slots_freed(
+    fleet: Callable[..., Node], broker: RedisServer
+) -> None:
+    doomed, survivor = fleet("gateway", "--max-queue", "2"), fleet("gateway", "--max-queue", "2")
+    worker = fleet("worker", "--tone-rtf", "0.2")
+    async with doomed.connect() as lost, survivor.connect() as client:
+        running = await submit(lost, LONG, max_tokens=20, stream=True)
+        assert (await lost.recv_json())["type"] == "start"
+        waiting = [await submit(lost, SHORT), await submit(lost, SHORT)]
+        assert (await client.error(tts(SHORT)))["message"].startswith("服务器繁忙")
+        doomed.kill()
+        for task_id in waiting:
+            assert (await eventually(client, task_id, "cancelled"))["error_message"] == GATEWAY_GONE
+        assert (await eventually(client, running, "cancelled"))["error_message"] == GATEWAY_GONE
+        assert broker.client().zcard(PENDING) == 0
+        mine = {await submit(client, SHORT), await submit(client, SHORT)}
+        assert {m["type"] for m in (await ends(client, mine)).values()} == {"end"}
+    for task_id in waiting:
+        assert f"task running task={task_id}" not in worker.text
+
+
+async def test_a_broker_restart_mid_load_ends_every_request_once_and_service_resumes(
+    fleet: Callable[..., Node], broker: RedisServer
+) -> None:
+    gateways = [fleet("gateway"), fleet("gateway")]
+    for _ in range(2):
+        fleet("worker", "--tone-rtf", "0.1")
+    async with gateways[0].connect() as a, gateways[1].connect() as b:
+        outcomes: dict[str, Json] = {}
+        running = trio.Event()
+
+        async def load(client: Client, texts: list[str]) -> None:
+            for text in texts:
+                await client.send(tts(text, max_tokens=20))
+            accepted: set[str] = set()
+            while len(accepted) < len(texts) or not accepted <= set(outcomes):
+                message = await client.recv()
+                if isinstance(message, bytes):
+                    continue
+                if message.get("type") == "queued":
+                    accepted.add(message["task_id"])
+                elif message.get("type") == "start":
+                    running.set()
+                else:
+                    assert message["task_id"] not in outcomes, message  # ended exactly once
+                    outcomes[message["task_id"]] = message
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(load, a, [LONG, LONG, SHORT, SHORT])
+            nursery.start_soon(load, b, [LONG, LONG, SHORT, SHORT])
+            await running.wait()
+            await trio.to_thread.run_sync(broker.stop)
+            await trio.to_thread.run_sync(broker.start)  # empty: everything in flight is gone
+        assert len(outcomes) == 8
+        for message in outcomes.values():
+            assert message.get("type") == "end" or message["message"] == BROKER_LOST, message
+        assert any(message.get("message") == BROKER_LOST for message in outcomes.values())
+        for client in (a, b):  # the service resumed, with no process restarted
+            again = await submit(client, SHORT)
+            assert (await ends(client, {again}))[again] == client.reply("end", again)
+        for client in (a, b):
+            await nothing_more(client)
+
+
+async def test_an_unreachable_broker_refuses_new_tasks_and_is_not_ready_until_it_is_back(
+    fleet: Callable[..., Node], broker: RedisServer
+) -> None:
+    gateway = fleet("gateway")
+    fleet("worker")
+    assert gateway.ready() == 200
+    async with gateway.connect() as client:
+        await trio.to_thread.run_sync(broker.stop)
+        with trio.fail_after(10):
+            while gateway.ready() != 503:  # noqa: ASYNC110 - polling another process
+                await trio.sleep(0.1)
+        assert await client.error(tts(SHORT)) == client.error_reply(BROKER_UNAVAILABLE)
+        await trio.to_thread.run_sync(broker.start)
+        with trio.fail_after(10):
+            while gateway.ready() != 200:  # noqa: ASYNC110 - polling another process
+                await trio.sleep(0.1)
+        task_id = await submit(client, SHORT)
+        assert await client.recv_json() == client.reply("start", task_id)
+        assert isinstance(await client.recv(), bytes)
+        assert await client.recv_json() == client.reply("end", task_id)
+
+
+async def test_sigterm_drains_a_worker_by_finishing_its_task(fleet: Callable[..., Node]) -> None:
+    gateway = fleet("gateway")
+    worker = fleet("worker", "--tone-rtf", "0.1")
+    async with gateway.connect() as client:
+        task_id = await submit(client, LONG, max_tokens=20)
+        assert (await client.recv_json())["type"] == "start"
+        worker.process.send_signal(signal.SIGTERM)
+        assert isinstance(await client.recv(), bytes)
+        assert await client.recv_json() == client.reply("end", task_id)
+    assert await trio.to_thread.run_sync(worker.process.wait, 20) == 0
