@@ -156,6 +156,8 @@ class BrokerScheduler:
                 self.store.admit, task.task_id, session.session_id, self.name, order, iso(task.created_at)
             )
         except BrokerDown as exc:
+            # It may have been queued all the same (the answer was lost): cancel it once reachable.
+            self._to_abandon[task.task_id] = BROKER_UNAVAILABLE
             self._forget(local)
             self._lost_contact(exc)
             return BROKER_UNAVAILABLE
