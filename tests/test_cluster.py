@@ -28,14 +28,12 @@ import redis
 import trio
 from trio_websocket import open_websocket_url
 
-from indextts_server.core.fleet import (
+from indextts_server.core.fleet import ReplyEvent, TaskRecord, orphan_verdict
+from indextts_server.core.texts import (
     BROKER_LOST,
     BROKER_UNAVAILABLE,
     GATEWAY_GONE,
-    ReplyEvent,
-    TaskRecord,
     gave_up,
-    orphan_verdict,
     worker_lost_after_audio,
 )
 from indextts_server.io.scheduling.broker.store import PENDING, task_key

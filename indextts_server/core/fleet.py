@@ -9,18 +9,7 @@ import msgspec
 from .engine import SynthesisJob
 from .protocol import TaskState, TaskStatusReply
 from .tasks import Delivery
-
-BROKER_UNAVAILABLE: Final = "服务暂不可用：无法连接任务调度服务（broker），请稍后重试"
-BROKER_LOST: Final = "任务已丢失：任务调度服务（broker）中断，请重新提交"
-GATEWAY_GONE: Final = "任务已取消：接收该任务的网关已下线"
-
-
-def worker_lost_after_audio(worker: str) -> str:
-    return f"任务失败：执行该任务的 worker（{worker}）中断，部分音频已发出，无法重试"
-
-
-def gave_up(deliveries: int) -> str:
-    return f"任务失败：已分派 {deliveries} 次均未完成（worker 中断），不再重试"
+from .texts import gave_up, worker_lost_after_audio
 
 
 class TaskOrder(msgspec.Struct, frozen=True, kw_only=True):

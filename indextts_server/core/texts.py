@@ -150,3 +150,18 @@ CLOSE_IDLE: Final = "idle timeout"
 CLOSE_NOT_READING: Final = "client is not reading"
 ORIGIN_REFUSED: Final = "origin not allowed"
 TOKEN_REFUSED: Final = "missing or wrong token"
+
+
+# --- cluster mode (--broker) ---------------------------------------------------------------
+
+BROKER_UNAVAILABLE: Final = "服务暂不可用：无法连接任务调度服务（broker），请稍后重试"
+BROKER_LOST: Final = "任务已丢失：任务调度服务（broker）中断，请重新提交"
+GATEWAY_GONE: Final = "任务已取消：接收该任务的网关已下线"
+
+
+def worker_lost_after_audio(worker: str) -> str:
+    return f"任务失败：执行该任务的 worker（{worker}）中断，部分音频已发出，无法重试"
+
+
+def gave_up(deliveries: int) -> str:
+    return f"任务失败：已分派 {deliveries} 次均未完成（worker 中断），不再重试"

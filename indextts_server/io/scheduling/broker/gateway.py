@@ -13,23 +13,13 @@ from functools import partial
 
 import trio
 
+from ....core import replies, texts
 from ....core.engine import SAMPLE_RATE, SynthesisJob
-from ....core.fleet import BROKER_LOST, BROKER_UNAVAILABLE, ReplyEvent, TaskOrder, decode_activity
-from ....core.protocol import (
-    CANCELLED_MESSAGE,
-    CANCELLING_MESSAGE,
-    DISCONNECTED_MESSAGE,
-    CancelReply,
-    End,
-    Error,
-    Queued,
-    Start,
-    TaskState,
-)
+from ....core.fleet import ReplyEvent, TaskOrder, decode_activity
+from ....core.protocol import TaskState
 from ....core.tasks import Delivery, Task, iso
 from ...transport.session import Session
 from ..board import TaskObserver
-from ..scheduler import SHUTTING_DOWN, already_finished, error_reply, not_your_task, queue_full, unknown_task
 from .recovery import run_recovery
 from .store import BrokerDown, Store
 from .worker import BrokerWorker
@@ -138,7 +128,7 @@ class BrokerScheduler:
 
     async def submit(self, session: Session, job: SynthesisJob, delivery: Delivery) -> str | None:
         if not self.connected:
-            return BROKER_UNAVAILABLE
+            return texts.BROKER_UNAVAILABLE
         task = Task(
             str(uuid.uuid4()),
             session.session_id,
@@ -157,18 +147,15 @@ class BrokerScheduler:
             )
         except BrokerDown as exc:
             # It may have been queued all the same (the answer was lost): cancel it once reachable.
-            self._to_abandon[task.task_id] = BROKER_UNAVAILABLE
+            self._to_abandon[task.task_id] = texts.BROKER_UNAVAILABLE
             self._forget(local)
             self._lost_contact(exc)
-            return BROKER_UNAVAILABLE
+            return texts.BROKER_UNAVAILABLE
         if position == 0:
             self._forget(local)
-            return queue_full(self.store.max_queue)
+            return texts.queue_full(self.store.max_queue)
         log.info("task queued session=%s task=%s position=%d", session.session_id, task.task_id, position)
-        queued = Queued(task_id=task.task_id, session_id=session.session_id)
-        if delivery.extended:
-            queued.position = position
-        session.send(queued)
+        session.send(replies.queued(task.task_id, session.session_id, delivery, position))
         local.announced = True
         for event in local.backlog:
             self._relay(event)
@@ -180,45 +167,37 @@ class BrokerScheduler:
             record = await self.store.call(self.store.record, task_id)
         except BrokerDown as exc:
             self._lost_contact(exc)
-            session.send(error_reply(session, BROKER_UNAVAILABLE, task_id))
+            session.send(replies.error(session.session_id, texts.BROKER_UNAVAILABLE, task_id))
             return
         if record is None:
-            session.send(error_reply(session, unknown_task(task_id), task_id))
+            session.send(replies.error(session.session_id, texts.unknown_task(task_id), task_id))
         else:
             session.send(record.status_reply(session.session_id))
 
     async def cancel(self, task_id: str, session: Session) -> None:
         try:
             outcome = await self.store.call(
-                self.store.abandon, task_id, CANCELLED_MESSAGE, session=session.session_id
+                self.store.abandon, task_id, texts.CANCELLED, session=session.session_id
             )
         except BrokerDown as exc:
             self._lost_contact(exc)
-            session.send(error_reply(session, BROKER_UNAVAILABLE, task_id))
+            session.send(replies.error(session.session_id, texts.BROKER_UNAVAILABLE, task_id))
             return
         if outcome == "unknown":
-            session.send(error_reply(session, unknown_task(task_id), task_id))
+            session.send(replies.error(session.session_id, texts.unknown_task(task_id), task_id))
         elif outcome == "other":
-            session.send(error_reply(session, not_your_task(task_id), task_id))
+            session.send(replies.error(session.session_id, texts.not_your_task(task_id), task_id))
         elif outcome.startswith("finished:"):
-            session.send(error_reply(session, already_finished(task_id, outcome.split(":", 1)[1]), task_id))
+            state = outcome.split(":", 1)[1]
+            session.send(replies.error(session.session_id, texts.already_finished(task_id, state), task_id))
         elif outcome == "cancelled":
             local = self.local.get(task_id)
             if local is not None:
-                self._end(local, "cancelled", CANCELLED_MESSAGE)
-            reply = CancelReply(
-                task_id=task_id, session_id=session.session_id, status="cancelled", message=CANCELLED_MESSAGE
-            )
-            session.send(reply)
-            session.send(error_reply(session, CANCELLED_MESSAGE, task_id))
+                self._end(local, "cancelled", texts.CANCELLED)
+            session.send(replies.cancelled(task_id, session.session_id))
+            session.send(replies.error(session.session_id, texts.CANCELLED, task_id))
         elif outcome == "cancelling":
-            reply = CancelReply(
-                task_id=task_id,
-                session_id=session.session_id,
-                status="cancelling",
-                message=CANCELLING_MESSAGE,
-            )
-            session.send(reply)
+            session.send(replies.cancelling(task_id, session.session_id))
 
     async def session_closed(self, session: Session) -> None:
         for task_id in list(session.tasks):
@@ -226,13 +205,13 @@ class BrokerScheduler:
             if local is None:
                 continue
             try:
-                outcome = await self.store.call(self.store.abandon, task_id, DISCONNECTED_MESSAGE)
+                outcome = await self.store.call(self.store.abandon, task_id, texts.DISCONNECTED)
             except BrokerDown:
-                self._to_abandon[task_id] = DISCONNECTED_MESSAGE
-                self._end(local, "cancelled", DISCONNECTED_MESSAGE)
+                self._to_abandon[task_id] = texts.DISCONNECTED
+                self._end(local, "cancelled", texts.DISCONNECTED)
                 continue
             if outcome != "cancelling" and outcome != "stopping":
-                self._end(local, "cancelled", DISCONNECTED_MESSAGE)
+                self._end(local, "cancelled", texts.DISCONNECTED)
             # A running task ends (and is counted) when its worker stops it at the next segment.
 
     async def drain(self, grace: float) -> None:
@@ -245,28 +224,28 @@ class BrokerScheduler:
                 continue
             try:
                 outcome = await self.store.call(
-                    self.store.abandon, local.task.task_id, SHUTTING_DOWN, running_too=False
+                    self.store.abandon, local.task.task_id, texts.SHUTTING_DOWN, running_too=False
                 )
             except BrokerDown:
                 outcome = "cancelled"
             if outcome == "cancelled":
-                self._end(local, "cancelled", SHUTTING_DOWN, tell=True)
+                self._end(local, "cancelled", texts.SHUTTING_DOWN, tell=True)
         with trio.move_on_after(grace):
             await self._quiet()
         for worker in self.workers:
             if worker.current is not None:
                 log.warning("drain timeout: stopping task=%s", worker.current)
-                worker.stop_reason = SHUTTING_DOWN
+                worker.stop_reason = texts.SHUTTING_DOWN
         for local in list(self.local.values()):
             log.warning("drain timeout: stopping task=%s", local.task.task_id)
             try:
-                await self.store.call(self.store.abandon, local.task.task_id, SHUTTING_DOWN)
+                await self.store.call(self.store.abandon, local.task.task_id, texts.SHUTTING_DOWN)
             except BrokerDown:
-                self._end(local, "cancelled", SHUTTING_DOWN, tell=True)
+                self._end(local, "cancelled", texts.SHUTTING_DOWN, tell=True)
         with trio.move_on_after(max(5.0, 3 * self.store.lease)):
             await self._quiet()
         for local in list(self.local.values()):
-            self._end(local, "failed", SHUTTING_DOWN, tell=True)
+            self._end(local, "failed", texts.SHUTTING_DOWN, tell=True)
         if self.gateway:
             with trio.move_on_after(2, shield=True):
                 try:
@@ -312,22 +291,15 @@ class BrokerScheduler:
                     return  # run again elsewhere: the client saw its start already
                 task.state = "running"
                 task.started_at = now
-                start = Start(task_id=task.task_id, session_id=session.session_id)
-                if task.delivery.extended:
-                    start.format = task.delivery.format
-                    start.sample_rate = SAMPLE_RATE
-                    start.stream = task.delivery.stream
-                session.send(start)
+                session.send(replies.start(task.task_id, session.session_id, task.delivery))
             case "audio":
                 if task.first_audio_at is None:
                     task.first_audio_at = now
                 session.deliver(event.data)
             case "end":
                 self._end(local, "completed", None, samples=event.samples, compute=event.compute)
-                end = End(task_id=task.task_id, session_id=session.session_id)
-                if task.delivery.extended:
-                    end.timing = task.timing(event.samples, event.compute)
-                session.send(end)
+                timing = task.timing(event.samples, event.compute)
+                session.send(replies.end(task.task_id, session.session_id, task.delivery, timing))
             case "error":
                 message = event.message or ""
                 self._end(local, event.state or "failed", message, tell=True)
@@ -363,7 +335,7 @@ class BrokerScheduler:
             f" error={message!r}" if message else "",
         )
         if tell and message is not None:
-            local.session.send(Error(task_id=task.task_id, session_id=task.session_id, message=message))
+            local.session.send(replies.error(task.session_id, message, task.task_id))
         if self.metrics is not None:
             started = task.started_at
             self.metrics.task_finished(
@@ -393,11 +365,11 @@ class BrokerScheduler:
         except BrokerDown as exc:
             self._lost_contact(exc)
             if trio.current_time() - self._last_contact > self.store.lease:
-                self._fail_all(BROKER_LOST)
+                self._fail_all(texts.BROKER_LOST)
             return
         if self._run_id is not None and run_id != self._run_id:
             log.warning("the broker restarted and forgot its tasks; failing the ones in flight here")
-            self._fail_all(BROKER_LOST)
+            self._fail_all(texts.BROKER_LOST)
         if not self.connected:
             log.info("broker reachable at %s", self.store.url)
         self._run_id = run_id

@@ -6,7 +6,8 @@ import logging
 
 import trio
 
-from ....core.fleet import GATEWAY_GONE, ReplyEvent, orphan_verdict
+from ....core.fleet import ReplyEvent, orphan_verdict
+from ....core.texts import GATEWAY_GONE
 from .store import BrokerDown, Store
 
 log = logging.getLogger("indextts_server")

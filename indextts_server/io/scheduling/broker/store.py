@@ -9,9 +9,10 @@ from typing import Any, Final, ParamSpec, TypeVar, cast
 
 import trio
 
-from ....core.fleet import GATEWAY_GONE, ReplyEvent, TaskOrder, TaskRecord, encode_order
+from ....core.fleet import ReplyEvent, TaskOrder, TaskRecord, encode_order
 from ....core.protocol import TaskState
 from ....core.tasks import iso
+from ....core.texts import GATEWAY_GONE
 from . import scripts
 
 log = logging.getLogger("indextts_server")

@@ -16,9 +16,8 @@ import trio
 from ....core.engine import PCM, Engine, Segment, SynthesisJob
 from ....core.fleet import ReplyEvent, WorkerActivity, encode_activity
 from ....core.protocol import TaskState
+from ....core.texts import SHUTTING_DOWN, engine_failed, task_timed_out
 from ...audio.encoding import encode_audio
-from ..scheduler import SHUTTING_DOWN
-from ..worker import TaskTimeout, engine_error, task_timed_out
 from .store import BrokerDown, Started, Store, Taken
 
 log = logging.getLogger("indextts_server")
@@ -36,6 +35,10 @@ def worker_name(index: int) -> str:
 def _begin(engine: Engine, job: SynthesisJob) -> tuple[Iterator[Segment], Segment | None]:
     segments = engine.synthesize(job)
     return segments, next(segments, None)
+
+
+class TaskTimeout(Exception):
+    """The task ran past ``--task-timeout``."""
 
 
 class Stopped(Exception):
@@ -173,7 +176,7 @@ class BrokerWorker:
             log.exception("engine failed task=%s worker=%s", taken.task_id, self.name)
             if self.on_engine_error is not None:
                 self.on_engine_error()
-            await run.finish("failed", engine_error(exc))
+            await run.finish("failed", engine_failed(str(exc) or type(exc).__name__))
             return
         await run.finish("completed", None, samples=samples, compute=compute)
         self.done += 1
