@@ -58,3 +58,33 @@ def test_audio_seconds_reads_wav_headers_and_headerless_continuations() -> None:
     open_ended = one_second[:40] + b"\xff\xff\xff\xff" + one_second[44:]
     assert audio_seconds(open_ended, PcmFormat())[0] == 1.0
     assert audio_seconds(bytes(11025), fmt)[0] == 0.25
+
+
+def test_the_http_mode_runs_the_same_load_over_http_on_the_same_server(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    command = [
+        sys.executable, "-m", "indextts_server.bench", "--http", "--no-floor",
+        "-c", "2", "-n", "6", "--warmup", "1", "--field", "max_tokens=60",
+        "--server-args", "--engine tone --log-level WARNING",
+        "--duration-limit", "30", "--json", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "the same load over HTTP" in done.stdout
+    report = json.loads(out.read_text())
+    ws, http = report["server"], report["http"]
+    assert http["url"].startswith("http://127.0.0.1:")
+    assert (http["completed"], http["errors"], http["lost"]) == (6, 0, 0)
+    assert http["audio_seconds_per_request"] == ws["audio_seconds_per_request"]  # the same work
+    assert report["http_ratios"]["p50_latency"] > 0
+
+
+def test_speech_bodies_mean_what_the_websocket_frames_mean() -> None:
+    from indextts_server.bench.drive.http import speech_bodies
+
+    frame = json.dumps({"type": "tts_stream", "text": "你好", "prompt_audio": "asset/zero_shot_prompt.wav",
+                        "emo_mode": "none", "max_tokens": 60, "format": "mp3", "stream": True})  # fmt: skip
+    assert json.loads(speech_bodies([frame])[0]) == {
+        "voice": "default", "response_format": "mp3", "input": "你好", "emo_mode": "none",
+        "max_tokens": 60, "stream": True,
+    }  # fmt: skip

@@ -8,13 +8,14 @@ import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import msgspec
 import trio
 
 from .drive.corpus import load_corpus, parse_field, reply_sizes, request_frames
+from .drive.http import run_http_load, speech_bodies
 from .drive.load import LoadPlan, LoadResult, run_load
 from .drive.progress import Progress
 from .drive.spawn import SpawnError, free_port, is_loopback_url, raise_open_file_limit, spawn
@@ -65,6 +66,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, metavar="OUT", help="write the report as JSON")
     p.add_argument("--plot", type=Path, metavar="OUT.png", help="latency and queue-depth plot (matplotlib)")
     p.add_argument(
+        "--http",
+        action="store_true",
+        help="also run the same load over the started server's HTTP port (POST /v1/audio/speech, "
+        "voice 'default', WAV unless --field format=…) right after the WebSocket load, and report "
+        "HTTP/WebSocket ratios",
+    )
+    p.add_argument(
         "--floor",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -105,6 +113,7 @@ class Options:
     warmup: int
     duration_limit: float
     floor_sizes: Path | None
+    http: bool = False
 
     def plan(self, url: str) -> LoadPlan:
         return LoadPlan(
@@ -133,25 +142,48 @@ async def measure_spawned(label: str, command: list[str], options: Options) -> t
     return summarise(label, result, command=command, peak_rss_kib=peak), result
 
 
-async def bench(options: Options) -> tuple[Summary, Summary | None, dict[str, LoadResult]]:
+async def measure_server(options: Options) -> tuple[Summary, LoadResult, Summary | None]:
+    """Start the server (its HTTP port on a free port with ``--http``, else none), load it over the
+    WebSocket, then (``--http``) the same load over HTTP, then stop it."""
+    port = free_port(LOOPBACK)
+    http_port = free_port(LOOPBACK) if options.http else None
+    command = [*options.server_command, "--host", LOOPBACK, "--port", str(port)]
+    command += ["--http-port", "off" if http_port is None else str(http_port)]
+    http = None
+    async with spawn(command, LOOPBACK, port, cwd=server_cwd()) as target:
+        result = await run_load(options.plan(target.url), Progress("server", options.requests))
+        if http_port is not None:
+            url = f"http://{LOOPBACK}:{http_port}"
+            plan = replace(
+                options.plan(url), frames=[body.decode() for body in speech_bodies(options.frames)]
+            )
+            http = summarise("http", await run_http_load(plan, Progress("http", options.requests)))
+        peak = await target.peak_rss_kib()
+    return summarise("server", result, command=command, peak_rss_kib=peak), result, http
+
+
+async def bench(options: Options) -> tuple[Summary, Summary | None, dict[str, LoadResult], Summary | None]:
     """The server first, then the floor, one at a time so that each has the machine to itself."""
     results: dict[str, LoadResult] = {}
+    http = None
     if options.url is not None:
         result = await run_load(options.plan(options.url), Progress("server", options.requests))
         server = summarise("server", result)
     else:
-        server, result = await measure_spawned("server", options.server_command, options)
+        server, result, http = await measure_server(options)
     results["server"] = result
     floor = None
     if options.floor_sizes is not None:
         floor_module = "indextts_server.bench.drive.floor"
         command = [sys.executable, "-m", floor_module, "--sizes", str(options.floor_sizes)]
         floor, results["floor"] = await measure_spawned("floor", command, options)
-    return server, floor, results
+    return server, floor, results, http
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if args.http and args.url is not None:
+        raise SystemExit("--http needs a server the benchmark starts itself (no --url)")
     if args.url is not None and not is_loopback_url(args.url):
         raise SystemExit(f"--url must be a loopback address (127.0.0.1, ::1, localhost): {args.url}")
     try:
@@ -180,9 +212,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             warmup=args.warmup,
             duration_limit=args.duration_limit,
             floor_sizes=sizes_path,
+            http=args.http,
         )
         try:
-            server, floor, results = trio.run(bench, options)
+            server, floor, results, http = trio.run(bench, options)
         except SpawnError as exc:
             raise SystemExit(f"could not start a target: {exc}") from None
 
@@ -202,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         server=server,
         floor=floor,
         ratios=ratios(server, floor) if floor is not None else None,
+        http=http,
+        http_ratios=ratios(http, server) if http is not None else None,
     )
     print(render(report))
     if args.json is not None:

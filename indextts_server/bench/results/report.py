@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 import msgspec
 import numpy as np
@@ -83,6 +84,10 @@ class Report(msgspec.Struct, kw_only=True):
     server: Summary
     floor: Summary | None
     ratios: Ratios | None
+    http: Summary | None = None
+    """``--http``: the same load over the HTTP port of the same server, right after the WebSocket's."""
+    http_ratios: Ratios | None = None
+    """HTTP figure over WebSocket figure."""
 
 
 def distribution(values: Sequence[float]) -> Distribution:
@@ -250,11 +255,44 @@ def render(report: Report) -> str:
     title = f"{settings.requests} requests on {settings.connections} connection{plural}{idle}, {server.url}"
     notes = [
         f"  ! {summary.target}: {message} (x{count})"
-        for summary in (server, floor)
+        for summary in (server, floor, report.http)
         if summary is not None
         for message, count in [*summary.error_messages.items(), *summary.connection_error_messages.items()]
     ]
-    return "\n".join([title, *lines, *notes])
+    return "\n".join([title, *lines, *_http_table(report), *notes])
+
+
+_HTTP_ROWS: Final = (
+    ("completed", "completed", False, None),
+    ("errors", "errors", False, None),
+    ("throughput (req/s)", "throughput_rps", False, "throughput"),
+    ("latency p50 (ms)", "latency_s.p50", True, "p50_latency"),
+    ("latency p95 (ms)", "latency_s.p95", True, "p95_latency"),
+    ("latency p99 (ms)", "latency_s.p99", True, "p99_latency"),
+    ("first audio p50 (ms)", "first_audio_s.p50", True, "p50_first_audio"),
+    ("audio s / request", "audio_seconds_per_request", False, None),
+)
+
+
+def _http_table(report: Report) -> list[str]:
+    """With ``--http``: the WebSocket and HTTP paths of the same server, side by side."""
+    if report.http is None:
+        return []
+    ws, http, ratio = report.server, report.http, report.http_ratios
+    table = [("", "websocket", "http", "http/websocket")]
+    for label, figure, in_ms, ratio_name in _HTTP_ROWS:
+        cells = []
+        for summary in (ws, http):
+            value = _lookup(summary, figure)
+            cells.append(_ms(value) if in_ms else _num(value))
+        ratio_value = getattr(ratio, ratio_name) if ratio and ratio_name else None
+        table.append((label, cells[0], cells[1], "" if ratio_value is None else f"{ratio_value:.2f}x"))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    lines = [
+        "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
+        for row in table
+    ]
+    return ["", f"the same load over HTTP ({http.url}):", *lines]
 
 
 def _lookup(summary: Summary, path: str) -> float | int | None:

@@ -167,6 +167,14 @@ class VoiceLibrary:
         self.folder = Path(folder)
         self.limits = limits
         self.default_voice = default_voice
+        # Names found lately, so a busy server does not look each one up on disk per request. Every
+        # change made through this library clears it; the file itself is read by the engine, whose
+        # speaker cache keys it by size, mtime and inode, so a replaced voice is never stale.
+        self._found: dict[str, str] = {}
+
+    def recall(self, name: str) -> str | None:
+        """The file of voice ``name`` if it was found lately (no I/O), else ``None``."""
+        return self._found.get(name)
 
     def prepare(self) -> None:
         """Remove what an interrupted upload left behind (the folder itself appears at the first upload)."""
@@ -189,10 +197,15 @@ class VoiceLibrary:
             raise unknown_voice(field, name) from None
         path = self._file(canonical)
         if path.is_file():
-            return os.path.realpath(path)
-        if self.default_voice and (canonical == DEFAULT_VOICE or canonical in OPENAI_VOICES):
-            return os.path.realpath(self.default_voice)
-        raise unknown_voice(field, name)
+            found = os.path.realpath(path)
+        elif self.default_voice and (canonical == DEFAULT_VOICE or canonical in OPENAI_VOICES):
+            found = os.path.realpath(self.default_voice)
+        else:
+            raise unknown_voice(field, name)
+        if len(self._found) > 4 * self.limits.max_count:
+            self._found.clear()
+        self._found[name] = found
+        return found
 
     def names(self) -> Iterator[str]:
         for path in self.folder.glob(f"*{SUFFIX}"):
@@ -248,6 +261,7 @@ class VoiceLibrary:
         if not exists and sum(1 for _ in self.names()) >= self.limits.max_count:
             raise library_full(self.limits.max_count)
         pcm = decode_sample(data, self.limits)
+        self._found.clear()
         meta = Meta(created_at=iso(datetime.now()), ref_text=ref_text or None)
         self.folder.mkdir(parents=True, exist_ok=True)
         temp = self.folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}{SUFFIX}"
@@ -287,6 +301,7 @@ class VoiceLibrary:
         except VoiceError:
             raise unknown_voice("name", name) from None
         target = self._file(canonical)
+        self._found.clear()
         try:
             target.unlink()
         except FileNotFoundError:

@@ -6,7 +6,7 @@ import base64
 import logging
 import time
 import uuid
-from typing import Final
+from typing import Final, overload
 
 import msgspec
 import numpy as np
@@ -106,7 +106,9 @@ class Speech:
         speech = decode_speech(raw, max_text_chars=config.max_text_chars)
         if self.server.draining:
             raise ApiError(503, SHUTTING_DOWN, code="shutting_down")
-        job = await trio.to_thread.run_sync(self._job, speech)
+        job = self._job(speech, recall=True)
+        if job is None:
+            job = await trio.to_thread.run_sync(self._job, speech)
         session = HttpSession()
         async with self.server.hosting(session):
             refusal = await self.server.scheduler.submit(session, job, PCM_DELIVERY)
@@ -127,16 +129,35 @@ class Speech:
             if failure is not None:
                 raise failure
 
-    def _job(self, speech: SpeechRequest) -> SynthesisJob:
+    @overload
+    def _job(self, speech: SpeechRequest) -> SynthesisJob: ...
+    @overload
+    def _job(self, speech: SpeechRequest, *, recall: bool) -> SynthesisJob | None: ...
+
+    def _job(self, speech: SpeechRequest, *, recall: bool = False) -> SynthesisJob | None:
+        """The engine's job, its voices looked up; with ``recall``, only from memory (``None`` if
+        one was not found lately), else on disk (blocking: call it from a worker thread)."""
+        voices, paths, now = self.server.voices, self.server.paths, time.monotonic()
         try:
-            prompt = self.server.voices.resolve("voice", speech.voice_name)
+            prompt = (
+                voices.recall(speech.voice_name) if recall else voices.resolve("voice", speech.voice_name)
+            )
             emo_audio = None
             if emo_mode(speech) == "audio":
                 if speech.emo_voice is not None:
-                    emo_audio = self.server.voices.resolve("emo_voice", speech.emo_voice)
+                    emo_audio = (
+                        voices.recall(speech.emo_voice)
+                        if recall
+                        else voices.resolve("emo_voice", speech.emo_voice)
+                    )
                 else:
                     assert speech.emo_audio is not None
-                    emo_audio = self.server.paths.check("emo_audio", speech.emo_audio, time.monotonic())
+                    emo = speech.emo_audio
+                    emo_audio = paths.recall(emo, now) if recall else paths.check("emo_audio", emo, now)
+                if emo_audio is None:
+                    return None
+            if prompt is None:
+                return None
         except VoiceError as error:
             raise ApiError(error.status, str(error), param=error.param, code=error.code) from None
         except AudioPathError as error:
@@ -167,7 +188,10 @@ class Speech:
                     break
                 elif isinstance(event, Error):
                     raise task_error(event.message)
-            data = await trio.to_thread.run_sync(_whole, transcoder, chunks)
+            if transcoder.cheap:
+                data = _whole(transcoder, chunks)
+            else:
+                data = await trio.to_thread.run_sync(_whole, transcoder, chunks)
             await respond(send, 200, data, media_type(speech.format), headers)
             return
         started = False
