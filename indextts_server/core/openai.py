@@ -7,9 +7,9 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from . import texts
 from .engine import INTERVAL_SILENCE_MAX, MAX_TOKENS_MAX, MAX_TOKENS_MIN, SEED_MAX, EmoMode, SynthesisJob
 from .protocol import EmoVector, UnitFloat
-from .texts import FIELD_ERRORS, text_too_long
 from .voices import DEFAULT_VOICE
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -123,19 +123,7 @@ class SpeechRequest(msgspec.Struct, kw_only=True):
         return self.sse or bool(self.stream)
 
 
-SPEECH_FIELD_ERRORS: Final[dict[str, str]] = {
-    **FIELD_ERRORS,
-    "input": "缺少有效的 input",
-    "model": "model 必须是字符串",
-    "voice": 'voice 必须是字符串（声音库中的名称）或 {"id": 名称}',
-    "id": 'voice 必须是字符串（声音库中的名称）或 {"id": 名称}',
-    "instructions": "instructions 必须是字符串",
-    "response_format": f"response_format 必须是 {'/'.join(RESPONSE_FORMATS)}",
-    "speed": f"speed 必须是 {SPEED_MIN} 到 {SPEED_MAX} 之间的数字",
-    "stream_format": "stream_format 必须是 audio 或 sse",
-    "emo_voice": "emo_voice 必须是字符串（声音库中的名称）",
-    "emo_audio": "emo_audio 必须是字符串（服务器上的音频文件路径）",
-}
+SPEECH_FIELD_ERRORS: Final[dict[str, str]] = {**texts.FIELD_ERRORS, **texts.SPEECH_FIELD_ERRORS}
 
 _MISSING_FIELD = re.compile(r"missing required field `([A-Za-z_]+)`")
 _AT_FIELD = re.compile(r" - at `\$\.([A-Za-z_]+)")
@@ -143,7 +131,7 @@ _decoder: Final = msgspec.json.Decoder(SpeechRequest)
 
 
 def invalid(field: str, message: str | None = None) -> ApiError:
-    text = message or SPEECH_FIELD_ERRORS.get(field, f"参数 {field} 无效")
+    text = message or SPEECH_FIELD_ERRORS.get(field) or texts.invalid_field(field)
     return ApiError(400, text, param=field, code="invalid_value")
 
 
@@ -154,20 +142,20 @@ def decode_speech(body: bytes, *, max_text_chars: int) -> SpeechRequest:
     except msgspec.ValidationError as error:
         detail = str(error)
         if detail.startswith("Expected `object`"):
-            raise ApiError(400, "请求体必须是 JSON 对象", code="invalid_json") from None
+            raise ApiError(400, texts.BODY_NOT_OBJECT, code="invalid_json") from None
         match = _MISSING_FIELD.search(detail) or _AT_FIELD.search(detail)
         field = match.group(1) if match else "input"
         raise invalid("voice" if field == "id" else field) from None
     except msgspec.DecodeError:
-        raise ApiError(400, "请求体不是有效的 JSON", code="invalid_json") from None
+        raise ApiError(400, texts.BODY_NOT_JSON, code="invalid_json") from None
     if not request.input.strip():
         raise invalid("input")
     if len(request.input) > max_text_chars:
-        raise invalid("input", text_too_long(max_text_chars).replace("text", "input", 1))
+        raise invalid("input", texts.input_too_long(max_text_chars))
     if request.model is not None and request.model not in (MODEL, *MODEL_ALIASES):
         raise ApiError(
             404,
-            f"模型不存在: {request.model}（可用: {'/'.join((MODEL, *MODEL_ALIASES))}）",
+            texts.unknown_model(request.model, "/".join((MODEL, *MODEL_ALIASES))),
             param="model",
             code="model_not_found",
         )
@@ -182,9 +170,9 @@ def emo_mode(request: SpeechRequest) -> EmoMode:
     ``emo_mode`` to choose between them are an error, as are both of a pair that mean one thing.
     """
     if request.instructions is not None and request.emo_text is not None:
-        raise invalid("instructions", "instructions 与 emo_text 只能提供一个（都是情感文本）")
+        raise invalid("instructions", texts.BOTH_EMO_TEXT)
     if request.emo_voice is not None and request.emo_audio is not None:
-        raise invalid("emo_voice", "emo_voice 与 emo_audio 只能提供一个")
+        raise invalid("emo_voice", texts.BOTH_EMO_VOICE)
     text = request.emo_text if request.emo_text is not None else request.instructions
     mode = request.emo_mode
     if mode is None:
@@ -196,16 +184,14 @@ def emo_mode(request: SpeechRequest) -> EmoMode:
         if request.emo_voice is not None or request.emo_audio is not None:
             implied.append("audio")
         if len(implied) > 1:
-            raise invalid(
-                "emo_mode", f"同时给出了多种情感输入（{'/'.join(implied)}），请用 emo_mode 指明用哪一种"
-            )
+            raise invalid("emo_mode", texts.emotion_ambiguous("/".join(implied)))
         mode = implied[0] if implied else "none"
     if mode == "audio" and not ((request.emo_voice or "").strip() or (request.emo_audio or "").strip()):
-        raise invalid("emo_voice", "情感参考音频模式需要提供 emo_voice 或 emo_audio")
+        raise invalid("emo_voice", texts.EMO_AUDIO_OR_VOICE_REQUIRED)
     if mode == "vector" and request.emo_vector is None:
-        raise invalid("emo_vector", "情感向量模式需要提供 emo_vector")
+        raise invalid("emo_vector", texts.EMO_VECTOR_REQUIRED)
     if mode == "text" and not (text and text.strip()):
-        raise invalid("instructions", "情感文本引导模式需要提供 instructions（或 emo_text）")
+        raise invalid("instructions", texts.EMO_TEXT_OR_INSTRUCTIONS_REQUIRED)
     return mode
 
 

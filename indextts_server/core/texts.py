@@ -165,3 +165,106 @@ def worker_lost_after_audio(worker: str) -> str:
 
 def gave_up(deliveries: int) -> str:
     return f"任务失败：已分派 {deliveries} 次均未完成（worker 中断），不再重试"
+
+
+# -- the voice library (HTTP uploads, and voice names over either port) -----------------------------
+
+VOICE_NAME_MISSING: Final = "缺少有效的 name"
+VOICE_NAME_RULE: Final = "name 只能包含字母（任何文字）、数字、_ 和 -"
+SAMPLE_MISSING: Final = "缺少 audio_sample 文件"
+SAMPLE_NOT_AUDIO: Final = "audio_sample 无法解码为音频（支持 wav/flac/mp3/ogg/webm/m4a）"
+
+
+def voice_name_too_long(limit: int) -> str:
+    return f"name 过长：最多 {limit} 个字符"
+
+
+def unknown_voice(field: str, name: str) -> str:
+    return f"{field} 不存在: {name}"
+
+
+def voice_exists(name: str) -> str:
+    return f"声音已存在: {name}（要替换它，请同时提交 replace=true）"
+
+
+def library_full(limit: int) -> str:
+    return f"声音库已满：最多 {limit} 个声音，请先删除不用的声音"
+
+
+def sample_too_big(limit: int) -> str:
+    return f"audio_sample 过大：最多 {limit} 字节"
+
+
+def sample_too_short(seconds: float, min_seconds: float, max_seconds: float) -> str:
+    return f"audio_sample 时长 {round(seconds, 2):g} 秒，必须在 {min_seconds:g} 到 {max_seconds:g} 秒之间"
+
+
+def sample_too_long(min_seconds: float, max_seconds: float) -> str:
+    """Decoding stops at the limit, so the whole length is never known."""
+    return f"audio_sample 时长超过 {max_seconds:g} 秒，必须在 {min_seconds:g} 到 {max_seconds:g} 秒之间"
+
+
+def ref_text_too_long(limit: int) -> str:
+    return f"ref_text 过长：最多 {limit} 个字符"
+
+
+def builtin_voice(name: str) -> str:
+    return f"内置声音不能删除: {name}"
+
+
+# -- the HTTP API (OpenAI-compatible speech; errors in OpenAI's shape, texts as over the WebSocket) -
+
+INPUT_MISSING: Final = "缺少有效的 input"
+BODY_NOT_JSON: Final = "请求体不是有效的 JSON"
+BODY_NOT_OBJECT: Final = "请求体必须是 JSON 对象"
+BOTH_EMO_TEXT: Final = "instructions 与 emo_text 只能提供一个（都是情感文本）"
+EMO_AUDIO_OR_VOICE_REQUIRED: Final = "情感参考音频模式需要提供 emo_voice 或 emo_audio"
+EMO_TEXT_OR_INSTRUCTIONS_REQUIRED: Final = "情感文本引导模式需要提供 instructions（或 emo_text）"
+TOKEN_REQUIRED: Final = "缺少或错误的令牌：请发送 Authorization: Bearer <token>"
+INTERNAL_ERROR: Final = "服务器内部错误"
+FORM_NOT_MULTIPART: Final = "请求体必须是 multipart/form-data"
+FORM_NO_DISPOSITION: Final = "multipart 字段缺少 Content-Disposition: form-data"
+
+SPEECH_FIELD_ERRORS: Final[dict[str, str]] = {
+    "input": INPUT_MISSING,
+    "model": "model 必须是字符串",
+    "voice": 'voice 必须是字符串（声音库中的名称）或 {"id": 名称}',
+    "instructions": "instructions 必须是字符串",
+    "response_format": "response_format 必须是 mp3/opus/aac/flac/wav/pcm",
+    "speed": "speed 必须是 0.25 到 4.0 之间的数字",
+    "stream_format": "stream_format 必须是 audio 或 sse",
+}
+"""The speech request's own fields; the model's fields read as over the WebSocket (`FIELD_ERRORS`)."""
+
+
+def input_too_long(limit: int) -> str:
+    return f"input 过长：最多 {limit} 个字符"
+
+
+def emotion_ambiguous(modes: str) -> str:
+    """``modes``: the emotion modes the request's fields imply, joined with ``/``."""
+    return f"同时给出了多种情感输入（{modes}），请用 emo_mode 指明用哪一种"
+
+
+def unknown_model(model: str, models: str) -> str:
+    return f"模型不存在: {model}（可用: {models}）"
+
+
+def body_too_large(limit: int) -> str:
+    return f"请求体过大：最多 {limit} 字节"
+
+
+def origin_not_allowed(origin: str) -> str:
+    return f"不允许来自该来源的请求: {origin}"
+
+
+def unknown_path(path: str) -> str:
+    return f"接口不存在: {path}"
+
+
+def method_not_allowed(method: str, allowed: str) -> str:
+    return f"不支持的方法: {method}（可用: {allowed}）"
+
+
+def form_malformed(reason: str) -> str:
+    return f"multipart 请求体格式错误: {reason}"

@@ -1,4 +1,4 @@
-"""The voice library's rules: what a voice name may be, the upload limits, and their client texts."""
+"""The voice library's rules: what a voice name may be, the upload limits, and the errors they raise."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import unicodedata
 from typing import Final
 
 import msgspec
+
+from . import texts
 
 DEFAULT_VOICE: Final = "default"
 """The bundled voice every client may name (``--default-voice``), unless the library has its own."""
@@ -39,9 +41,6 @@ class VoiceError(Exception):
         self.code = code
 
 
-NAME_RULE: Final = "name 只能包含字母（任何文字）、数字、_ 和 -"
-
-
 def name_error(message: str) -> VoiceError:
     return VoiceError(message, status=400, param="name", code="invalid_voice_name")
 
@@ -55,26 +54,26 @@ def check_voice_name(name: str, max_chars: int) -> str:
     """
     canonical = unicodedata.normalize("NFC", name)
     if not canonical:
-        raise name_error("缺少有效的 name")
+        raise name_error(texts.VOICE_NAME_MISSING)
     if len(canonical) > max_chars or len(canonical.encode("utf-8")) > NAME_MAX_BYTES:
-        raise name_error(f"name 过长：最多 {max_chars} 个字符")
+        raise name_error(texts.voice_name_too_long(max_chars))
     for index, char in enumerate(canonical):
         category = unicodedata.category(char)
         if char in "_-" or category == "Nd" or category.startswith("L"):
             continue
         if category.startswith("M") and index > 0:
             continue
-        raise name_error(NAME_RULE)
+        raise name_error(texts.VOICE_NAME_RULE)
     return canonical
 
 
 def unknown_voice(field: str, name: str) -> VoiceError:
-    return VoiceError(f"{field} 不存在: {name}", status=404, param=field, code="voice_not_found")
+    return VoiceError(texts.unknown_voice(field, name), status=404, param=field, code="voice_not_found")
 
 
 def voice_exists(name: str) -> VoiceError:
     return VoiceError(
-        f"声音已存在: {name}（要替换它，请同时提交 replace=true）",
+        texts.voice_exists(name),
         status=409,
         param="name",
         code="voice_exists",
@@ -83,7 +82,7 @@ def voice_exists(name: str) -> VoiceError:
 
 def library_full(limit: int) -> VoiceError:
     return VoiceError(
-        f"声音库已满：最多 {limit} 个声音，请先删除不用的声音",
+        texts.library_full(limit),
         status=409,
         param="name",
         code="voice_limit_reached",
@@ -91,18 +90,16 @@ def library_full(limit: int) -> VoiceError:
 
 
 def missing_sample() -> VoiceError:
-    return VoiceError("缺少 audio_sample 文件", status=400, param="audio_sample", code="missing_audio_sample")
+    return VoiceError(texts.SAMPLE_MISSING, status=400, param="audio_sample", code="missing_audio_sample")
 
 
 def sample_too_big(limit: int) -> VoiceError:
-    return VoiceError(
-        f"audio_sample 过大：最多 {limit} 字节", status=413, param="audio_sample", code="audio_too_large"
-    )
+    return VoiceError(texts.sample_too_big(limit), status=413, param="audio_sample", code="audio_too_large")
 
 
 def sample_not_audio() -> VoiceError:
     return VoiceError(
-        "audio_sample 无法解码为音频（支持 wav/flac/mp3/ogg/webm/m4a）",
+        texts.SAMPLE_NOT_AUDIO,
         status=400,
         param="audio_sample",
         code="invalid_audio",
@@ -110,9 +107,12 @@ def sample_not_audio() -> VoiceError:
 
 
 def sample_duration(seconds: float, limits: VoiceLimits) -> VoiceError:
-    shown = f"超过 {limits.max_seconds:g}" if seconds > limits.max_seconds else f"{seconds:.2f}"
+    if seconds > limits.max_seconds:
+        message = texts.sample_too_long(limits.min_seconds, limits.max_seconds)
+    else:
+        message = texts.sample_too_short(seconds, limits.min_seconds, limits.max_seconds)
     return VoiceError(
-        f"audio_sample 时长 {shown} 秒，必须在 {limits.min_seconds:g} 到 {limits.max_seconds:g} 秒之间",
+        message,
         status=400,
         param="audio_sample",
         code="invalid_audio_duration",
@@ -120,10 +120,8 @@ def sample_duration(seconds: float, limits: VoiceLimits) -> VoiceError:
 
 
 def ref_text_too_long(limit: int) -> VoiceError:
-    return VoiceError(
-        f"ref_text 过长：最多 {limit} 个字符", status=400, param="ref_text", code="invalid_ref_text"
-    )
+    return VoiceError(texts.ref_text_too_long(limit), status=400, param="ref_text", code="invalid_ref_text")
 
 
 def builtin_voice(name: str) -> VoiceError:
-    return VoiceError(f"内置声音不能删除: {name}", status=400, param="name", code="builtin_voice")
+    return VoiceError(texts.builtin_voice(name), status=400, param="name", code="builtin_voice")

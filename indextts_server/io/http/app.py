@@ -13,6 +13,7 @@ import msgspec
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
+from ...core import texts
 from ...core.openai import ApiError, model_list
 from ..operations.metrics import CONTENT_TYPE, Metrics
 from ..transport.websocket import Server
@@ -50,13 +51,13 @@ class WebConfig(msgspec.Struct, kw_only=True):
 
 
 def not_found(path: str) -> ApiError:
-    return ApiError(404, f"接口不存在: {path}", code="not_found")
+    return ApiError(404, texts.unknown_path(path), code="not_found")
 
 
 def method_not_allowed(method: str, allowed: str) -> ApiError:
     return ApiError(
         405,
-        f"不支持的方法: {method}（可用: {allowed}）",
+        texts.method_not_allowed(method, allowed),
         code="method_not_allowed",
         headers=(("allow", allowed),),
     )
@@ -95,7 +96,7 @@ class HttpApi:
             raise  # hypercorn cuts the connection: the client must not take half the audio for all of it
         except Exception:
             log.exception("HTTP %s %s failed", request.method, request.path)
-            await respond_error(send, ApiError(500, "服务器内部错误", code="internal_error"), cors)
+            await respond_error(send, ApiError(500, texts.INTERNAL_ERROR, code="internal_error"), cors)
 
     async def _lifespan(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         while True:
@@ -146,7 +147,7 @@ class HttpApi:
             return
         if self._foreign(request, cors):
             raise ApiError(
-                403, f"不允许来自该来源的请求: {request.headers['origin']}", code="origin_not_allowed"
+                403, texts.origin_not_allowed(request.headers["origin"]), code="origin_not_allowed"
             )
         if method == "OPTIONS":
             headers = [
@@ -192,7 +193,7 @@ class HttpApi:
         if offered is None or not hmac.compare_digest(offered.encode(), token.encode()):
             raise ApiError(
                 401,
-                "缺少或错误的令牌：请发送 Authorization: Bearer <token>",
+                texts.TOKEN_REQUIRED,
                 code="invalid_api_key",
                 headers=(("www-authenticate", "Bearer"),),
             )

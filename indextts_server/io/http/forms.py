@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from ...core import texts
+
 
 class FormError(Exception):
     """The body is not the multipart form it claims to be."""
@@ -35,7 +37,7 @@ def parse_form(content_type: str, body: bytes) -> dict[str, Part]:
     kind, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
-        raise FormError("请求体必须是 multipart/form-data")
+        raise FormError(texts.FORM_NOT_MULTIPART)
     parts: list[Part] = []
 
     def begin() -> None:
@@ -59,7 +61,7 @@ def parse_form(content_type: str, body: bytes) -> dict[str, Part]:
         part = parts[-1]
         disposition, params = parse_options_header(part._headers.get(b"content-disposition", b""))
         if disposition != b"form-data":
-            raise FormError("multipart 字段缺少 Content-Disposition: form-data")
+            raise FormError(texts.FORM_NO_DISPOSITION)
         part.name = params.get(b"name", b"").decode("utf-8", errors="replace")
         if b"filename" in params:
             part.filename = params[b"filename"].decode("utf-8", errors="replace")
@@ -83,7 +85,7 @@ def parse_form(content_type: str, body: bytes) -> dict[str, Part]:
     except FormError:
         raise
     except Exception as error:  # python-multipart raises its own and ValueError for broken bodies
-        raise FormError(f"multipart 请求体格式错误: {error}") from None
+        raise FormError(texts.form_malformed(str(error))) from None
     fields: dict[str, Part] = {}
     for part in parts:
         fields.setdefault(part.name, part)

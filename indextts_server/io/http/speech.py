@@ -13,6 +13,7 @@ import numpy as np
 import trio
 from hypercorn.typing import ASGISendCallable
 
+from ...core import texts
 from ...core.engine import PCM, SynthesisJob
 from ...core.openai import ApiError, SpeechRequest, decode_speech, emo_mode, error_body, speech_job
 from ...core.protocol import End, Error, Queued, Reply
@@ -101,7 +102,7 @@ class Speech:
             raw = await request.body(config.max_message_bytes)
         except BodyTooLarge:
             raise ApiError(
-                413, f"请求体过大：最多 {config.max_message_bytes} 字节", code="request_too_large"
+                413, texts.body_too_large(config.max_message_bytes), code="request_too_large"
             ) from None
         speech = decode_speech(raw, max_text_chars=config.max_text_chars)
         if self.server.draining:

@@ -9,8 +9,9 @@ import msgspec
 import trio
 from hypercorn.typing import ASGISendCallable
 
+from ...core import texts
 from ...core.openai import ApiError
-from ...core.voices import VoiceError, name_error, sample_too_big
+from ...core.voices import VoiceError, missing_sample, name_error, sample_too_big
 from ..audio.voices import Voice, VoiceLibrary
 from .asgi import BodyTooLarge, Request, respond_json
 from .forms import FormError, parse_form
@@ -60,12 +61,10 @@ class Voices:
                 raise ApiError(400, str(error), code="invalid_form") from None
             name = fields.get("name")
             if name is None:
-                raise name_error("缺少有效的 name")
+                raise name_error(texts.VOICE_NAME_MISSING)
             sample = fields.get("audio_sample")
             if sample is None:
-                raise VoiceError(
-                    "缺少 audio_sample 文件", status=400, param="audio_sample", code="missing_audio_sample"
-                )
+                raise missing_sample()
             ref_text = fields["ref_text"].text if "ref_text" in fields else None
             replace = "replace" in fields and fields["replace"].text.strip().lower() in YES
             replace = replace or any(value.lower() in YES for value in request.query.get("replace", []))
