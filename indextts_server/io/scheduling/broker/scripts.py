@@ -31,7 +31,8 @@ return redis.call('ZCARD', KEYS[2])
 
 START: Final = """
 -- KEYS: task, pending
--- ARGV: worker, prefix, completed_at, ttl, gateway_gone, task_id, entry
+-- ARGV: worker, prefix, completed_at, ttl, gateway_gone, task_id, entry, reply_ttl
+-- Marks the task running on this worker and tells its gateway (the ``start`` reply, seq 1).
 local st = redis.call('HMGET', KEYS[1], 'state', 'gateway', 'session', 'order', 'entry')
 if st[1] ~= 'pending' or st[5] ~= ARGV[7] then return false end
 redis.call('ZREM', KEYS[2], ARGV[6])
@@ -44,6 +45,9 @@ if redis.call('EXISTS', ARGV[2] .. ':gw:' .. st[2]) == 0 then
 end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1])
+local replies = ARGV[2] .. ':replies:' .. st[2]
+redis.call('XADD', replies, '*', 'task', ARGV[6], 'kind', 'start', 'attempt', attempt, 'seq', 1)
+redis.call('EXPIRE', replies, ARGV[8])
 return {attempt, st[4], st[2], st[3]}
 """
 
@@ -67,7 +71,8 @@ return 'ok'
 
 FINISH: Final = """
 -- KEYS: task, replies, gateway's task set, the entry's stream
--- ARGV: attempt, state, completed_at, error, ttl, reply_ttl, entry, group, task_id, event fields...
+-- ARGV: attempt, state, completed_at, error, ttl, reply_ttl, entry, group, task_id, then the
+--   replies to send: for each, its number of field values, then the values (name, value, ...)
 if ARGV[7] ~= '' then
   redis.call('XACK', KEYS[4], ARGV[8], ARGV[7])
   redis.call('XDEL', KEYS[4], ARGV[7])
@@ -78,9 +83,14 @@ redis.call('HSET', KEYS[1], 'state', ARGV[2], 'completed_at', ARGV[3], 'error', 
 redis.call('HDEL', KEYS[1], 'order', 'stop')
 if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) else redis.call('DEL', KEYS[1]) end
 redis.call('SREM', KEYS[3], ARGV[9])
-local event = {}
-for i = 10, #ARGV do event[#event + 1] = ARGV[i] end
-redis.call('XADD', KEYS[2], '*', unpack(event))
+local i = 10
+while i <= #ARGV do
+  local count = tonumber(ARGV[i])
+  local event = {}
+  for j = i + 1, i + count do event[#event + 1] = ARGV[j] end
+  redis.call('XADD', KEYS[2], '*', unpack(event))
+  i = i + count + 1
+end
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 return 1
 """

@@ -300,7 +300,16 @@ class Store:
             self._script(
                 "START",
                 [task_key(taken.task_id), PENDING],
-                [worker, PREFIX, now_iso(), int(self.task_ttl), GATEWAY_GONE, taken.task_id, taken.entry],
+                [
+                    worker,
+                    PREFIX,
+                    now_iso(),
+                    int(self.task_ttl),
+                    GATEWAY_GONE,
+                    taken.task_id,
+                    taken.entry,
+                    self.reply_ttl,
+                ],
             ),
         )
         if not result:
@@ -332,12 +341,12 @@ class Store:
         attempt: int,
         gateway: str,
         state: TaskState,
-        event: ReplyEvent,
-        *,
+        *events: ReplyEvent,
         error: str | None = None,
         taken: Taken | None = None,
     ) -> bool:
-        """End this attempt of the task and tell its gateway; ``False`` if it was no longer ours."""
+        """End this attempt of the task and send its gateway ``events`` (the last one ends it);
+        ``False`` if the task was no longer this attempt's."""
         args: list[Arg] = [
             attempt,
             state,
@@ -349,8 +358,11 @@ class Store:
             GROUP,
             task_id,
         ]
-        for name, value in event.fields().items():
-            args += [name, value]
+        for event in events:
+            fields = event.fields()
+            args.append(2 * len(fields))
+            for name, value in fields.items():
+                args += [name, value]
         stream = QUEUE if taken is None else taken.stream
         keys = [task_key(task_id), replies_key(gateway), gateway_tasks_key(gateway), stream]
         return bool(self._script("FINISH", keys, args))

@@ -191,8 +191,9 @@ class _Run:
         self.taken = taken
         self.started = started
         self.task_id = taken.task_id
-        self.seq = 0
+        self.seq = 1  # the start reply, sent when the task was started
         self.audio_sent = False
+        self.last_audio: ReplyEvent | None = None  # held back to go out with the end
 
     def _event(self, **fields: object) -> ReplyEvent:
         self.seq += 1
@@ -222,10 +223,13 @@ class _Run:
     async def finish(
         self, state: TaskState, message: str | None, *, samples: int = 0, compute: float = 0.0
     ) -> None:
+        events: list[ReplyEvent] = []
         if state == "completed":
-            event = self._event(kind="end", samples=samples, compute=compute)
+            if self.last_audio is not None:
+                events.append(self.last_audio)
+            events.append(self._event(kind="end", samples=samples, compute=compute))
         else:
-            event = self._event(kind="error", state=state, message=message)
+            events.append(self._event(kind="error", state=state, message=message))
         done = await self.worker._persist(
             lambda: self.store.call(
                 self.store.finish,
@@ -233,7 +237,7 @@ class _Run:
                 self.started.attempt,
                 self.started.gateway,
                 state,
-                event,
+                *events,
                 error=message,
                 taken=self.taken,
             )
@@ -248,7 +252,6 @@ class _Run:
 
     async def synthesize(self) -> tuple[int, float]:
         delivery = self.started.order.delivery
-        await self._progress(self._event(kind="start"))
         deadline = math.inf
         if self.worker.task_timeout > 0:
             deadline = trio.current_time() + self.worker.task_timeout
@@ -275,7 +278,7 @@ class _Run:
                 finished = segment.last
                 samples += len(segment.pcm)
                 if delivery.stream:
-                    await self._send_audio(segment.pcm)
+                    await self._send_audio(segment.pcm, last=finished)
                 else:
                     chunks.append(segment.pcm)
                     if not finished:
@@ -287,16 +290,21 @@ class _Run:
                     await self._call(math.inf, close)
         if not delivery.stream:
             whole = chunks[0] if len(chunks) == 1 else np.concatenate(chunks or [np.zeros(0, np.int16)])
-            await self._send_audio(whole)
+            await self._send_audio(whole, last=True)
         return samples, compute
 
-    async def _send_audio(self, pcm: PCM) -> None:
+    async def _send_audio(self, pcm: PCM, *, last: bool) -> None:
+        """Publish one audio reply; the last one is held back and goes out with the end."""
         audio_format = self.started.order.delivery.format
         if audio_format in ("wav", "pcm"):
             data = encode_audio(pcm, audio_format)
         else:
             data = await trio.to_thread.run_sync(encode_audio, pcm, audio_format)
-        await self._progress(self._event(kind="audio", data=data), audio=True)
+        event = self._event(kind="audio", data=data)
+        if last:
+            self.last_audio = event
+        else:
+            await self._progress(event, audio=True)
 
     async def _call(self, deadline: float, fn: Callable[..., T], *args: object) -> T:
         """``fn(*args)`` in the engine's thread; past ``deadline`` the thread is abandoned."""
