@@ -7,6 +7,7 @@ never emit the stop token, so generation is capped with `--max-mel-tokens`.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -14,12 +15,16 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+import openai
 import pytest
 import soundfile
+import trio
 
 pytest.importorskip("torch", reason="the real-engine tests need the [indextts] extra")
 pytest.importorskip("indextts", reason="the real-engine tests need the [indextts] extra")
@@ -57,10 +62,13 @@ def cli_args(tiny: TinyCheckpoint, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def engine_server(tiny: TinyCheckpoint) -> Iterator[CliServer]:
+def engine_server(tiny: TinyCheckpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
     began = time.monotonic()
+    voices = tmp_path_factory.mktemp("voices")
     server = CliServer(
-        cli_args(tiny, "--device", "cpu", "--max-mel-tokens", str(MAX_MEL_TOKENS))[2:],
+        cli_args(
+            tiny, "--device", "cpu", "--max-mel-tokens", str(MAX_MEL_TOKENS), "--voices-dir", str(voices)
+        )[2:],
         env={**os.environ, **offline_env(tiny)},
     )
     print(f"real server ready in {time.monotonic() - began:.1f} s", file=sys.stderr)
@@ -314,3 +322,54 @@ def test_seeded_requests_are_reproducible_on_two_engines_stepping_at_once(tiny: 
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"seeded": [True] * 4, "other": [True] * 2}
+
+
+def _upload(server: CliServer, name: str, source: Path, *, replace: bool = False) -> None:
+    data = {"name": name, **({"replace": "true"} if replace else {})}
+    with httpx.Client(timeout=60) as http:
+        reply = http.post(
+            f"{server.http}/v1/audio/voices",
+            data=data,
+            files={"audio_sample": (source.name, source.read_bytes())},
+        )
+    assert reply.status_code == 201, reply.text
+
+
+async def test_an_uploaded_voice_speaks_over_http_and_websocket_and_a_replacement_is_never_stale(
+    engine_server: CliServer,
+) -> None:
+    speaker, other = REPO / "asset" / "zero_shot_prompt.wav", REPO / "asset" / EMO_PROMPT.split("/")[-1]
+    await trio.to_thread.run_sync(partial(_upload, engine_server, "上传的声音", speaker))
+    client = openai.OpenAI(base_url=f"{engine_server.http}/v1", api_key="unused", max_retries=0, timeout=300)
+
+    def speak(voice: str, response_format: Any = "wav", **extra: Any) -> bytes:
+        response = client.audio.speech.create(
+            model="indextts2",
+            voice=voice,
+            input="大家好。",
+            response_format=response_format,
+            extra_body=extra,
+        )
+        return bytes(response.content)
+
+    wav = await trio.to_thread.run_sync(partial(speak, "上传的声音", seed=3))
+    pcm, rate, _ = decode_wav(wav)
+    assert rate == SAMPLE_RATE and len(pcm) > 0.1 * SAMPLE_RATE and np.abs(pcm).max() > 0
+    mp3 = await trio.to_thread.run_sync(partial(speak, "上传的声音", "mp3", seed=3))
+    assert soundfile.info(io.BytesIO(mp3)).duration > 0.1
+
+    async with connect(engine_server) as ws:
+        by_name = tts("大家好。", voice="上传的声音", seed=3)
+        del by_name["prompt_audio"]
+        _, over_ws = await ws.request(by_name)
+        _, by_path = await ws.request(tts("大家好。", seed=3))
+    # The library keeps the samples as uploaded: the same conditioning as the original file.
+    assert np.array_equal(decode_wav(over_ws)[0], pcm)
+    assert np.array_equal(decode_wav(by_path)[0], pcm)
+
+    await trio.to_thread.run_sync(partial(_upload, engine_server, "上传的声音", other, replace=True))
+    replaced = decode_wav(await trio.to_thread.run_sync(partial(speak, "上传的声音", seed=3)))[0]
+    async with connect(engine_server) as ws:
+        _, other_by_path = await ws.request(tts("大家好。", prompt_audio=EMO_PROMPT, seed=3))
+    assert not np.array_equal(replaced, pcm)  # not the cached conditioning of the old file
+    assert np.array_equal(replaced, decode_wav(other_by_path)[0])

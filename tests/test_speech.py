@@ -471,3 +471,64 @@ async def test_draining_answers_503_to_waiting_and_new_requests(start_http: Star
     assert json.loads(results["waiting"][1])["error"]["message"] == "服务器正在关闭，请稍后重连"
     assert results["running"][0] == 200
     assert len(decode_wav(results["running"][1])[0]) > 0
+
+
+class FailsAfterFirstSegment:
+    """A tone engine whose jobs break after their first segment."""
+
+    name = "tone"
+
+    def warm_up(self) -> None:
+        pass
+
+    def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
+        segments = ToneEngine().synthesize(job)
+        yield next(segments)
+        raise RuntimeError("boom")
+
+
+async def test_an_engine_failure_before_any_audio_is_a_500_naming_it(start_http: StartServer) -> None:
+    api = await start_http(FailsAfterFirstSegment())
+    code, error, headers = await in_thread(error_of, api, {"input": THREE_SEGMENTS, "max_tokens": 20})
+    assert (code, error["type"], error["message"]) == (500, "server_error", "音频生成失败: boom")
+    assert headers["x-task-id"]
+
+
+async def test_an_engine_failure_mid_stream_cuts_the_response_short(start_http: StartServer) -> None:
+    api = await start_http(FailsAfterFirstSegment())
+
+    def stream() -> bytes:
+        with httpx.Client(timeout=30) as client:
+            body = {"input": THREE_SEGMENTS, "response_format": "pcm", "stream": True, "max_tokens": 20}
+            with client.stream("POST", f"{api.http}/v1/audio/speech", json=body) as response:
+                return response.read()
+
+    with pytest.raises(httpx.RemoteProtocolError):  # never a complete response holding half the audio
+        await in_thread(stream)
+
+
+async def test_an_engine_failure_mid_sse_ends_with_an_error_event(start_http: StartServer) -> None:
+    api = await start_http(FailsAfterFirstSegment())
+
+    def stream() -> list[dict[str, Any]]:
+        with httpx.Client(timeout=30) as client:
+            body = {
+                "input": THREE_SEGMENTS,
+                "response_format": "pcm",
+                "stream_format": "sse",
+                "max_tokens": 20,
+            }
+            with client.stream("POST", f"{api.http}/v1/audio/speech", json=body) as response:
+                return [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+
+    events = await in_thread(stream)
+    assert events[0]["type"] == "speech.audio.delta"
+    assert events[-1] == {
+        "type": "error",
+        "error": {
+            "message": "音频生成失败: boom",
+            "type": "server_error",
+            "param": None,
+            "code": "synthesis_failed",
+        },
+    }

@@ -127,6 +127,8 @@ class Speech:
                 except (ApiError, MidStreamFailure) as error:
                     failure = error  # raised outside the nursery, not wrapped in an exception group
                 nursery.cancel_scope.cancel()
+            if isinstance(failure, ApiError):
+                failure.headers = (*failure.headers, ("x-task-id", queued.task_id))
             if failure is not None:
                 raise failure
 
