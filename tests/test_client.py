@@ -216,8 +216,8 @@ def test_a_refused_request_exits_1_with_the_servers_message(server: CliServer, t
 def test_usage_errors_exit_2(server: CliServer) -> None:
     both = say(server, "你好。", "--prompt", PROMPT, "--emo-text", "开心", "--emo-audio", EMO_PROMPT)
     assert both.returncode == 2 and "choose one emotion control" in both.stderr.decode()
-    neither = say(server, "你好。")
-    assert neither.returncode == 2 and "--voice NAME" in neither.stderr.decode()
+    both_voices = say(server, "你好。", "--voice", "default", "--prompt", PROMPT)
+    assert both_voices.returncode == 2 and "not allowed with argument" in both_voices.stderr.decode()
     empty = say(server, "--prompt", PROMPT, stdin="  \n")
     assert empty.returncode == 2 and "no text to speak" in empty.stderr.decode()
 
@@ -304,7 +304,11 @@ def test_voices_add_list_use_replace_and_remove(server: CliServer) -> None:
     listed = voices(server, "list")
     rows = [line.split("\t") for line in listed.stdout.decode().splitlines()]
     assert [row[0] for row in rows] == ["default", "声音_1"] and rows[1][1].endswith("s")
+    bundled = say(server, "用声音库里的声音。", "-o", "-", "-q")
+    explicit = say(server, "用声音库里的声音。", "--voice", "default", "-o", "-", "-q")
+    assert bundled.returncode == 0 and bundled.stdout == explicit.stdout
     spoken = say(server, "用声音库里的声音。", "--voice", "声音_1", "-o", "-", "-q")
+    assert spoken.stdout != bundled.stdout
     assert spoken.returncode == 0 and spoken.stdout[:4] == b"RIFF"
     moved = say(server, "用声音库里的声音。", "--voice", "声音_1", "--emo-voice", "default", "-o", "-", "-q")
     assert moved.returncode == 0 and moved.stdout != spoken.stdout

@@ -64,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("text", nargs="?", metavar="TEXT", help="the text; '-' or none reads stdin")
     s.add_argument("-f", "--text-file", metavar="PATH", help="read the text from PATH ('-': stdin)")
     voice = s.add_mutually_exclusive_group()
-    voice.add_argument("--voice", metavar="NAME", help="a voice from the server's library")
+    voice.add_argument("--voice", metavar="NAME", help="a voice from the server's library (default: default)")
     voice.add_argument("--prompt", metavar="PATH", help="a speaker audio file on the server (prompt_audio)")
     s.add_argument(
         "-o", "--output", metavar="PATH", help="where to write the audio ('-': stdout; default out.FORMAT)"

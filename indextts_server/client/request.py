@@ -11,6 +11,10 @@ EMOTIONS: Final = ("happy", "angry", "sad", "afraid", "disgusted", "melancholic"
 """The eight emotions of ``emo_vector``, in the contract's order (高兴 愤怒 悲伤 恐惧 反感 低落 惊讶 自然)."""
 
 
+DEFAULT_VOICE: Final = "default"
+"""The library's bundled voice, spoken with when neither ``--voice`` nor ``--prompt`` is given."""
+
+
 class UsageError(ValueError):
     """Options that cannot make a request; the message names the option."""
 
@@ -85,9 +89,9 @@ def build_request(options: SayOptions) -> dict[str, object]:
     """The JSON request for ``options``; every field beyond the contract's is opt-in."""
     if not options.text.strip():
         raise UsageError("no text to speak (give TEXT, --text-file, or text on stdin)")
-    if (options.voice is None) == (options.prompt is None):
+    if options.voice is not None and options.prompt is not None:
         raise UsageError(
-            "give exactly one of --voice NAME (a library voice) or --prompt PATH (audio on the server)"
+            "give --voice NAME (a library voice) or --prompt PATH (audio on the server), not both"
         )
     emotions = [
         name
@@ -103,10 +107,10 @@ def build_request(options: SayOptions) -> dict[str, object]:
         raise UsageError(f"choose one emotion control, not {' and '.join(emotions)}")
     audio_format, stream = wire_format(options)
     request: dict[str, object] = {"type": "tts_stream", "text": options.text}
-    if options.voice is not None:
-        request["voice"] = options.voice
-    else:
+    if options.prompt is not None:
         request["prompt_audio"] = options.prompt
+    else:
+        request["voice"] = options.voice or DEFAULT_VOICE
     if options.emo_voice is not None or options.emo_audio is not None:
         request["emo_mode"] = "audio"
         if options.emo_voice is not None:
