@@ -204,6 +204,24 @@ def test_cuda_without_cuda_exits_with_the_cpu_hint(tiny: TinyCheckpoint) -> None
     assert "模型加载失败: " in stderr and "--device cpu" in stderr
 
 
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="this machine has CUDA: --device auto would pick it"
+)
+def test_device_auto_without_cuda_serves_on_the_cpu_and_says_once_that_it_is_slow(
+    tiny: TinyCheckpoint,
+) -> None:
+    server = CliServer(
+        cli_args(tiny, "--device", "auto", "--max-mel-tokens", str(MAX_MEL_TOKENS))[2:],
+        env={**os.environ, **offline_env(tiny)},
+    )
+    try:
+        text = server.text
+    finally:
+        server.stop(timeout=60)
+    assert text.count("no CUDA device here, running IndexTTS2 on the CPU, which is slow") == 1
+    assert text.index("model loaded on cpu in") < text.index("listening on ws://")
+
+
 def test_download_offline_fails_with_the_same_clear_error(tiny: TinyCheckpoint, tmp_path: Path) -> None:
     model_dir = tmp_path / "IndexTTS-2"
     stderr = _load_failure(
@@ -223,13 +241,16 @@ CACHE_PROBE = r"""
 import json, shutil, sys
 import numpy as np
 from indextts_server.core.engine import SynthesisJob
+from indextts_server.core.config import EngineOptions
 from indextts_server.io.engines.indextts2 import IndexTTS2Engine
 
 model_dir, cfg_path, work = sys.argv[1:4]
 a, b = f"{work}/a.wav", f"{work}/b.wav"
 shutil.copy("asset/zero_shot_prompt.wav", a)
 shutil.copy("asset/emo_prompt.wav", b)
-engine = IndexTTS2Engine(model_dir, cfg_path, "cpu", max_mel_tokens=12, speaker_cache=4)
+engine = IndexTTS2Engine(
+    EngineOptions(model_dir=model_dir, cfg_path=cfg_path, max_mel_tokens=12, speaker_cache=4), "cpu"
+)
 
 def say(prompt):
     job = SynthesisJob(text="你好。", prompt_audio=prompt, seed=5)
@@ -276,10 +297,12 @@ TWO_ENGINES_PROBE = r"""
 import json, sys, threading
 import numpy as np
 from indextts_server.core.engine import SynthesisJob
+from indextts_server.core.config import EngineOptions
 from indextts_server.io.engines.indextts2 import IndexTTS2Engine
 
 model_dir, cfg_path = sys.argv[1:3]
-first, second = (IndexTTS2Engine(model_dir, cfg_path, "cpu", max_mel_tokens=16) for _ in range(2))
+options = EngineOptions(model_dir=model_dir, cfg_path=cfg_path, max_mel_tokens=16)
+first, second = (IndexTTS2Engine(options, "cpu") for _ in range(2))
 text = "今天天气很好。我们一起去公园散步吧。春眠不觉晓。"
 seeded = SynthesisJob(text=text, prompt_audio="asset/zero_shot_prompt.wav", max_tokens=20, seed=7)
 other = SynthesisJob(text=text, prompt_audio="asset/emo_prompt.wav", max_tokens=20, seed=8)

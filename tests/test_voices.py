@@ -174,7 +174,7 @@ async def test_a_bad_upload_is_refused_naming_the_limit_and_leaves_nothing(
 
 
 async def test_an_upload_over_the_size_limit_is_413_and_leaves_nothing(start_http: StartServer) -> None:
-    from indextts_server.core.voices import VoiceLimits
+    from indextts_server.core.config import VoiceLimits
 
     api = await start_http(voice_limits=VoiceLimits(max_bytes=50_000))
     reply = await upload(api.http, "big", sample(2.0))  # ~88 kB of WAV
@@ -185,7 +185,7 @@ async def test_an_upload_over_the_size_limit_is_413_and_leaves_nothing(start_htt
 
 
 async def test_the_count_limit_refuses_a_new_voice_but_not_a_replacement(start_http: StartServer) -> None:
-    from indextts_server.core.voices import VoiceLimits
+    from indextts_server.core.config import VoiceLimits
 
     api = await start_http(voice_limits=VoiceLimits(max_count=1))
     assert (await upload(api.http, "one", sample())).status_code == 201
@@ -217,7 +217,7 @@ def test_names_are_letters_of_any_script_digits_underscore_and_dash() -> None:
 
 
 async def test_a_leftover_of_an_interrupted_upload_is_removed_at_start(tmp_path: Path) -> None:
-    from indextts_server.core.voices import VoiceLimits
+    from indextts_server.core.config import VoiceLimits
     from indextts_server.io.audio.voices import VoiceLibrary
 
     (tmp_path / ".tmp-123.wav").write_bytes(b"half a voice")
@@ -311,10 +311,10 @@ def test_a_voice_survives_a_restart_and_is_usable_by_name(tmp_path: Path) -> Non
 
 
 def test_every_limit_is_a_flag_with_its_default() -> None:
-    from indextts_server.core.voices import VoiceLimits
-    from indextts_server.io.operations.cli import config_from, parser
+    from indextts_server.core.config import VoiceLimits
+    from indextts_server.io.operations.flags import parse
 
-    defaults = config_from(parser().parse_args([]))
+    defaults = parse([], "indextts-server", "").server
     assert (defaults.voices_dir, defaults.voice_limits) == ("voices", VoiceLimits())
     assert VoiceLimits() == VoiceLimits(
         max_bytes=10 * 1024 * 1024, min_seconds=1.0, max_seconds=30.0, max_count=1000, max_name_chars=64
@@ -323,7 +323,7 @@ def test_every_limit_is_a_flag_with_its_default() -> None:
         "--voices-dir", "/srv/voices", "--voice-max-bytes", "5000", "--voice-min-seconds", "2",
         "--voice-max-seconds", "9", "--voice-max-count", "3", "--voice-name-max-chars", "10",
     ]  # fmt: skip
-    config = config_from(parser().parse_args(args))
+    config = parse(args, "indextts-server", "").server
     assert config.voices_dir == "/srv/voices"
     assert config.voice_limits == VoiceLimits(
         max_bytes=5000, min_seconds=2.0, max_seconds=9.0, max_count=3, max_name_chars=10

@@ -5,26 +5,14 @@ from __future__ import annotations
 import unicodedata
 from typing import Final
 
-import msgspec
-
 from . import texts
+from .config import VoiceLimits
 
 DEFAULT_VOICE: Final = "default"
 """The bundled voice every client may name (``--default-voice``), unless the library has its own."""
 
 NAME_MAX_BYTES: Final = 200
 """A name becomes a file name: its UTF-8 form must fit the file system's 255-byte limit."""
-
-
-class VoiceLimits(msgspec.Struct, frozen=True, kw_only=True):
-    """What an upload may be; each one is a command-line flag."""
-
-    max_bytes: int = 10 * 1024 * 1024
-    min_seconds: float = 1.0
-    max_seconds: float = 30.0
-    max_count: int = 1000
-    max_name_chars: int = 64
-    max_ref_text_chars: int = 2000
 
 
 class VoiceError(Exception):

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ...core.config import EngineOptions
 from ...core.engine import SynthesisJob
 
 REPO = Path(__file__).resolve().parents[3]
@@ -55,10 +56,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from ...io.engines.indextts2 import IndexTTS2Engine
 
-    engines = [
-        IndexTTS2Engine(args.model_dir, args.cfg_path, "cpu", max_mel_tokens=args.max_mel_tokens)
-        for _ in range(2)
-    ]
+    options = EngineOptions(
+        model_dir=args.model_dir, cfg_path=args.cfg_path, max_mel_tokens=args.max_mel_tokens
+    )
+    engines = [IndexTTS2Engine(options, "cpu") for _ in range(2)]
 
     def job(seed: int | None) -> SynthesisJob:
         return SynthesisJob(text=TEXT, prompt_audio=PROMPT, max_tokens=20, seed=seed)

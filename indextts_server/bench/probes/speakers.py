@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ...core.config import EngineOptions
 from ...core.engine import SynthesisJob
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,13 +61,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         for source, target in zip(VOICES, (a, b), strict=True):
             shutil.copy(source, target)
         for label, size in (("cache", args.speaker_cache), ("one_entry", 1)):
-            engine = IndexTTS2Engine(
-                args.model_dir,
-                args.cfg_path,
-                args.device,
+            options = EngineOptions(
+                model_dir=args.model_dir,
+                cfg_path=args.cfg_path,
                 max_mel_tokens=args.max_mel_tokens,
                 speaker_cache=size,
             )
+            engine = IndexTTS2Engine(options, args.device)
             run(engine, [a, b], 2)  # warm both voices and the code paths
             repeat = run(engine, [a], args.rounds)
             alternate = run(engine, [a, b], args.rounds)

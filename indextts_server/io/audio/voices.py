@@ -24,12 +24,12 @@ import msgspec
 import numpy as np
 import soundfile
 
+from ...core.config import VoiceLimits
 from ...core.engine import PCM, SAMPLE_RATE
 from ...core.tasks import iso
 from ...core.voices import (
     DEFAULT_VOICE,
     VoiceError,
-    VoiceLimits,
     builtin_voice,
     check_voice_name,
     library_full,

@@ -20,6 +20,7 @@ from typing import Final, NamedTuple, Protocol, TypeVar, cast
 import numpy as np
 import torch
 
+from ...core.config import EngineOptions
 from ...core.engine import PCM, SAMPLE_RATE, Segment, SynthesisJob
 
 __all__ = ["EMO_BIAS", "EngineLoadError", "IndexTTS2Engine", "SynthesisError", "normalize_emo_vector"]
@@ -221,21 +222,14 @@ class IndexTTS2Engine:
 
     def __init__(
         self,
-        model_dir: str | os.PathLike[str],
-        cfg_path: str | os.PathLike[str] | None = None,
+        options: EngineOptions,
         device: str = "cpu",
         *,
-        fp16: bool = False,
-        cuda_kernel: bool = False,
-        deepspeed: bool = False,
-        accel: bool = False,
-        torch_compile: bool = False,
-        max_mel_tokens: int = 1500,
         warmup_prompt: str | os.PathLike[str] | None = None,
-        speaker_cache: int = 8,
     ) -> None:
-        model_path = Path(model_dir)
-        config_path = Path(cfg_path) if cfg_path is not None else model_path / "config.yaml"
+        model_path = Path(options.model_dir)
+        config_path = Path(options.cfg_path)
+        max_mel_tokens, speaker_cache = options.max_mel_tokens, options.speaker_cache
         if not model_path.is_dir():
             raise EngineLoadError(f"model directory not found: {model_path}")
         if not config_path.is_file():
@@ -265,11 +259,11 @@ class IndexTTS2Engine:
             "device": self.device,
         }
         for option, value in (
-            ("use_fp16", fp16),
-            ("use_cuda_kernel", cuda_kernel),
-            ("use_deepspeed", deepspeed),
-            ("use_accel", accel),
-            ("use_torch_compile", torch_compile),
+            ("use_fp16", options.fp16),
+            ("use_cuda_kernel", options.cuda_kernel),
+            ("use_deepspeed", options.deepspeed),
+            ("use_accel", options.accel),
+            ("use_torch_compile", options.torch_compile),
         ):
             if option in params:
                 kwargs[option] = value

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+from ...core.config import EngineOptions
 from ...core.engine import Engine
 
 log = logging.getLogger("indextts_server")
@@ -31,7 +32,11 @@ def download_hint(model_dir: str) -> str:
     )
 
 
-CPU_HINT: Final = "本机没有可用的 CUDA：可改用 --device cpu"
+CPU_HINT: Final = "本机没有可用的 CUDA：可改用 --device cpu（或 --device auto）"
+CPU_IS_SLOW: Final = (
+    "--device auto: no CUDA device here, running IndexTTS2 on the CPU, which is slow "
+    "(many seconds per second of speech); use a CUDA GPU to serve in real time"
+)
 INSTALL_HINT: Final = 'indextts2 引擎需要安装可选依赖: pip install -e ".[indextts]"'
 
 
@@ -44,14 +49,18 @@ def warmup_prompt() -> str | None:
 
 
 def download_model(model_dir: str) -> None:
-    """Fetch the checkpoint with huggingface_hub (progress bars on stderr) when it is missing."""
+    """Fetch the checkpoint with huggingface_hub when it is missing.
+
+    Its progress bars go to stderr when that is a terminal (huggingface_hub's own choice; our
+    logging leaves them on, see ``tests/test_config.py``).
+    """
     if Path(model_dir, "config.yaml").is_file():
         return
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:
         raise LoadFailed(f"--download needs huggingface_hub: {exc}", INSTALL_HINT) from None
-    log.info("downloading %s into %s", HUB_REPO, model_dir)
+    log.info("downloading %s into %s (several GB, once)", HUB_REPO, model_dir)
     try:
         snapshot_download(repo_id=HUB_REPO, local_dir=model_dir)
     except Exception as exc:
@@ -60,51 +69,51 @@ def download_model(model_dir: str) -> None:
         ) from None
 
 
+def resolve_device(device: str, cuda_present: bool) -> str:
+    """``auto`` is ``cuda`` when a CUDA device is present, else ``cpu``; any other device stays as given.
+
+    ``cuda`` keeps meaning CUDA (the contract's default): without it the start fails clearly rather
+    than running many times slower on the CPU unannounced.
+    """
+    if device != "auto":
+        return device
+    return "cuda" if cuda_present else "cpu"
+
+
+def cuda_present() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def load_engines(
-    *,
-    model_dir: str,
-    cfg_path: str,
-    devices: Sequence[str],
-    download: bool = False,
-    max_mel_tokens: int = 1500,
-    speaker_cache: int = 8,
-    fp16: bool = False,
-    cuda_kernel: bool = False,
-    deepspeed: bool = False,
-    accel: bool = False,
-    torch_compile: bool = False,
-    progress: Callable[[str], None] = lambda _status: None,
+    options: EngineOptions, progress: Callable[[str], None] = lambda _status: None
 ) -> list[Engine]:
     """One IndexTTS2 per device, each loaded and warmed up once; `LoadFailed` on any problem."""
-    if download:
+    if options.download:
         progress(f"downloading {HUB_REPO}")
-        download_model(model_dir)
+        download_model(options.model_dir)
     try:
         from .indextts2 import EngineLoadError, IndexTTS2Engine
     except ImportError as exc:
         raise LoadFailed(f"the indextts package is not installed ({exc})", INSTALL_HINT) from None
+    model_dir, cfg_path = options.model_dir, options.cfg_path
     if not Path(model_dir).is_dir():
         raise LoadFailed(f"模型目录不存在: {model_dir}", download_hint(model_dir))
     if not Path(cfg_path).is_file():
         raise LoadFailed(f"配置文件不存在: {cfg_path}", download_hint(model_dir))
+    devices = options.devices
+    if "auto" in devices:
+        present = cuda_present()
+        devices = tuple(resolve_device(device, present) for device in devices)
+        if not present:
+            log.warning(CPU_IS_SLOW)
     engines: list[Engine] = []
     for device in devices:
         progress(f"loading IndexTTS2 on {device}")
         began = time.monotonic()
         try:
-            engine = IndexTTS2Engine(
-                model_dir,
-                cfg_path,
-                device,
-                fp16=fp16,
-                cuda_kernel=cuda_kernel,
-                deepspeed=deepspeed,
-                accel=accel,
-                torch_compile=torch_compile,
-                max_mel_tokens=max_mel_tokens,
-                warmup_prompt=warmup_prompt(),
-                speaker_cache=speaker_cache,
-            )
+            engine = IndexTTS2Engine(options, device, warmup_prompt=warmup_prompt())
         except EngineLoadError as exc:
             reason = str(exc)
             hint = CPU_HINT if "cuda" in reason.lower() else download_hint(model_dir)

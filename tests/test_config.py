@@ -1,0 +1,124 @@
+"""Settings and the command line: each default written once (in the structs), each flag documented."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+
+from indextts_server.core.config import EngineOptions, OpsOptions, ServerConfig, Settings, VoiceLimits
+from indextts_server.io.engines.loading import resolve_device
+from indextts_server.io.operations.cli import DESCRIPTION
+from indextts_server.io.operations.flags import options, parse, parser
+
+from .conftest import REPO
+
+
+def settings(*argv: str) -> Settings:
+    return parse(list(argv), "indextts-server", DESCRIPTION)
+
+
+def test_no_flags_means_every_structs_defaults() -> None:
+    assert settings() == Settings(server=ServerConfig(), engine=EngineOptions(), ops=OpsOptions())
+
+
+def test_the_contracts_flags_keep_the_contracts_defaults() -> None:
+    default = settings()
+    assert (default.engine.model_dir, default.engine.cfg_path, default.engine.devices) == (
+        "models/IndexTTS-2",
+        "models/IndexTTS-2/config.yaml",
+        ("cuda",),
+    )
+    assert (default.server.host, default.server.port) == ("0.0.0.0", 8770)
+
+
+def test_each_flag_sets_its_field() -> None:
+    given = settings(
+        "--port", "0", "--max-queue", "7", "--task-timeout", "1.5", "--engine", "tone",
+        "--device", "cuda:0, cuda:1", "--fp16", "--voice-max-bytes", "1000", "--log-level", "DEBUG",
+        "--audio-root", "a", "--audio-root", "b", "--allow-origin", "https://x.example",
+    )  # fmt: skip
+    assert given.server.port == 0 and given.server.max_queue == 7 and given.server.task_timeout == 1.5
+    assert given.server.audio_roots == ("a", "b")
+    assert given.server.allowed_origins == ("https://x.example",)
+    assert given.server.voice_limits == VoiceLimits(max_bytes=1000)
+    assert given.engine == EngineOptions(kind="tone", devices=("cuda:0", "cuda:1"), fp16=True)
+    assert given.ops.log_level == "DEBUG"
+
+
+def test_off_and_empty_mean_none_for_optional_settings() -> None:
+    given = settings("--http-port", "off", "--default-voice", "", "--metrics-port", "0")
+    assert (given.ops.http_port, given.server.default_voice, given.ops.metrics_port) == (None, None, 0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["--max-queue", "0"], "argument --max-queue: Expected `int` >= 1"),
+        (["--port", "65536"], "argument --port: Expected `int` <= 65535"),
+        (["--task-ttl", "-1"], "argument --task-ttl: Expected `float` >= 0"),
+        (["--workers", "two"], "argument --workers: Expected `int`"),
+        (["--engine", "espeak"], "argument --engine: invalid choice: 'espeak'"),
+        (["--device", ","], "argument --device: needs at least one value"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_the_flag_and_the_bound(
+    argv: list[str], complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        settings(*argv)
+    assert exit_.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_the_auth_token_comes_from_the_environment_and_never_shows_in_help(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("INDEXTTS_SERVER_AUTH_TOKEN", "s3cret-token")
+    assert settings().server.auth_token == "s3cret-token"
+    assert settings("--auth-token", "other").server.auth_token == "other"
+    assert "s3cret-token" not in parser("indextts-server", DESCRIPTION).format_help()
+    monkeypatch.setenv("INDEXTTS_SERVER_AUTH_TOKEN", "")
+    assert settings().server.auth_token is None
+
+
+def test_help_shows_each_default_once_and_names_the_contract() -> None:
+    text = parser("indextts-server", DESCRIPTION).format_help()
+    assert "the contract's flags" in text and "seed" not in text
+    assert "(default: 1500)" in text  # --max-mel-tokens, from EngineOptions
+    assert "(default: None)" not in text
+
+
+def test_every_flag_is_in_the_readmes_command_line_table() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"`(--[a-z0-9-]+)", readme))
+    missing = [option.name for option in options() if option.name not in documented]
+    assert not missing, f"README.md does not document {missing}"
+
+
+def test_device_auto_is_cuda_when_present_else_cpu_and_cuda_stays_cuda() -> None:
+    assert resolve_device("auto", cuda_present=True) == "cuda"
+    assert resolve_device("auto", cuda_present=False) == "cpu"
+    assert resolve_device("cuda", cuda_present=False) == "cuda"  # fails to load, with the CPU hint
+    assert resolve_device("cuda:1", cuda_present=True) == "cuda:1"
+
+
+def test_our_logging_leaves_the_download_progress_bars_on() -> None:
+    from huggingface_hub.utils.tqdm import are_progress_bars_disabled, is_tqdm_disabled
+
+    from indextts_server.io.operations.logs import setup_logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        setup_logging("WARNING")
+        assert not are_progress_bars_disabled()
+        # None: huggingface_hub draws its bars when stderr is a terminal.
+        assert is_tqdm_disabled(logging.getLogger("huggingface_hub").getEffectiveLevel()) is None
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(level)
