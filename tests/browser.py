@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import shutil
+import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -106,3 +108,61 @@ class Page:
         )
         assert isinstance(encoded, str) and not encoded.startswith("error: "), encoded
         return base64.b64decode(encoded)
+
+
+class PathProxy:
+    """A reverse proxy on one loopback port, as a site would put in front of the server.
+
+    Each connection goes, whole, to ``routes[prefix]`` for the longest prefix its first request's
+    path starts with: enough for a page on ``/`` and the WebSocket on ``/ws`` under one origin.
+    The bytes are passed through unchanged (WebSocket upgrades included).
+    """
+
+    def __init__(self, routes: dict[str, int]):
+        self.routes = sorted(routes.items(), key=lambda item: -len(item[0]))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.paths: list[str] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        head = b""
+        with client:
+            while b"\r\n\r\n" not in head:
+                chunk = client.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            path = head.split(b" ", 2)[1].decode("latin-1")
+            self.paths.append(path)
+            port = next(port for prefix, port in self.routes if path.startswith(prefix))
+            with socket.create_connection(("127.0.0.1", port)) as upstream:
+                upstream.sendall(head)
+                back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
+                back.start()
+                _pipe(client, upstream)
+                back.join()
+
+
+def _pipe(source: socket.socket, target: socket.socket) -> None:
+    try:
+        while chunk := source.recv(65536):
+            target.sendall(chunk)
+    except OSError:
+        pass
+    finally:
+        try:
+            target.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass

@@ -14,7 +14,7 @@ import pytest
 import soundfile
 from selenium import webdriver
 
-from .browser import Page, start_chromium
+from .browser import Page, PathProxy, start_chromium
 from .conftest import PROMPT, REPO, CliServer
 
 TWO_SEGMENTS = "今天天气很好，我们一起去散步吧。明天下午我们再去公园看看花。"
@@ -286,3 +286,25 @@ def test_the_websocket_url_follows_the_pages_host(browser: webdriver.Chrome, ser
     _speak(page, "你好。")
     assert page.wait_phase("done", "error")["phase"] == "done"
     assert page.severe_console() == []
+
+
+def test_behind_a_reverse_proxy_with_the_websocket_on_a_path(
+    browser: webdriver.Chrome, server: CliServer
+) -> None:
+    proxy = PathProxy({"/ws": server.port, "/": server.http_port})
+    try:
+        origin = f"http://127.0.0.1:{proxy.port}"
+        page = Page(browser, f"{origin}/")
+        page.open(f"?ws=ws://127.0.0.1:{proxy.port}/ws")
+        assert [voice["name"] for voice in page.state["voices"]][:1] == ["default"]
+        _speak(page, TWO_SEGMENTS)
+        state = page.wait_phase("done", "error")
+        assert state["phase"] == "done", state
+        assert state["segmentsReceived"] == 2
+        assert proxy.paths[0].startswith("/?ws=") and "/ws" in proxy.paths  # first request per connection
+        assert page.severe_console() == []
+        # The override is remembered: the next visit needs no ?ws=.
+        page.open()
+        assert page.element("ws-url").get_attribute("value") == f"ws://127.0.0.1:{proxy.port}/ws"
+    finally:
+        proxy.close()

@@ -77,7 +77,8 @@ function webSocketUrl() {
 
 function restoreSettings() {
   const query = new URLSearchParams(window.location.search);
-  $("ws-url").value = query.get("ws") ?? localStorage.getItem("indextts.wsUrl") ?? "";
+  if (query.has("ws")) localStorage.setItem("indextts.wsUrl", query.get("ws").trim());
+  $("ws-url").value = localStorage.getItem("indextts.wsUrl") ?? "";
   $("token").value = localStorage.getItem("indextts.token") ?? "";
   for (const [id, key] of [["ws-url", "indextts.wsUrl"], ["token", "indextts.token"]]) {
     $(id).addEventListener("change", () => {
