@@ -21,7 +21,7 @@ import soundfile
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from indextts_server.bench.drive.corpus import seed_request
+from indextts_server.bench.drive.corpus import contract_request
 from indextts_server.core.config import ServerConfig
 from indextts_server.core.engine import PCM, Engine, Segment, SynthesisJob
 from indextts_server.io.engines.tone import ToneEngine
@@ -42,13 +42,13 @@ Json = dict[str, Any]
 
 @pytest.fixture(autouse=True)
 def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The seed's examples name audio relative to the server's working directory.
+    # The contract's examples name audio relative to the server's working directory.
     monkeypatch.chdir(REPO)
 
 
 def tts(text: Any = "大家好，我现在正在体验 AI 科技！", **fields: Any) -> Json:
-    """The seed's own example request, with ``fields`` changed."""
-    return seed_request(text, **fields)
+    """The contract's own example request, with ``fields`` changed."""
+    return contract_request(text, **fields)
 
 
 class Client:
@@ -83,7 +83,7 @@ class Client:
         return message
 
     async def request(self, payload: Json) -> tuple[str, bytes]:
-        """Send one request and read the seed's four replies; return the task id and the WAV."""
+        """Send one request and read the contract's four replies; return the task id and the WAV."""
         await self.send(payload)
         queued = await self.recv_json()
         assert queued["type"] == "queued", queued

@@ -29,7 +29,7 @@ async def read_task(client: Client) -> tuple[dict[str, Any], dict[str, Any], lis
             return queued, start, chunks, message
 
 
-async def test_seed_request_sees_exactly_the_seed_fields(client: Client) -> None:
+async def test_contract_request_sees_exactly_the_contract_fields(client: Client) -> None:
     await client.send(tts(seed=3, use_random=True))
     queued, start, chunks, end = await read_task(client)
     assert set(queued) == set(start) == set(end) == {"type", "task_id", "session_id", "message"}

@@ -1,4 +1,4 @@
-"""The seed's protocol, message by message, as a client sees it (tone engine)."""
+"""The contract's protocol, message by message, as a client sees it (tone engine)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from indextts_server.core.engine import SAMPLE_RATE
 from .conftest import EMO_PROMPT, ISO_RE, UUID_RE, Client, Running, decode_wav, tts
 
 
-async def test_welcome_has_the_seed_fields(client: Client) -> None:
+async def test_welcome_has_the_contract_fields(client: Client) -> None:
     assert client.welcome == {
         "status": "success",
         "session_id": client.session_id,

@@ -12,7 +12,7 @@ from .conftest import Client, Running, tts
 VECTOR_ERROR = "emo_vector 必须是由 8 个 0.0 到 1.0 之间的数字组成的数组"
 
 CASES: list[tuple[str, Any, str]] = [
-    # The seed's own texts.
+    # The contract's own texts.
     ("text missing", {"type": "tts_stream", "prompt_audio": "asset/zero_shot_prompt.wav"}, "缺少有效的 text"),
     ("text empty", tts(""), "缺少有效的 text"),
     ("text blank", tts("   \n"), "缺少有效的 text"),

@@ -12,7 +12,7 @@ import numpy.typing as npt
 EmoMode = Literal["none", "audio", "vector", "text"]
 
 SAMPLE_RATE = 22050
-"""Every engine renders mono 16-bit PCM at this rate (the seed's WAV format)."""
+"""Every engine renders mono 16-bit PCM at this rate (the contract's WAV format)."""
 
 PCM = npt.NDArray[np.int16]
 

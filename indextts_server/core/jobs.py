@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Mapping, Sequence
+from typing import Final, Protocol
 
-from .engine import SynthesisJob
+from .engine import EmoMode, SynthesisJob
 from .protocol import TtsStream
 from .tasks import CONTRACT_DELIVERY, Delivery
 
@@ -35,29 +35,67 @@ def audio_fields(request: TtsStream) -> dict[str, str]:
     return fields
 
 
+class Tuning(Protocol):
+    """The optional fields a request shares with every other way to ask for speech."""
+
+    @property
+    def emo_alpha(self) -> float | None: ...
+    @property
+    def emo_vector(self) -> Sequence[float] | None: ...
+    @property
+    def interval_silence(self) -> int | None: ...
+    @property
+    def max_tokens(self) -> int | None: ...
+    @property
+    def use_random(self) -> bool | None: ...
+    @property
+    def seed(self) -> int | None: ...
+    @property
+    def quick_first(self) -> int | None: ...
+
+
+def job(
+    tuning: Tuning,
+    *,
+    text: str,
+    prompt_audio: str,
+    emo_mode: EmoMode,
+    emo_audio: str | None,
+    emo_text: str | None,
+) -> SynthesisJob:
+    """A job with `SynthesisJob`'s defaults for what ``tuning`` leaves out (``None``), and the
+    fields of every ``emo_mode`` but ``emo_mode`` dropped."""
+    return SynthesisJob(
+        text=text,
+        prompt_audio=prompt_audio,
+        emo_mode=emo_mode,
+        emo_audio=emo_audio if emo_mode == "audio" else None,
+        emo_alpha=_DEFAULT.emo_alpha if tuning.emo_alpha is None else tuning.emo_alpha,
+        emo_vector=tuple(tuning.emo_vector) if emo_mode == "vector" and tuning.emo_vector else None,
+        emo_text=emo_text if emo_mode == "text" else None,
+        interval_silence=_DEFAULT.interval_silence
+        if tuning.interval_silence is None
+        else tuning.interval_silence,
+        max_tokens=_DEFAULT.max_tokens if tuning.max_tokens is None else tuning.max_tokens,
+        use_random=_DEFAULT.use_random if tuning.use_random is None else tuning.use_random,
+        seed=tuning.seed,
+        quick_first=_DEFAULT.quick_first if tuning.quick_first is None else tuning.quick_first,
+    )
+
+
 def job_from(request: TtsStream, resolved: Mapping[str, str]) -> SynthesisJob:
-    """The engine's view of ``request``: defaults applied, other modes' fields dropped.
+    """The engine's view of a ``tts_stream`` request (see `job`).
 
     ``resolved`` maps each of `audio_fields` to the file the engine opens (checked and made
     absolute by the caller, which does the I/O).
     """
-    mode = request.emo_mode or _DEFAULT.emo_mode
-    emo_audio = resolved.get("emo_voice") or resolved.get("emo_audio")
-    return SynthesisJob(
+    return job(
+        request,
         text=request.text,
         prompt_audio=resolved.get("voice") or resolved["prompt_audio"],
-        emo_mode=mode,
-        emo_audio=emo_audio if mode == "audio" else None,
-        emo_alpha=_DEFAULT.emo_alpha if request.emo_alpha is None else request.emo_alpha,
-        emo_vector=tuple(request.emo_vector) if mode == "vector" and request.emo_vector else None,
-        emo_text=request.emo_text if mode == "text" else None,
-        interval_silence=_DEFAULT.interval_silence
-        if request.interval_silence is None
-        else request.interval_silence,
-        max_tokens=_DEFAULT.max_tokens if request.max_tokens is None else request.max_tokens,
-        use_random=_DEFAULT.use_random if request.use_random is None else request.use_random,
-        seed=request.seed,
-        quick_first=_DEFAULT.quick_first if request.quick_first is None else request.quick_first,
+        emo_mode=request.emo_mode or _DEFAULT.emo_mode,
+        emo_audio=resolved.get("emo_voice") or resolved.get("emo_audio"),
+        emo_text=request.emo_text,
     )
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Final, Literal
 
 import msgspec
 
 from . import texts
 from .engine import INTERVAL_SILENCE_MAX, MAX_TOKENS_MAX, MAX_TOKENS_MIN, SEED_MAX, EmoMode, SynthesisJob
+from .jobs import job
 from .protocol import EmoVector, UnitFloat
 from .voices import DEFAULT_VOICE
 
@@ -195,23 +197,27 @@ def emo_mode(request: SpeechRequest) -> EmoMode:
     return mode
 
 
-def speech_job(request: SpeechRequest, prompt_audio: str, emo_audio: str | None) -> SynthesisJob:
-    """The engine's job, given the resolved files of the voice and (in ``audio`` mode) the emotion."""
-    mode = emo_mode(request)
+def speech_audio_fields(request: SpeechRequest) -> dict[str, str]:
+    """The audio the request names, by field, as `core.jobs.audio_fields` gives it for the WebSocket."""
+    fields = {"voice": request.voice_name}
+    if emo_mode(request) == "audio":
+        if request.emo_voice is not None:
+            fields["emo_voice"] = request.emo_voice
+        elif request.emo_audio is not None:
+            fields["emo_audio"] = request.emo_audio
+    return fields
+
+
+def speech_job(request: SpeechRequest, resolved: Mapping[str, str]) -> SynthesisJob:
+    """The engine's job, given the files of `speech_audio_fields` (see `core.jobs.job`)."""
     text = request.emo_text if request.emo_text is not None else request.instructions
-    return SynthesisJob(
+    return job(
+        request,
         text=request.input,
-        prompt_audio=prompt_audio,
-        emo_mode=mode,
-        emo_audio=emo_audio if mode == "audio" else None,
-        emo_alpha=1.0 if request.emo_alpha is None else request.emo_alpha,
-        emo_vector=tuple(request.emo_vector) if mode == "vector" and request.emo_vector else None,
-        emo_text=text if mode == "text" else None,
-        interval_silence=200 if request.interval_silence is None else request.interval_silence,
-        max_tokens=120 if request.max_tokens is None else request.max_tokens,
-        use_random=bool(request.use_random),
-        seed=request.seed,
-        quick_first=request.quick_first or 0,
+        prompt_audio=resolved["voice"],
+        emo_mode=emo_mode(request),
+        emo_audio=resolved.get("emo_voice") or resolved.get("emo_audio"),
+        emo_text=text,
     )
 
 

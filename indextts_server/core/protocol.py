@@ -1,4 +1,4 @@
-"""The seed's WebSocket messages as msgspec Structs: requests in, replies out, field for field."""
+"""The contract's WebSocket messages as msgspec Structs: requests in, replies out, field for field."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class TtsStream(msgspec.Struct, tag_field="type", tag="tts_stream", kw_only=True
     """``{"type": "tts_stream", ...}``: synthesise ``text`` in the voice of ``prompt_audio``.
 
     ``None`` for an optional field means its default, so clients that send explicit nulls work.
-    Cross-field rules live in ``__post_init__`` and raise the seed's own texts.
+    Cross-field rules live in ``__post_init__`` and raise the contract's own texts.
     """
 
     text: str
@@ -39,7 +39,7 @@ class TtsStream(msgspec.Struct, tag_field="type", tag="tts_stream", kw_only=True
     use_random: bool | None = None
     # Extensions (opt-in). ``seed`` fixes sampling and changes nothing else. A request that sets
     # any of the others is "extended": its replies also carry the queue position, the format and
-    # the timing. A request without them sees exactly the seed's replies.
+    # the timing. A request without them sees exactly the contract's replies.
     seed: Annotated[int, msgspec.Meta(ge=0, le=SEED_MAX)] | None = None
     stream: bool | None = None
     format: AudioFormat | None = None

@@ -27,7 +27,7 @@ class InvalidTransition(Exception):
 
 
 def iso(moment: datetime) -> str:
-    """The seed's timestamp format: ISO 8601, always with microseconds."""
+    """The contract's timestamp format: ISO 8601, always with microseconds."""
     return moment.isoformat(timespec="microseconds")
 
 

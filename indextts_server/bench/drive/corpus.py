@@ -60,11 +60,11 @@ def parse_field(spec: str) -> tuple[str, object]:
 
 
 def request_frames(texts: Iterable[str], fields: Mapping[str, object]) -> list[str]:
-    """The seed's example request for each text, with ``fields`` laid over it, as JSON frames."""
-    return [json.dumps(seed_request(text, **fields), ensure_ascii=False) for text in texts]
+    """The contract's example request for each text, with ``fields`` laid over it, as JSON frames."""
+    return [json.dumps(contract_request(text, **fields), ensure_ascii=False) for text in texts]
 
 
-def seed_request(text: object, **fields: object) -> Json:
+def contract_request(text: object, **fields: object) -> Json:
     """The contract's own example ``tts_stream`` request for ``text``, with ``fields`` laid over it."""
     request: Json = {
         "type": "tts_stream",

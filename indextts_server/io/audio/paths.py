@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import soundfile
-import trio
 
 from ...core import texts
 
@@ -54,31 +52,6 @@ class AudioPaths:
         self.roots = tuple(roots)
         self.ttl = ttl
         self._checked: dict[tuple[str, str], tuple[str, float]] = {}
-
-    async def resolve(self, fields: Mapping[str, str]) -> dict[str, str]:
-        """Each field's path, checked and resolved; `AudioPathError` for the first bad one.
-
-        Paths checked lately are answered at once; otherwise the checks run in a worker thread.
-        """
-        now = time.monotonic()
-        resolved = self.recall_all(fields, now)
-        if resolved is None:
-            resolved = await trio.to_thread.run_sync(self.check_all, fields, now)
-        return resolved
-
-    def recall_all(self, fields: Mapping[str, str], now: float) -> dict[str, str] | None:
-        """Every field's resolved path if each was checked lately, else ``None`` (no I/O)."""
-        resolved: dict[str, str] = {}
-        for field, value in fields.items():
-            path = self.recall(value, now)
-            if path is None:
-                return None
-            resolved[field] = path
-        return resolved
-
-    def check_all(self, fields: Mapping[str, str], now: float) -> dict[str, str]:
-        """Blocking (call from a worker thread): check every field's path, in order."""
-        return {field: self.check(field, value, now) for field, value in fields.items()}
 
     def recall(self, value: str, now: float) -> str | None:
         """The resolved path if ``value`` was checked recently (no I/O)."""

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import base64
 import logging
-import time
 import uuid
-from typing import Final, overload
+from typing import Final
 
 import msgspec
 import numpy as np
@@ -14,8 +13,15 @@ import trio
 from hypercorn.typing import ASGISendCallable
 
 from ...core import texts
-from ...core.engine import PCM, SynthesisJob
-from ...core.openai import ApiError, SpeechRequest, decode_speech, emo_mode, error_body, speech_job
+from ...core.engine import PCM
+from ...core.openai import (
+    ApiError,
+    SpeechRequest,
+    decode_speech,
+    error_body,
+    speech_audio_fields,
+    speech_job,
+)
 from ...core.protocol import End, Error, Queued, Reply
 from ...core.tasks import Delivery
 from ...core.texts import SHUTTING_DOWN
@@ -107,9 +113,13 @@ class Speech:
         speech = decode_speech(raw, max_text_chars=config.max_text_chars)
         if self.server.draining:
             raise ApiError(503, SHUTTING_DOWN, code="shutting_down")
-        job = self._job(speech, recall=True)
-        if job is None:
-            job = await trio.to_thread.run_sync(self._job, speech)
+        try:
+            resolved = await self.server.sources.resolve(speech_audio_fields(speech))
+        except VoiceError as error:
+            raise ApiError(error.status, str(error), param=error.param, code=error.code) from None
+        except AudioPathError as error:
+            raise ApiError(400, str(error), param="emo_audio", code="invalid_audio") from None
+        job = speech_job(speech, resolved)
         session = HttpSession()
         async with self.server.hosting(session):
             refusal = await self.server.scheduler.submit(session, job, PCM_DELIVERY)
@@ -131,41 +141,6 @@ class Speech:
                 failure.headers = (*failure.headers, ("x-task-id", queued.task_id))
             if failure is not None:
                 raise failure
-
-    @overload
-    def _job(self, speech: SpeechRequest) -> SynthesisJob: ...
-    @overload
-    def _job(self, speech: SpeechRequest, *, recall: bool) -> SynthesisJob | None: ...
-
-    def _job(self, speech: SpeechRequest, *, recall: bool = False) -> SynthesisJob | None:
-        """The engine's job, its voices looked up; with ``recall``, only from memory (``None`` if
-        one was not found lately), else on disk (blocking: call it from a worker thread)."""
-        voices, paths, now = self.server.voices, self.server.paths, time.monotonic()
-        try:
-            prompt = (
-                voices.recall(speech.voice_name) if recall else voices.resolve("voice", speech.voice_name)
-            )
-            emo_audio = None
-            if emo_mode(speech) == "audio":
-                if speech.emo_voice is not None:
-                    emo_audio = (
-                        voices.recall(speech.emo_voice)
-                        if recall
-                        else voices.resolve("emo_voice", speech.emo_voice)
-                    )
-                else:
-                    assert speech.emo_audio is not None
-                    emo = speech.emo_audio
-                    emo_audio = paths.recall(emo, now) if recall else paths.check("emo_audio", emo, now)
-                if emo_audio is None:
-                    return None
-            if prompt is None:
-                return None
-        except VoiceError as error:
-            raise ApiError(error.status, str(error), param=error.param, code=error.code) from None
-        except AudioPathError as error:
-            raise ApiError(400, str(error), param="emo_audio", code="invalid_audio") from None
-        return speech_job(speech, prompt, emo_audio)
 
     async def _watch(self, request: Request, session: HttpSession, scope: trio.CancelScope) -> None:
         """A client that goes away stops its task, as a closed WebSocket does."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -26,10 +25,11 @@ from ...core import replies, texts
 from ...core.config import ServerConfig
 from ...core.decode import RequestError, decode_request
 from ...core.engine import Engine
-from ...core.jobs import VOICE_FIELDS, audio_fields, delivery_from, job_from
+from ...core.jobs import audio_fields, delivery_from, job_from
 from ...core.protocol import Cancel, TaskStatusQuery, TtsStream
 from ...core.voices import VoiceError
 from ..audio.paths import AudioPathError, AudioPaths, resolve_roots
+from ..audio.sources import AudioSources
 from ..audio.voices import VoiceLibrary
 from ..scheduling.board import TaskBoard, TaskObserver
 from ..scheduling.scheduler import EmbeddedScheduler, Scheduler
@@ -62,7 +62,7 @@ class ServerMetrics(TaskObserver, Protocol):
 class Server:
     """The service. ``run`` serves until ``drain`` (or cancellation) ends it.
 
-    One engine per inference task: the seed's one-at-a-time behaviour is one engine; several
+    One engine per inference task: the contract's one-at-a-time behaviour is one engine; several
     engines (one per device) take tasks from the same FIFO.
     """
 
@@ -89,6 +89,7 @@ class Server:
         self.paths = AudioPaths(resolve_roots(config.audio_roots))
         self.budget = OutboxBudget(config.max_session_buffer, config.max_total_buffer)
         self.voices = VoiceLibrary(config.voices_dir, config.voice_limits, config.default_voice)
+        self.sources = AudioSources(self.paths, self.voices)
         self.sessions: dict[str, Session] = {}
         self.draining = False
         self.listening = False
@@ -329,7 +330,7 @@ class Server:
             self._error(session, texts.too_many_in_flight(limit))
             return
         try:
-            resolved = await self._resolve(audio_fields(request))
+            resolved = await self.sources.resolve(audio_fields(request))
         except (AudioPathError, VoiceError) as error:
             self._error(session, str(error))
             return
@@ -339,23 +340,6 @@ class Server:
             if self.metrics is not None and refusal != texts.SHUTTING_DOWN:
                 self.metrics.task_refused()
             self._error(session, refusal)
-
-    async def _resolve(self, fields: dict[str, str]) -> dict[str, str]:
-        """The file behind each audio field: a path checked (at once if checked lately), or a
-        library voice (looked up on disk every time, so never stale)."""
-        if not VOICE_FIELDS.intersection(fields):
-            return await self.paths.resolve(fields)
-        return await trio.to_thread.run_sync(self._look_up, fields)
-
-    def _look_up(self, fields: dict[str, str]) -> dict[str, str]:
-        """Blocking (call from a worker thread): resolve every field, in order."""
-        now = time.monotonic()
-        return {
-            field: self.voices.resolve(field, value)
-            if field in VOICE_FIELDS
-            else self.paths.check(field, value, now)
-            for field, value in fields.items()
-        }
 
     def _error(self, session: Session, message: str, task_id: str | None = None) -> None:
         session.send(replies.error(session.session_id, message, task_id))

@@ -1,4 +1,4 @@
-"""The seed's own Python client example, run as written against a server started from the CLI."""
+"""The contract's own Python and JavaScript client examples, run as written against the CLI's server."""
 
 from __future__ import annotations
 
@@ -16,23 +16,23 @@ import pytest
 
 from .conftest import REPO, CliServer
 
-SEED = REPO / "docs" / "protocol.zh.md"
-SEED_PORT = 8770
+CONTRACT = REPO / "docs" / "protocol.zh.md"
+CONTRACT_PORT = 8770
 
 
-def seed_example(language: str) -> str:
-    """The code block that follows the seed's "### <language> 客户端" heading."""
-    text = SEED.read_text(encoding="utf-8")
+def contract_example(language: str) -> str:
+    """The code block that follows the contract's "### <language> 客户端" heading."""
+    text = CONTRACT.read_text(encoding="utf-8")
     match = re.search(rf"### {language} 客户端\s*```\w+\n(.*?)```", text, re.S)
-    assert match, f"no {language} example in the seed"
+    assert match, f"no {language} example in the contract"
     return match.group(1)
 
 
-def seed_script(language: str, port: int, path: Path) -> Path:
-    """Write the seed's example to ``path``, pointed at ``port`` if the seed's own was taken."""
-    code = seed_example(language)
-    if port != SEED_PORT:
-        code = code.replace(f"127.0.0.1:{SEED_PORT}", f"127.0.0.1:{port}")
+def contract_script(language: str, port: int, path: Path) -> Path:
+    """Write the contract's example to ``path``, pointed at ``port`` if the contract's own was taken."""
+    code = contract_example(language)
+    if port != CONTRACT_PORT:
+        code = code.replace(f"127.0.0.1:{CONTRACT_PORT}", f"127.0.0.1:{port}")
     path.write_text(code, encoding="utf-8")
     return path
 
@@ -48,8 +48,8 @@ def port_is_free(port: int) -> bool:
 
 @pytest.fixture
 def cli_server() -> Iterator[CliServer]:
-    """``python -m indextts_server --engine tone`` on the seed's port (any free port if taken)."""
-    port = SEED_PORT if port_is_free(SEED_PORT) else 0
+    """``python -m indextts_server --engine tone`` on the contract's port (any free port if taken)."""
+    port = CONTRACT_PORT if port_is_free(CONTRACT_PORT) else 0
     server = CliServer(["--engine", "tone", "--port", str(port)])
     try:
         yield server
@@ -62,8 +62,8 @@ def test_cli_server_logs_one_listening_line_and_stops_on_sigterm(cli_server: Cli
     assert cli_server.stop() == 0
 
 
-def test_seed_python_client_runs_unchanged(cli_server: CliServer, tmp_path: Path) -> None:
-    script = seed_script("Python", cli_server.port, tmp_path / "seed_client.py")
+def test_contract_python_client_runs_unchanged(cli_server: CliServer, tmp_path: Path) -> None:
+    script = contract_script("Python", cli_server.port, tmp_path / "contract_client.py")
     env = dict(os.environ)
     if find_spec("torchaudio") is None:
         # The example imports torchaudio but never uses it; the light test environment has no
@@ -88,8 +88,8 @@ def test_seed_python_client_runs_unchanged(cli_server: CliServer, tmp_path: Path
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
-def test_seed_javascript_client_runs_unchanged(cli_server: CliServer, tmp_path: Path) -> None:
-    script = seed_script("JavaScript", cli_server.port, tmp_path / "seed_client.js")
+def test_contract_javascript_client_runs_unchanged(cli_server: CliServer, tmp_path: Path) -> None:
+    script = contract_script("JavaScript", cli_server.port, tmp_path / "contract_client.js")
     # Node 20 has the browser's WebSocket (binaryType "blob") behind this flag; 22+ by default.
     result = subprocess.run(
         ["node", "--experimental-websocket", "--no-warnings", str(script)],
