@@ -320,7 +320,8 @@ async def test_a_waiting_request_whose_client_leaves_is_never_computed(start_htt
     engine = GatedEngine()
     api = await start_http(engine)
     async with api.connect() as ws:
-        await ws.send(tts(THREE_SEGMENTS, max_tokens=20))  # runs, held by the gate
+        await ws.send(tts(THREE_SEGMENTS, max_tokens=20))  # runs, held at the gate
+        running = (await ws.recv_json())["task_id"]
         await engine.first_segment()
 
         def give_up() -> None:
@@ -328,15 +329,14 @@ async def test_a_waiting_request_whose_client_leaves_is_never_computed(start_htt
                 client.post(f"{api.http}/v1/audio/speech", json={"input": "等待中的请求。"})
 
         await in_thread(give_up)
-        await wait_until(lambda: any(t.state == "cancelled" for t in api.server.board.registry))
+        await wait_until(lambda: len(api.server.board.registry) == 2)
+        waiting = [task for task in api.server.board.registry if task.task_id != running]
+        await wait_until(lambda: waiting[0].finished)
+        assert (waiting[0].state, waiting[0].error_message) == ("cancelled", "客户端已断开连接")
         engine.release()
-        while (await ws.recv()) != {**ws.reply("end", (await _first_task(api)))}:
+        while (await ws.recv()) != ws.reply("end", running):
             pass
-    assert engine.texts("begin") == [THREE_SEGMENTS]
-
-
-async def _first_task(api: Running) -> str:
-    return next(t.task_id for t in api.server.board.registry if t.state != "cancelled")
+    assert engine.texts("begin") == [THREE_SEGMENTS]  # the abandoned one never reached the engine
 
 
 # --- errors ---------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from ...core.texts import SHUTTING_DOWN
 from ...core.voices import VoiceError
 from ..audio.encoding import Transcoder, media_type
 from ..audio.paths import AudioPathError
+from ..transport.http import CutResponse
 from ..transport.session import OUTBOX_SIZE, Session
 from ..transport.websocket import Server
 from .asgi import BodyTooLarge, Request, body, encode_json, respond, start
@@ -42,7 +43,7 @@ SSE: Final = "text/event-stream"
 Event = Reply | bytes
 
 
-class MidStreamFailure(Exception):
+class MidStreamFailure(CutResponse):
     """The task failed after the audio had started: the connection is cut so the client sees it."""
 
 

@@ -19,6 +19,23 @@ MAX_HEAD_BYTES: Final = 16 * 1024
 """Largest request head (line and headers); bigger ones get 431 from hypercorn."""
 
 
+class CutResponse(Exception):
+    """Raised by the application to cut a response short (the client must see it incomplete).
+
+    hypercorn then drops the connection; its log line for this one is left out, since whoever
+    raised it has already said why.
+    """
+
+
+class _NoCutTracebacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], CutResponse))
+
+
+_ERROR_LOG: Final = logging.getLogger("indextts_server.http")
+_ERROR_LOG.addFilter(_NoCutTracebacks())
+
+
 def hypercorn_config(host: str, port: int, *, graceful_timeout: float) -> Config:
     config = Config()
     bracketed = f"[{host}]" if ":" in host else host
@@ -28,7 +45,7 @@ def hypercorn_config(host: str, port: int, *, graceful_timeout: float) -> Config
     config.graceful_timeout = graceful_timeout
     config.include_server_header = False
     config.accesslog = None
-    config.errorlog = logging.getLogger("indextts_server.http")
+    config.errorlog = _ERROR_LOG
     return config
 
 
