@@ -173,18 +173,3 @@ async def test_only_the_owner_may_cancel(server: Running) -> None:
         assert reply == owner.error_reply(f"任务已结束（completed），无法取消: {task_id}", task_id)
         reply = await owner.error({"type": "cancel", "task_id": "nope"})
         assert reply == owner.error_reply("任务不存在或已过期: nope", "nope")
-
-
-@pytest.mark.parametrize(
-    ("fields", "message"),
-    [
-        ({"stream": "yes"}, "stream 必须是布尔值（true 或 false）"),
-        ({"format": "ogg"}, "format 必须是 wav/pcm/flac/mp3"),
-        ({"quick_first": -1}, "quick_first 必须是 0 到 600 之间的整数"),
-        ({"details": 1}, "details 必须是布尔值（true 或 false）"),
-    ],
-)
-async def test_bad_extension_fields_name_the_field(
-    client: Client, fields: dict[str, Any], message: str
-) -> None:
-    assert await client.error(tts(**fields)) == client.error_reply(message)

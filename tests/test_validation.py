@@ -1,11 +1,18 @@
-"""Bad input: one clear error naming the field, and the connection keeps working."""
+"""Bad input: one clear error naming the field, and the connection keeps working.
+
+Every case runs against the pure decoder (no socket); a handful also run end to end, to show the
+transport sends the decoder's text as the contract's error and the connection stays usable.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from trio_websocket import ConnectionClosed
+
+from indextts_server.core.decode import RequestError, decode_request
 
 from .conftest import Client, Running, tts
 
@@ -85,6 +92,12 @@ CASES: list[tuple[str, Any, str]] = [
     ("max_tokens a string", tts(max_tokens="120"), "max_tokens 必须是 20 到 600 之间的整数"),
     ("use_random not a bool", tts(use_random="yes"), "use_random 必须是布尔值（true 或 false）"),
     ("seed negative", tts(seed=-1), "seed 必须是 0 到 4294967295 之间的整数"),
+    ("stream not a bool", tts(stream="yes"), "stream 必须是布尔值（true 或 false）"),
+    ("format unknown", tts(format="ogg"), "format 必须是 wav/pcm/flac/mp3"),
+    ("quick_first negative", tts(quick_first=-1), "quick_first 必须是 0 到 600 之间的整数"),
+    ("details not a bool", tts(details=1), "details 必须是布尔值（true 或 false）"),
+    ("voice not a string", tts(prompt_audio=None, voice=3), "voice 必须是字符串（声音库中的名称）"),
+    ("voice and prompt_audio", tts(voice="dave"), "prompt_audio 与 voice 只能提供一个"),
     ("task_id missing", {"type": "task_status"}, "缺少有效的 task_id"),
     ("task_id not a string", {"type": "task_status", "task_id": 42}, "缺少有效的 task_id"),
     # Frames that are not requests at all.
@@ -100,11 +113,36 @@ CASES: list[tuple[str, Any, str]] = [
     ("JSON array", "[1, 2]", "消息必须是 JSON 对象"),
     ("JSON string", '"tts_stream"', "消息必须是 JSON 对象"),
     ("JSON null", "null", "消息必须是 JSON 对象"),
-    ("binary frame", b"\x00\x01RIFF", "不支持二进制消息，请发送 JSON 文本消息"),
+    # Found by fuzzing: the typed decoder trips on the type before it sees the truncation.
+    ("bad type in truncated JSON", '{"type":0', "消息不是有效的 JSON"),
+    ("text too long", tts("一" * 2001), "text 过长：最多 2000 个字符"),
 ]
+
+END_TO_END = ("text missing", "emo_vector too short", "type missing", "malformed JSON", "JSON array")
+"""The cases that also run through a real server and client."""
+
+
+def frame(payload: Any) -> str:
+    return payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
 
 
 @pytest.mark.parametrize(("payload", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_frame_is_refused_with_one_clear_error_naming_the_field(payload: Any, message: str) -> None:
+    with pytest.raises(RequestError) as refused:
+        decode_request(frame(payload), max_text_chars=2000)
+    assert str(refused.value) == message
+
+
+def test_text_at_the_limit_is_accepted() -> None:
+    decode_request(frame(tts("一" * 2000)), max_text_chars=2000)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [(*c[1:],) for c in CASES if c[0] in END_TO_END]
+    + [(b"\x00\x01RIFF", "不支持二进制消息，请发送 JSON 文本消息")],
+    ids=[*END_TO_END, "binary frame"],
+)
 async def test_bad_frame_gets_one_clear_error_and_the_connection_stays_usable(
     client: Client, payload: Any, message: str
 ) -> None:
@@ -113,7 +151,7 @@ async def test_bad_frame_gets_one_clear_error_and_the_connection_stays_usable(
     assert wav[:4] == b"RIFF"
 
 
-async def test_text_longer_than_the_limit_is_refused(start_server: Any) -> None:
+async def test_text_longer_than_the_configured_limit_is_refused(start_server: Any) -> None:
     server: Running = await start_server(max_text_chars=10)
     async with server.connect() as client:
         assert await client.error(tts("一" * 11)) == client.error_reply("text 过长：最多 10 个字符")
@@ -142,8 +180,3 @@ async def test_oversized_frame_closes_that_connection_only(start_server: Any) ->
         await bystander.request(tts("我还在。"))
     async with server.connect() as fresh:
         await fresh.request(tts("新的连接。"))
-
-
-async def test_bad_type_in_truncated_json_is_malformed_json(client: Client) -> None:
-    # Found by fuzzing: the typed decoder trips on the type before it sees the truncation.
-    assert await client.error('{"type":0') == client.error_reply("消息不是有效的 JSON")
