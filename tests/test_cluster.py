@@ -23,11 +23,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
 
+from indextts_server.core import texts
 from indextts_server.core.fleet import ReplyEvent, TaskRecord, orphan_verdict
 from indextts_server.core.texts import (
     BROKER_LOST,
@@ -97,7 +100,8 @@ class Node:
         self.role = role
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         command = [sys.executable, "-m", "indextts_server", "--engine", "tone", "--host", "127.0.0.1"]
-        command += ["--port", "0", "--http-port", "off", "--metrics-port", "0"]
+        http = [] if "--http-port" in args else ["--http-port", "off"]
+        command += ["--port", "0", *http, "--metrics-port", "0"]
         command += ["--broker", broker, "--role", role, "--lease", LEASE]
         self.process = subprocess.Popen(
             [*command, *args], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
@@ -106,11 +110,16 @@ class Node:
         self.log: list[str] = []
         self.url = ""
         self.metrics = ""
+        self.http = ""
         wanted = "listening on ws://" if role != "worker" else "worker ready"
+        if "--http-port" in args:
+            wanted = "http on http://"  # logged once the HTTP port is up, after the WebSocket one
         for line in self.process.stderr:
             self.log.append(line)
             if found := re.search(r"metrics on (http://127\.0\.0\.1:\d+)", line):
                 self.metrics = found.group(1)
+            if found := re.search(r"http on (http://127\.0\.0\.1:\d+)", line):
+                self.http = found.group(1)
             if found := re.search(r"listening on (ws://127\.0\.0\.1:\d+)", line):
                 self.url = found.group(1)
             if wanted in line:
@@ -137,6 +146,15 @@ class Node:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(timeout=10)
+
+    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(f"{self.metrics}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
 
     def ready(self) -> int:
         try:
@@ -278,6 +296,14 @@ async def test_one_fifo_across_gateways_with_fleet_wide_positions(fleet: Callabl
         await ends(a, set(order[0::2]))
         await ends(b, set(order[1::2]))
     assert await worker.logged(r"task running task=(\S+)", len(order)) == order
+    name = re.search(r"worker ready on \S+: (\S+)", worker.text)
+    assert name is not None
+    with trio.fail_after(10):
+        while (metrics := one.scrape()).get(("indextts_fleet_worker_completed", (("worker", name[1]),))) != 6:  # noqa: ASYNC110
+            await trio.sleep(0.2)  # the gateway refreshes its view of the fleet every lease/3
+    assert metrics[("indextts_fleet_worker_up", (("worker", name[1]),))] == 1
+    assert metrics[("indextts_fleet_worker_busy", (("worker", name[1]),))] == 0
+    assert metrics[("indextts_fleet_queue_depth", ())] == 0
 
 
 async def test_status_and_cancel_answer_from_any_gateway_with_the_ownership_rule(
@@ -459,17 +485,17 @@ async def test_an_unreachable_broker_refuses_new_tasks_and_is_not_ready_until_it
     fleet: Callable[..., Node], broker: RedisServer
 ) -> None:
     gateway = fleet("gateway")
-    fleet("worker")
-    assert gateway.ready() == 200
+    worker = fleet("worker")
+    assert (gateway.ready(), worker.ready()) == (200, 200)
     async with gateway.connect() as client:
         await trio.to_thread.run_sync(broker.stop)
         with trio.fail_after(10):
-            while gateway.ready() != 503:  # noqa: ASYNC110 - polling another process
+            while (gateway.ready(), worker.ready()) != (503, 503):  # noqa: ASYNC110 - another process
                 await trio.sleep(0.1)
         assert await client.error(tts(SHORT)) == client.error_reply(BROKER_UNAVAILABLE)
         await trio.to_thread.run_sync(broker.start)
         with trio.fail_after(10):
-            while gateway.ready() != 200:  # noqa: ASYNC110 - polling another process
+            while (gateway.ready(), worker.ready()) != (200, 200):  # noqa: ASYNC110 - another process
                 await trio.sleep(0.1)
         task_id = await submit(client, SHORT)
         assert await client.recv_json() == client.reply("start", task_id)
@@ -487,3 +513,55 @@ async def test_sigterm_drains_a_worker_by_finishing_its_task(fleet: Callable[...
         assert isinstance(await client.recv(), bytes)
         assert await client.recv_json() == client.reply("end", task_id)
     assert await trio.to_thread.run_sync(worker.process.wait, 20) == 0
+
+
+async def test_the_http_speech_endpoint_of_a_gateway_runs_on_the_fleet(fleet: Callable[..., Node]) -> None:
+    gateway = fleet("gateway", "--http-port", "0")
+    worker = fleet("worker")
+    body = {"model": "indextts2", "input": "大家好，我现在正在体验 AI 科技！", "voice": "default"}
+
+    def speak() -> httpx.Response:
+        return httpx.post(
+            f"{gateway.http}/v1/audio/speech", json={**body, "response_format": "wav"}, timeout=30
+        )
+
+    response = await trio.to_thread.run_sync(speak)
+    assert response.status_code == 200, response.text
+    assert response.content[:4] == b"RIFF"
+    await worker.logged(r"task completed task=")
+
+
+async def test_role_all_processes_share_one_queue(fleet: Callable[..., Node]) -> None:
+    one, two = fleet("all"), fleet("all")
+    async with one.connect() as client, two.connect() as other:
+        task_id = await submit(client, SHORT)
+        assert await client.recv_json() == client.reply("start", task_id)
+        assert isinstance(await client.recv(), bytes)
+        assert await client.recv_json() == client.reply("end", task_id)
+        assert (await status(other, task_id))["status"] == "completed"
+
+
+def test_the_embedded_default_does_not_import_the_cluster_client() -> None:
+    probe = (
+        "import sys; from indextts_server.io.operations import cli; "
+        "from indextts_server.io.transport.websocket import Server; "
+        "cli.parser().parse_args([]); "
+        "assert 'redis' not in sys.modules, 'redis imported'"
+    )
+    subprocess.run([sys.executable, "-c", probe], cwd=REPO, check=True)
+
+
+async def test_sigterm_drains_a_gateway_finishing_its_running_task_and_cancelling_its_waiting_ones(
+    fleet: Callable[..., Node],
+) -> None:
+    gateway = fleet("gateway")
+    fleet("worker", "--tone-rtf", "0.1")
+    async with gateway.connect() as client:
+        running = await submit(client, LONG, max_tokens=20)
+        assert (await client.recv_json())["type"] == "start"
+        waiting = await submit(client, SHORT)
+        gateway.process.send_signal(signal.SIGTERM)
+        outcomes = await ends(client, {running, waiting})
+        assert outcomes[waiting] == client.error_reply(texts.SHUTTING_DOWN, waiting)
+        assert outcomes[running] == client.reply("end", running)
+    assert await trio.to_thread.run_sync(gateway.process.wait, 20) == 0
