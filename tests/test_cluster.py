@@ -545,7 +545,7 @@ def test_the_embedded_default_does_not_import_the_cluster_client() -> None:
     probe = (
         "import sys; from indextts_server.io.operations import cli; "
         "from indextts_server.io.transport.websocket import Server; "
-        "cli.parser().parse_args([]); "
+        "cli.parse([], 'indextts-server', ''); "
         "assert 'redis' not in sys.modules, 'redis imported'"
     )
     subprocess.run([sys.executable, "-c", probe], cwd=REPO, check=True)
