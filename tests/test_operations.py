@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from indextts_server.core.config import ServerConfig
-from indextts_server.core.decode import RequestError, decode_request
+from indextts_server.core.contract.decode import RequestError, decode_request
 from indextts_server.core.engine import Segment, SynthesisJob
 from indextts_server.io.audio.paths import AudioPaths
 from indextts_server.io.engines.tone import ToneEngine
@@ -288,7 +288,7 @@ async def test_a_request_still_being_checked_when_the_drain_starts_is_refused(st
         await client.recv_json()
         await engine.first_segment()
         paths = GatedPaths(server.server.paths)
-        server.server.paths = paths
+        server.server.sources.paths = paths
         await client.send(tts("检查路径时开始关闭。"))
         await trio.to_thread.run_sync(paths.entered.wait, 10)
         async with trio.open_nursery() as nursery:

@@ -6,11 +6,11 @@ from datetime import datetime
 
 import msgspec
 
-from indextts_server.core import replies
-from indextts_server.core.decode import decode_request
+from indextts_server.core.contract import replies
+from indextts_server.core.contract.decode import decode_request
+from indextts_server.core.contract.jobs import audio_fields, delivery_from, job_from
+from indextts_server.core.contract.protocol import Timing, TtsStream
 from indextts_server.core.engine import SynthesisJob
-from indextts_server.core.jobs import audio_fields, delivery_from, job_from
-from indextts_server.core.protocol import Timing, TtsStream
 from indextts_server.core.tasks import CONTRACT_DELIVERY, Delivery, Task
 
 EXTENDED = Delivery(stream=True, format="flac", extended=True)

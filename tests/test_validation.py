@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from trio_websocket import ConnectionClosed
 
-from indextts_server.core.decode import RequestError, decode_request
+from indextts_server.core.contract.decode import RequestError, decode_request
 
 from .conftest import Client, Running, tts
 

@@ -28,7 +28,7 @@ class SynthesisJob(msgspec.Struct, frozen=True, kw_only=True):
     """One validated request, with its audio paths already resolved to absolute files.
 
     The defaults here are the contract's, and the only place they are written: a request field
-    left out (or ``null``) takes the value below (see `core.jobs`).
+    left out (or ``null``) takes the value below (see `core.contract.jobs`).
     """
 
     text: str

@@ -6,8 +6,8 @@ from typing import Final, Literal, cast
 
 import msgspec
 
+from .contract.protocol import TaskState, TaskStatusReply
 from .engine import SynthesisJob
-from .protocol import TaskState, TaskStatusReply
 from .tasks import Delivery
 from .texts import gave_up, worker_lost_after_audio
 

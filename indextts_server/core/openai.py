@@ -9,9 +9,9 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 from . import texts
+from .contract.jobs import job
+from .contract.protocol import EmoVector, UnitFloat
 from .engine import INTERVAL_SILENCE_MAX, MAX_TOKENS_MAX, MAX_TOKENS_MIN, SEED_MAX, EmoMode, SynthesisJob
-from .jobs import job
-from .protocol import EmoVector, UnitFloat
 from .voices import DEFAULT_VOICE
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -198,7 +198,7 @@ def emo_mode(request: SpeechRequest) -> EmoMode:
 
 
 def speech_audio_fields(request: SpeechRequest) -> dict[str, str]:
-    """The audio the request names, by field, as `core.jobs.audio_fields` gives it for the WebSocket."""
+    """The audio the request names, by field, as `core.contract.jobs.audio_fields` does for `tts_stream`."""
     fields = {"voice": request.voice_name}
     if emo_mode(request) == "audio":
         if request.emo_voice is not None:
@@ -209,7 +209,7 @@ def speech_audio_fields(request: SpeechRequest) -> dict[str, str]:
 
 
 def speech_job(request: SpeechRequest, resolved: Mapping[str, str]) -> SynthesisJob:
-    """The engine's job, given the files of `speech_audio_fields` (see `core.jobs.job`)."""
+    """The engine's job, given the files of `speech_audio_fields` (see `core.contract.jobs.job`)."""
     text = request.emo_text if request.emo_text is not None else request.instructions
     return job(
         request,

@@ -9,8 +9,8 @@ from typing import Final
 
 import msgspec
 
+from .contract.protocol import AudioFormat, TaskState, Timing
 from .engine import SAMPLE_RATE, SynthesisJob
-from .protocol import AudioFormat, TaskState, Timing
 
 TRANSITIONS: Final[dict[TaskState, frozenset[TaskState]]] = {
     "pending": frozenset({"running", "cancelled"}),

@@ -9,10 +9,10 @@ from typing import Final
 
 import numpy as np
 
-from ...core.decode import RequestError, decode_request
+from ...core.contract.decode import RequestError, decode_request
+from ...core.contract.jobs import audio_fields, job_from
+from ...core.contract.protocol import TtsStream
 from ...core.engine import SynthesisJob
-from ...core.jobs import audio_fields, job_from
-from ...core.protocol import TtsStream
 from ...io.audio.encoding import wav_bytes
 from ...io.engines.tone import ToneEngine
 

@@ -16,7 +16,7 @@ import numpy as np
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer, serve_websocket
 
-from ...core.protocol import End, Error, Queued, Start, Welcome
+from ...core.contract.protocol import End, Error, Queued, Start, Welcome
 from ...io.audio.encoding import wav_bytes
 from ...io.transport.session import encode
 from ...io.transport.websocket import endpoint_url

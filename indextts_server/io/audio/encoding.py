@@ -12,8 +12,8 @@ import av
 import numpy as np
 import soundfile
 
+from ...core.contract.protocol import AudioFormat
 from ...core.engine import PCM, SAMPLE_RATE
-from ...core.protocol import AudioFormat
 
 _WAV_HEADER: Final = struct.Struct("<4sI4s4sIHHIIHH4sI")
 

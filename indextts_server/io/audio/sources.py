@@ -7,13 +7,13 @@ from collections.abc import Mapping
 
 import trio
 
-from ...core.jobs import VOICE_FIELDS
+from ...core.contract.jobs import VOICE_FIELDS
 from .paths import AudioPaths
 from .voices import VoiceLibrary
 
 
 class AudioSources:
-    """Resolves a request's audio fields (`core.jobs.audio_fields`): each path checked to be audio
+    """Resolves a request's audio fields (`core.contract.jobs.audio_fields`): each path checked to be audio
     inside the allowed roots, each voice looked up in the library.
 
     Under load the same few files come back request after request, so what was resolved lately is

@@ -13,6 +13,7 @@ import trio
 from hypercorn.typing import ASGISendCallable
 
 from ...core import texts
+from ...core.contract.protocol import End, Error, Queued, Reply
 from ...core.engine import PCM
 from ...core.openai import (
     ApiError,
@@ -22,7 +23,6 @@ from ...core.openai import (
     speech_audio_fields,
     speech_job,
 )
-from ...core.protocol import End, Error, Queued, Reply
 from ...core.tasks import Delivery
 from ...core.texts import SHUTTING_DOWN
 from ...core.voices import VoiceError

@@ -11,8 +11,8 @@ from typing import Literal, NamedTuple, Protocol
 import trio
 
 from ...core import texts
+from ...core.contract.protocol import TaskState
 from ...core.engine import SAMPLE_RATE, SynthesisJob
-from ...core.protocol import TaskState
 from ...core.tasks import CONTRACT_DELIVERY, Delivery, Task, TaskRegistry
 from ..transport.session import Session
 

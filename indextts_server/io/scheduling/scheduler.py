@@ -8,7 +8,8 @@ from typing import Final, Protocol
 
 import trio
 
-from ...core import replies, texts
+from ...core import texts
+from ...core.contract import replies
 from ...core.engine import Engine, SynthesisJob
 from ...core.tasks import Delivery
 from ..transport.session import Session

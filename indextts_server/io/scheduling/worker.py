@@ -27,9 +27,10 @@ from typing import Final, TypeVar
 import numpy as np
 import trio
 
-from ...core import replies, texts
+from ...core import texts
+from ...core.contract import replies
+from ...core.contract.protocol import AudioFormat
 from ...core.engine import PCM, Engine, Segment, SynthesisJob
-from ...core.protocol import AudioFormat
 from ..audio.encoding import encode_audio
 from .board import TaskBoard, Ticket
 

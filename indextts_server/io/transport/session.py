@@ -11,7 +11,7 @@ import msgspec
 import trio
 
 from ...core import texts
-from ...core.protocol import Reply
+from ...core.contract.protocol import Reply
 
 log = logging.getLogger("indextts_server")
 

@@ -21,12 +21,13 @@ from trio_websocket import (
     serve_websocket,
 )
 
-from ...core import replies, texts
+from ...core import texts
 from ...core.config import ServerConfig
-from ...core.decode import RequestError, decode_request
+from ...core.contract import replies
+from ...core.contract.decode import RequestError, decode_request
+from ...core.contract.jobs import audio_fields, delivery_from, job_from
+from ...core.contract.protocol import Cancel, TaskStatusQuery, TtsStream
 from ...core.engine import Engine
-from ...core.jobs import audio_fields, delivery_from, job_from
-from ...core.protocol import Cancel, TaskStatusQuery, TtsStream
 from ...core.voices import VoiceError
 from ..audio.paths import AudioPathError, AudioPaths, resolve_roots
 from ..audio.sources import AudioSources

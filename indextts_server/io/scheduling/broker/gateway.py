@@ -13,10 +13,11 @@ from functools import partial
 
 import trio
 
-from ....core import replies, texts
+from ....core import texts
+from ....core.contract import replies
+from ....core.contract.protocol import TaskState
 from ....core.engine import SAMPLE_RATE, SynthesisJob
 from ....core.fleet import ReplyEvent, TaskOrder, decode_activity
-from ....core.protocol import TaskState
 from ....core.tasks import Delivery, Task, iso
 from ...transport.session import Session
 from ..board import TaskObserver

@@ -9,8 +9,8 @@ from typing import Any, Final, ParamSpec, TypeVar, cast
 
 import trio
 
+from ....core.contract.protocol import TaskState
 from ....core.fleet import ReplyEvent, TaskOrder, TaskRecord, encode_order
-from ....core.protocol import TaskState
 from ....core.tasks import iso
 from ....core.texts import GATEWAY_GONE
 from . import scripts

@@ -13,9 +13,9 @@ from typing import TypeVar
 import numpy as np
 import trio
 
+from ....core.contract.protocol import TaskState
 from ....core.engine import PCM, Engine, Segment, SynthesisJob
 from ....core.fleet import ReplyEvent, WorkerActivity, encode_activity
-from ....core.protocol import TaskState
 from ....core.texts import SHUTTING_DOWN, engine_failed, task_timed_out
 from ...audio.encoding import encode_audio
 from .store import BrokerDown, Started, Store, Taken

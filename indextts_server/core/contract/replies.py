@@ -7,10 +7,10 @@ the queue position, the audio format and the timing.
 
 from __future__ import annotations
 
-from . import texts
-from .engine import SAMPLE_RATE
+from .. import texts
+from ..engine import SAMPLE_RATE
+from ..tasks import Delivery, Task, iso
 from .protocol import CancelReply, End, Error, Queued, Start, TaskStatusReply, Timing, Welcome
-from .tasks import Delivery, Task, iso
 
 
 def welcome(session_id: str) -> Welcome:

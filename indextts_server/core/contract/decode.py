@@ -7,8 +7,7 @@ from typing import Final
 
 import msgspec
 
-from .protocol import Cancel, Request, TaskStatusQuery, TtsStream
-from .texts import (
+from ..texts import (
     FIELD_ERRORS,
     MALFORMED_JSON,
     MISSING_TYPE,
@@ -17,6 +16,7 @@ from .texts import (
     text_too_long,
     unknown_type,
 )
+from .protocol import Cancel, Request, TaskStatusQuery, TtsStream
 
 _MISSING_FIELD = re.compile(r"missing required field `([A-Za-z_]+)`")
 _AT_FIELD = re.compile(r" - at `\$\.([A-Za-z_]+)")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Final, Protocol
 
-from .engine import EmoMode, SynthesisJob
+from ..engine import EmoMode, SynthesisJob
+from ..tasks import CONTRACT_DELIVERY, Delivery
 from .protocol import TtsStream
-from .tasks import CONTRACT_DELIVERY, Delivery
 
 _DEFAULT: Final = SynthesisJob(text="", prompt_audio="")
 """`SynthesisJob`'s field defaults (the contract's), the only place they are written."""

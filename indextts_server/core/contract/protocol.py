@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from . import texts
-from .engine import INTERVAL_SILENCE_MAX, MAX_TOKENS_MAX, MAX_TOKENS_MIN, SEED_MAX, EmoMode
+from .. import texts
+from ..engine import INTERVAL_SILENCE_MAX, MAX_TOKENS_MAX, MAX_TOKENS_MIN, SEED_MAX, EmoMode
 
 TaskState = Literal["pending", "running", "completed", "failed", "cancelled"]
 AudioFormat = Literal["wav", "pcm", "flac", "mp3"]
