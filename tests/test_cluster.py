@@ -565,3 +565,22 @@ async def test_sigterm_drains_a_gateway_finishing_its_running_task_and_cancellin
         assert outcomes[waiting] == client.error_reply(texts.SHUTTING_DOWN, waiting)
         assert outcomes[running] == client.reply("end", running)
     assert await trio.to_thread.run_sync(gateway.process.wait, 20) == 0
+
+
+async def test_sigterm_drains_a_worker_handing_its_task_back_when_it_cannot_finish_in_time(
+    fleet: Callable[..., Node], broker: RedisServer
+) -> None:
+    gateway = fleet("gateway")
+    rtf = ("--tone-rtf", "0.5", "--drain-timeout", "0.2")
+    workers = [fleet("worker", *rtf), fleet("worker", *rtf)]
+    async with gateway.connect() as client:
+        task_id = await submit(client, LONG, max_tokens=20)  # one WAV at the end: nothing sent early
+        assert await client.recv_json() == client.reply("start", task_id)
+        leaving, staying = running_on(broker, task_id, workers)
+        leaving.process.send_signal(signal.SIGTERM)
+        assert isinstance(await client.recv(), bytes)
+        assert await client.recv_json() == client.reply("end", task_id)  # no second start
+        await nothing_more(client)
+    assert await trio.to_thread.run_sync(leaving.process.wait, 20) == 0
+    await leaving.logged(f"task handed back task={task_id}")
+    await staying.logged(f"task running task={task_id}")

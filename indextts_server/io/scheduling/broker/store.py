@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Final, ParamSpec, TypeVar, cast
+from typing import Any, Final, NamedTuple, ParamSpec, TypeVar, cast
 
 import trio
 
@@ -39,44 +39,21 @@ def _redis_errors() -> tuple[type[Exception], ...]:
     return (redis.RedisError, OSError)
 
 
-class Started(tuple[int, TaskOrder, str, str]):
-    """What a worker learns when it starts a task: attempt, order, gateway, session."""
+class Started(NamedTuple):
+    """What a worker learns when it starts a task."""
 
-    __slots__ = ()
-
-    @property
-    def attempt(self) -> int:
-        return self[0]
-
-    @property
-    def order(self) -> TaskOrder:
-        return self[1]
-
-    @property
-    def gateway(self) -> str:
-        return self[2]
-
-    @property
-    def session(self) -> str:
-        return self[3]
+    attempt: int
+    order: TaskOrder
+    gateway: str
+    session: str
 
 
-class Taken(tuple[str, str, str]):
-    """A queue entry a worker has taken: stream key, entry id, task id."""
+class Taken(NamedTuple):
+    """A queue entry a worker has taken."""
 
-    __slots__ = ()
-
-    @property
-    def stream(self) -> str:
-        return self[0]
-
-    @property
-    def entry(self) -> str:
-        return self[1]
-
-    @property
-    def task_id(self) -> str:
-        return self[2]
+    stream: str
+    entry: str
+    task_id: str
 
 
 Arg = bytes | str | int | float
@@ -288,7 +265,7 @@ class Store:
             )
             if found and found[0][1]:
                 entry_id, fields = found[0][1][0]
-                return Taken((stream, _text(entry_id), _text(fields[b"task"])))
+                return Taken(stream, _text(entry_id), _text(fields[b"task"]))
         return None
 
     def start(self, worker: str, taken: Taken) -> Started | None:
@@ -317,7 +294,7 @@ class Store:
             self.redis.xdel(taken.stream, taken.entry)
             return None
         attempt, order, gateway, session = result
-        return Started((int(attempt), decode_order(order), _text(gateway), _text(session)))
+        return Started(int(attempt), decode_order(order), _text(gateway), _text(session))
 
     def progress(
         self,
@@ -405,7 +382,7 @@ class Store:
                 if not rows:
                     self.redis.xack(stream, GROUP, entry)  # its task was cancelled while it waited
                     continue
-                found.append((Taken((stream, entry, _text(rows[0][1][b"task"]))), consumer))
+                found.append((Taken(stream, entry, _text(rows[0][1][b"task"])), consumer))
         return found
 
     def forget_entry(self, taken: Taken) -> None:
