@@ -1,1 +1,1 @@
-"""A WebSocket load generator for the indextts-server protocol, measured against a transport floor."""
+"""A load generator for indextts-server (WebSocket or HTTP), measured against a no-work floor server."""

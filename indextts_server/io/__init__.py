@@ -1,9 +1,11 @@
 """The adapters around the pure core: everything that touches Trio, sockets, threads, files or the model.
 
-- ``transport``: the WebSocket server and its sessions, and the HTTP server.
-- ``scheduling``: the task board (the global FIFO queue, admission, the sweeper) and the
-  inference workers that feed the engines from it.
+- ``transport``: the WebSocket server and its sessions, and the HTTP server (hypercorn) that runs ``http``.
+- ``http``: the HTTP port's ASGI application: the speech API, the voice library, operations, the page.
+- ``scheduling``: the scheduling port, the task board (the global FIFO queue, admission, the
+  sweeper) and the inference workers that feed the engines from it; ``scheduling.broker``, the same
+  port on Redis for cluster mode.
 - ``engines``: the speech engines (``tone``, ``indextts2``) and how they are loaded.
-- ``audio``: encoding engine output for clients; the audio files clients name.
-- ``operations``: the command line, logging, metrics and systemd integration.
+- ``audio``: encoding engine output for clients; the audio files and library voices clients name.
+- ``operations``: the command line (its flags derived from the settings), logging, metrics, systemd.
 """

@@ -1,1 +1,1 @@
-"""Probes: event-loop responsiveness under load, and the speaker-cache benchmark."""
+"""Probes: event-loop responsiveness, the speaker cache, seeded sampling's cost, cluster throughput."""

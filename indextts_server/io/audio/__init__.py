@@ -1,1 +1,1 @@
-"""Audio at the edges: encoding engine output for clients, and the audio files clients name."""
+"""Audio at the edges: encoding engine output for clients; the files and library voices clients name."""

@@ -1,1 +1,1 @@
-"""Operations: the command line, logging, Prometheus metrics and the systemd notify protocol."""
+"""Operations: the command line and its flags, logging, Prometheus metrics and the systemd notify protocol."""

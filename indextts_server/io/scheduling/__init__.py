@@ -1,1 +1,1 @@
-"""Scheduling: the task board (global FIFO, admission, retention sweeper) and the inference workers."""
+"""Scheduling: the port transports hand tasks to, the in-memory board and its workers, the Redis broker."""
