@@ -39,7 +39,7 @@ from indextts_server.core.texts import (
     gave_up,
     worker_lost_after_audio,
 )
-from indextts_server.io.scheduling.broker.store import PENDING, task_key
+from indextts_server.io.scheduling.broker.store import PENDING, QUEUE, RETRY, WORKERS, key, task_key
 
 from .conftest import CLIENT_MAX_MESSAGE, REPO, Client, Json, tts
 
@@ -503,7 +503,9 @@ async def test_an_unreachable_broker_refuses_new_tasks_and_is_not_ready_until_it
         assert await client.recv_json() == client.reply("end", task_id)
 
 
-async def test_sigterm_drains_a_worker_by_finishing_its_task(fleet: Callable[..., Node]) -> None:
+async def test_sigterm_drains_a_worker_by_finishing_its_task_and_leaves_nothing_behind(
+    fleet: Callable[..., Node], broker: RedisServer
+) -> None:
     gateway = fleet("gateway")
     worker = fleet("worker", "--tone-rtf", "0.1")
     async with gateway.connect() as client:
@@ -513,6 +515,14 @@ async def test_sigterm_drains_a_worker_by_finishing_its_task(fleet: Callable[...
         assert isinstance(await client.recv(), bytes)
         assert await client.recv_json() == client.reply("end", task_id)
     assert await trio.to_thread.run_sync(worker.process.wait, 20) == 0
+    redis_client = broker.client()
+    assert redis_client.hlen(WORKERS) == 0
+    for stream in (QUEUE, RETRY):
+        assert redis_client.xlen(stream) == 0  # taken entries are deleted once their task ends
+        assert redis_client.xinfo_consumers(stream, "workers") == []
+    for replies in redis_client.scan_iter(match=key("replies", "*")):
+        assert redis_client.xlen(replies) == 0  # relayed audio is deleted at once
+        assert 0 < redis_client.ttl(replies) <= 60  # and would expire anyway
 
 
 async def test_the_http_speech_endpoint_of_a_gateway_runs_on_the_fleet(fleet: Callable[..., Node]) -> None:

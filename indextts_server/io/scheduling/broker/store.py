@@ -155,11 +155,6 @@ class Store:
 
     # --- everyone ----------------------------------------------------------------------------
 
-    def ping(self) -> str:
-        """The server's run id: it changes when the broker restarts (and forgets everything)."""
-        info = self.redis.info("server")
-        return str(info["run_id"])
-
     def queue_depth(self) -> int:
         return int(self.redis.zcard(PENDING))
 
@@ -226,7 +221,13 @@ class Store:
             return []
         entries = found[0][1]
         self.redis.xdel(stream, *[entry_id for entry_id, _ in entries])
-        return [ReplyEvent.from_fields(fields) for _, fields in entries]
+        events = []
+        for entry_id, fields in entries:
+            try:
+                events.append(ReplyEvent.from_fields(fields))
+            except (KeyError, ValueError, AssertionError):
+                log.error("dropping a malformed reply %s on %s: %r", _text(entry_id), stream, fields)
+        return events
 
     # --- workers -----------------------------------------------------------------------------
 
@@ -250,10 +251,15 @@ class Store:
         pipe.execute()
 
     def worker_leave(self, worker: str) -> None:
+        """A worker stops: it is forgotten, and its lease ends now. Were it still holding an entry
+        (stopped mid-task), that entry stays pending for the recovery sweep to hand on."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(worker_key(worker))
         pipe.hdel(WORKERS, worker)
         pipe.execute()
+        for stream in (QUEUE, RETRY):
+            if not self.redis.xpending_range(stream, GROUP, "-", "+", 1, consumername=worker):
+                self.redis.xgroup_delconsumer(stream, GROUP, worker)
 
     def take(self, worker: str) -> Taken | None:
         """The next entry for this worker: a handed-back task first, else wait on the queue."""
