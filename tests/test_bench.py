@@ -88,3 +88,22 @@ def test_speech_bodies_mean_what_the_websocket_frames_mean() -> None:
         "voice": "default", "response_format": "mp3", "input": "你好", "emo_mode": "none",
         "max_tokens": 60, "stream": True,
     }  # fmt: skip
+
+
+def test_the_cluster_benchmark_runs_scaling_and_latency_on_its_own_redis(tmp_path: Path) -> None:
+    out = tmp_path / "cluster.json"
+    command = [
+        sys.executable, "-m", "indextts_server.bench.probes.cluster",
+        "--workers", "1", "2", "--requests-per-worker", "3", "--latency-requests", "4",
+        "--json", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert [row["workers"] for row in report["scaling"]] == [1, 2]
+    for row in report["scaling"]:
+        assert (row["completed"], row["errors"], row["lost"]) == (3 * row["workers"], 0, 0)
+    assert report["scaling"][0]["speedup"] == 1.0
+    assert [row["target"] for row in report["latency"]] == ["embedded", "broker"]
+    assert all(row["completed"] == 4 for row in report["latency"])
+    assert report["added_p50_ms"] is not None
