@@ -367,28 +367,33 @@ class Store:
         return bool(self.redis.set(RECLAIM_LOCK, owner, nx=True, px=int(self.lease * 500)))
 
     def orphans(self) -> list[tuple[Taken, str]]:
-        """Queue entries held by workers whose lease ran out: (entry, worker)."""
+        """Queue entries held by workers whose lease ran out: (entry, worker).
+
+        Looks consumer by consumer (each live worker holds at most one entry), so a fleet of any
+        size is swept whole.
+        """
         self._ensure_groups()
         found: list[tuple[Taken, str]] = []
         for stream in (QUEUE, RETRY):
-            pending = cast(list[dict[str, Any]], self.redis.xpending_range(stream, GROUP, "-", "+", 100))
-            if not pending:
+            consumers = cast(list[dict[str, Any]], self.redis.xinfo_consumers(stream, GROUP))
+            holding = [_text(consumer["name"]) for consumer in consumers if int(consumer["pending"])]
+            if not holding:
                 continue
-            consumers = sorted({_text(item["consumer"]) for item in pending})
             pipe = self.redis.pipeline(transaction=False)
-            for consumer in consumers:
+            for consumer in holding:
                 pipe.exists(worker_key(consumer))
-            alive = dict(zip(consumers, cast(list[int], pipe.execute()), strict=True))
-            for item in pending:
-                consumer = _text(item["consumer"])
-                if alive[consumer]:
-                    continue
-                entry = _text(item["message_id"])
-                rows = cast(list[tuple[bytes, dict[bytes, bytes]]], self.redis.xrange(stream, entry, entry))
-                if not rows:
-                    self.redis.xack(stream, GROUP, entry)  # its task was cancelled while it waited
-                    continue
-                found.append((Taken(stream, entry, _text(rows[0][1][b"task"])), consumer))
+            alive = cast(list[int], pipe.execute())
+            for consumer in (name for name, up in zip(holding, alive, strict=True) if not up):
+                pending = self.redis.xpending_range(stream, GROUP, "-", "+", 100, consumername=consumer)
+                for item in cast(list[dict[str, Any]], pending):
+                    entry = _text(item["message_id"])
+                    rows = cast(
+                        list[tuple[bytes, dict[bytes, bytes]]], self.redis.xrange(stream, entry, entry)
+                    )
+                    if not rows:
+                        self.redis.xack(stream, GROUP, entry)  # its task was cancelled while it waited
+                        continue
+                    found.append((Taken(stream, entry, _text(rows[0][1][b"task"])), consumer))
         return found
 
     def forget_entry(self, taken: Taken) -> None:
