@@ -157,6 +157,7 @@ class EngineOptions(msgspec.Struct, frozen=True, kw_only=True):
             "a comma list loads one model per device",
             CONTRACT,
             name="--device",
+            metavar="DEVICE[,DEVICE...]",
             split=",",
         ),
     ] = ("cuda",)

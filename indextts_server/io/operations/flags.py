@@ -79,7 +79,7 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
                 option.name, choices=get_args(_bare(option.kind)), default=option.default, **arguments
             )
             continue
-        arguments["metavar"] = flag.metavar or option.dest.rsplit(".", 1)[-1].upper()
+        arguments["metavar"] = flag.metavar or option.name.lstrip("-").replace("-", "_").upper()
         if option.many and flag.split is None:
             # Repeated; the field's default applies only when the option is never given.
             arguments.update(action="append", type=_parse_one(option), default=None)
