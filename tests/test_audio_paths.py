@@ -113,3 +113,23 @@ def _request(field: str, path: str, root: Path) -> dict[str, Any]:
     if field == "prompt_audio":
         return tts(prompt_audio=path)
     return tts(prompt_audio=str(root / "voice.wav"), emo_mode="audio", emo_audio=path)
+
+
+def test_sources_answer_from_memory_only_what_was_looked_up_lately(tmp_path: Path) -> None:
+    from indextts_server.core.config import VoiceLimits
+    from indextts_server.io.audio.paths import AudioPaths, resolve_roots
+    from indextts_server.io.audio.sources import AudioSources
+    from indextts_server.io.audio.voices import VoiceLibrary
+
+    shutil.copy(REPO / PROMPT, tmp_path / "voice.wav")
+    library = VoiceLibrary(tmp_path / "voices", VoiceLimits(), default_voice=str(REPO / PROMPT))
+    sources = AudioSources(AudioPaths(resolve_roots([tmp_path]), ttl=5.0), library)
+    fields = {"voice": "default", "emo_audio": str(tmp_path / "voice.wav")}
+    assert sources.recall(fields, now=0.0) is None  # nothing looked up yet: no answer without I/O
+    found = sources.look_up(fields, now=0.0)
+    assert found == {
+        "voice": os.path.realpath(REPO / PROMPT),
+        "emo_audio": os.path.realpath(tmp_path / "voice.wav"),
+    }
+    assert sources.recall(fields, now=1.0) == found
+    assert sources.recall(fields, now=6.0) is None  # a checked path is trusted for ``ttl`` seconds
