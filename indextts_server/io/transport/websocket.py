@@ -87,10 +87,11 @@ class Server:
             )
         self.scheduler = scheduler
         self.metrics = metrics
-        self.paths = AudioPaths(resolve_roots(config.audio_roots))
         self.budget = OutboxBudget(config.max_session_buffer, config.max_total_buffer)
-        self.voices = VoiceLibrary(config.voices_dir, config.voice_limits, config.default_voice)
-        self.sources = AudioSources(self.paths, self.voices)
+        self.sources = AudioSources(
+            AudioPaths(resolve_roots(config.audio_roots)),
+            VoiceLibrary(config.voices_dir, config.voice_limits, config.default_voice),
+        )
         self.sessions: dict[str, Session] = {}
         self.draining = False
         self.listening = False
@@ -100,6 +101,16 @@ class Server:
         self._stop_scope = trio.CancelScope()
         self._sessions_gone = trio.Event()  # set when the last session closes while draining
         self.drain_started = trio.Event()
+
+    @property
+    def paths(self) -> AudioPaths:
+        """The audio paths clients may name (read through `sources`, their one owner)."""
+        return self.sources.paths
+
+    @property
+    def voices(self) -> VoiceLibrary:
+        """The voice library (read through `sources`, its one owner)."""
+        return self.sources.voices
 
     @property
     def board(self) -> TaskBoard:
