@@ -10,8 +10,8 @@ import msgspec
 
 from . import texts
 from .contract.jobs import job
-from .contract.protocol import EmoVector, UnitFloat
-from .engine import INTERVAL_SILENCE_MAX, MAX_TOKENS_MAX, MAX_TOKENS_MIN, SEED_MAX, EmoMode, SynthesisJob
+from .contract.protocol import EmoVector, IntervalSilence, MaxTokens, QuickFirst, Seed, UnitFloat
+from .engine import EmoMode, SynthesisJob
 from .voices import DEFAULT_VOICE
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -100,11 +100,11 @@ class SpeechRequest(msgspec.Struct, kw_only=True):
     emo_alpha: UnitFloat | None = None
     emo_vector: EmoVector | None = None
     emo_text: str | None = None
-    interval_silence: Annotated[int, msgspec.Meta(ge=0, le=INTERVAL_SILENCE_MAX)] | None = None
-    max_tokens: Annotated[int, msgspec.Meta(ge=MAX_TOKENS_MIN, le=MAX_TOKENS_MAX)] | None = None
+    interval_silence: IntervalSilence | None = None
+    max_tokens: MaxTokens | None = None
     use_random: bool | None = None
-    seed: Annotated[int, msgspec.Meta(ge=0, le=SEED_MAX)] | None = None
-    quick_first: Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_MAX)] | None = None
+    seed: Seed | None = None
+    quick_first: QuickFirst | None = None
 
     @property
     def voice_name(self) -> str:

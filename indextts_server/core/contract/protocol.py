@@ -14,6 +14,11 @@ AudioFormat = Literal["wav", "pcm", "flac", "mp3"]
 
 UnitFloat = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 EmoVector = Annotated[list[UnitFloat], msgspec.Meta(min_length=8, max_length=8)]
+IntervalSilence = Annotated[int, msgspec.Meta(ge=0, le=INTERVAL_SILENCE_MAX)]
+MaxTokens = Annotated[int, msgspec.Meta(ge=MAX_TOKENS_MIN, le=MAX_TOKENS_MAX)]
+Seed = Annotated[int, msgspec.Meta(ge=0, le=SEED_MAX)]
+QuickFirst = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_MAX)]
+"""The request fields' bounds, shared by every kind of request that takes them."""
 
 
 class TtsStream(msgspec.Struct, tag_field="type", tag="tts_stream", kw_only=True):
@@ -34,16 +39,16 @@ class TtsStream(msgspec.Struct, tag_field="type", tag="tts_stream", kw_only=True
     emo_alpha: UnitFloat | None = None
     emo_vector: EmoVector | None = None
     emo_text: str | None = None
-    interval_silence: Annotated[int, msgspec.Meta(ge=0, le=INTERVAL_SILENCE_MAX)] | None = None
-    max_tokens: Annotated[int, msgspec.Meta(ge=MAX_TOKENS_MIN, le=MAX_TOKENS_MAX)] | None = None
+    interval_silence: IntervalSilence | None = None
+    max_tokens: MaxTokens | None = None
     use_random: bool | None = None
     # Extensions (opt-in). ``seed`` fixes sampling and changes nothing else. A request that sets
     # any of the others is "extended": its replies also carry the queue position, the format and
     # the timing. A request without them sees exactly the contract's replies.
-    seed: Annotated[int, msgspec.Meta(ge=0, le=SEED_MAX)] | None = None
+    seed: Seed | None = None
     stream: bool | None = None
     format: AudioFormat | None = None
-    quick_first: Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_MAX)] | None = None
+    quick_first: QuickFirst | None = None
     details: bool | None = None
 
     @property
