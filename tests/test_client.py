@@ -251,6 +251,16 @@ def test_the_token_comes_from_the_option_or_the_environment(guarded: CliServer) 
     assert from_env.returncode == 0 and from_env.stdout == given.stdout
 
 
+def test_connection_options_may_come_before_the_command(guarded: CliServer) -> None:
+    before = client("--url", guarded.url, "--token", TOKEN, "say", "你好。", "--prompt", PROMPT, "-o", "-")
+    assert before.returncode == 0, before.stderr.decode()
+    after = say(guarded, "你好。", "--prompt", PROMPT, "-o", "-", "--token", TOKEN)
+    assert before.stdout == after.stdout and before.stdout[:4] == b"RIFF"
+    # Given in both places, the command's own copy wins.
+    both = client("--token", "nope", "say", "你好。", "--prompt", PROMPT, "-o", "-", "--url", guarded.url, "--token", TOKEN)
+    assert both.returncode == 0, both.stderr.decode()
+
+
 def test_an_unreachable_server_exits_1(tmp_path: Path) -> None:
     done = client("say", "你好。", "--prompt", PROMPT, "--url", "ws://127.0.0.1:9", "-o", str(tmp_path / "x"))
     assert done.returncode == 1

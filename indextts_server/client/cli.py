@@ -28,30 +28,46 @@ exit status: 0 done, 1 the server or the connection refused (its message is prin
 usage, 130 interrupted."""
 
 
-def parser() -> argparse.ArgumentParser:
+def _connection_options(*, defaults: bool) -> argparse.ArgumentParser:
+    """``--url``, ``--http-url`` and ``--token``, accepted before or after the command.
+
+    The top-level parser holds the defaults; a command's copy sets a value only when it is
+    given there, so ``indextts-client --url U say ...`` and ``indextts-client say ... --url U``
+    mean the same.
+    """
     connection = argparse.ArgumentParser(add_help=False)
     where = connection.add_argument_group("server")
+
+    def default(value: str | None) -> str | None:
+        return value if defaults else argparse.SUPPRESS
+
     where.add_argument(
         "--url",
-        default=os.environ.get("INDEXTTS_URL", DEFAULT_URL),
-        help="the WebSocket URL (ws:// or wss://; default $INDEXTTS_URL or %(default)s)",
+        default=default(os.environ.get("INDEXTTS_URL", DEFAULT_URL)),
+        help=f"the WebSocket URL (ws:// or wss://; default $INDEXTTS_URL or {DEFAULT_URL})",
     )
     where.add_argument(
         "--http-url",
-        default=os.environ.get("INDEXTTS_HTTP_URL"),
+        default=default(os.environ.get("INDEXTTS_HTTP_URL")),
         help="the HTTP API base, for voices (default $INDEXTTS_HTTP_URL, else --url's host, port 8771)",
     )
     where.add_argument(
         "--token",
-        default=os.environ.get("INDEXTTS_TOKEN") or os.environ.get("INDEXTTS_SERVER_AUTH_TOKEN"),
+        default=default(os.environ.get("INDEXTTS_TOKEN") or os.environ.get("INDEXTTS_SERVER_AUTH_TOKEN")),
         help="the server's --auth-token (default $INDEXTTS_TOKEN)",
     )
+    return connection
+
+
+def parser() -> argparse.ArgumentParser:
+    connection = _connection_options(defaults=False)
 
     p = argparse.ArgumentParser(
         prog="indextts-client",
         description="Talk to indextts-server: speak text, check a task, manage the voice library.",
         epilog=ENVIRONMENT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_connection_options(defaults=True)],
     )
     commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
