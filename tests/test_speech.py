@@ -239,7 +239,8 @@ async def test_speed_changes_the_duration_and_keeps_the_pitch(api: Running, spee
         speed=speed,
     )
     faster = decode_wav(response.content)[0]
-    assert abs(len(faster) / len(normal) - 1 / speed) < 0.05
+    # Relative: the time-stretch's edges cost a few milliseconds, whatever the speed.
+    assert abs(len(faster) / len(normal) * speed - 1) < 0.03
     assert abs(peak_hz(faster) - peak_hz(normal)) < 0.03 * peak_hz(normal)
 
 

@@ -67,7 +67,8 @@ class ToneEngine:
             identity = _stable_hash(job.prompt_audio, stat.st_size, stat.st_mtime_ns)
         except OSError:
             identity = _stable_hash(job.prompt_audio)
-        base = 110.0 + identity % 120  # 110–230 Hz, a speaking-voice range
+        # 110–230 Hz, a speaking-voice range, in steps fine enough that two files almost never share one.
+        base = 110.0 + identity % 12000 / 100
         shift, brightness = 0.0, 0.3
         if job.emo_mode == "vector" and job.emo_vector is not None:
             # happy, angry, sad, afraid, disgusted, melancholic, surprised, calm
