@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +21,8 @@ import pytest
 import soundfile
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from indextts_server.bench.drive.corpus import contract_request
 from indextts_server.core.config import ServerConfig
@@ -302,3 +305,43 @@ class CliServer:
             return self.process.wait(timeout=timeout)
         finally:
             self.process.kill()
+
+
+class Unread:
+    """A WebSocket client that sends requests and reads nothing until ``close_code``.
+
+    Its receive buffer is kept small, so what the server sends it piles up in the server.
+    """
+
+    def __init__(self, stream: trio.SocketStream, ws: WSConnection):
+        self.stream = stream
+        self.ws = ws
+
+    @classmethod
+    async def open(cls, port: int) -> Unread:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connect: no autotuning
+        await sock.connect(("127.0.0.1", port))
+        stream = trio.SocketStream(sock)
+        ws = WSConnection(ConnectionType.CLIENT)
+        await stream.send_all(ws.send(Request(host=f"127.0.0.1:{port}", target="/")))
+        while True:
+            ws.receive_data(await stream.receive_some(4096))
+            if any(isinstance(event, AcceptConnection) for event in ws.events()):
+                return cls(stream, ws)
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        await self.stream.send_all(self.ws.send(TextMessage(json.dumps(payload, ensure_ascii=False))))
+
+    async def close_code(self) -> int | None:
+        """Read everything the server sent; the code of its close frame (None: cut without one)."""
+        while True:
+            data = await self.stream.receive_some(1 << 16)
+            if not data:
+                return None
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, CloseConnection):
+                    await self.stream.send_all(self.ws.send(event.response()))
+                    await self.stream.aclose()
+                    return event.code

@@ -51,10 +51,16 @@ async def test_stream_sends_one_playable_wav_per_segment(client: Client) -> None
     assert pieces[-1][-silence:].any()
 
 
-async def test_quick_first_is_accepted_with_stream(client: Client) -> None:
-    await client.send(tts(SEGMENTED, max_tokens=20, stream=True, quick_first=8))
-    _, _, chunks, end = await read_task(client)
-    assert end["type"] == "end" and len(chunks) >= 1
+async def test_quick_first_makes_the_first_streamed_segment_shorter(client: Client) -> None:
+    text = "第一句话在这。" * 6
+    firsts = []
+    for quick_first in (0, 24):
+        await client.send(tts(text, max_tokens=20, stream=True, quick_first=quick_first))
+        _, _, chunks, end = await read_task(client)
+        assert end["type"] == "end"
+        firsts.append(len(decode_wav(chunks[0])[0]))
+    plain, quick = firsts
+    assert quick < plain / 2
 
 
 @pytest.mark.parametrize("audio_format", ["wav", "flac", "mp3"])

@@ -50,11 +50,18 @@ async def test_each_request_gets_a_fresh_task_id(client: Client) -> None:
 
 
 async def test_request_defaults_apply_when_optional_fields_are_absent(client: Client) -> None:
-    minimal = {"type": "tts_stream", "text": "你好。世界。", "prompt_audio": "asset/zero_shot_prompt.wav"}
+    # Two sentences of 70 tokens: more than the default max_tokens (120) together, so the default
+    # segmentation and the default pause between segments (200 ms) both show in the audio.
+    text = "今" * 69 + "。" + "天" * 69 + "。"
+    minimal = {"type": "tts_stream", "text": text, "prompt_audio": "asset/zero_shot_prompt.wav"}
     _, wav = await client.request(minimal)
-    explicit = tts("你好。世界。")
-    _, wav_explicit = await client.request(explicit)
+    _, wav_explicit = await client.request(tts(text, max_tokens=120, interval_silence=200))
     assert wav == wav_explicit
+    _, one_segment = await client.request(tts(text, max_tokens=140, interval_silence=200))
+    _, no_pause = await client.request(tts(text, max_tokens=120, interval_silence=0))
+    assert wav != one_segment and wav != no_pause
+    pause = 200 * SAMPLE_RATE // 1000
+    assert len(decode_wav(wav)[0]) == len(decode_wav(no_pause)[0]) + pause
 
 
 async def test_explicit_nulls_mean_defaults(client: Client) -> None:

@@ -6,9 +6,10 @@ from typing import Any
 
 import trio
 
+from indextts_server.core.engine import SAMPLE_RATE
 from indextts_server.io.engines.tone import ToneEngine
 
-from .conftest import Client, GatedEngine, RecordingEngine, Running, tts, wait_until
+from .conftest import Client, GatedEngine, RecordingEngine, Running, Unread, tts, wait_until
 
 THREE_SEGMENTS = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"
 
@@ -150,10 +151,18 @@ async def test_engine_failure_fails_only_that_task(start_server: Any) -> None:
 
 async def test_slow_reader_does_not_delay_other_clients(start_server: Any) -> None:
     server: Running = await start_server()
-    async with server.connect() as lazy, server.connect() as busy:
-        # The lazy client asks for long audio and never reads it.
-        for _ in range(5):
-            await lazy.send(tts("很长的文本。" * 300, max_tokens=600))
+    board = server.server.board
+    # The lazy client asks for five long files (~40 s of audio each, within its byte bound) and
+    # reads none of them: the inference task hands each over and goes on.
+    lazy = await Unread.open(server.port)
+    await wait_until(lambda: len(server.server.sessions) == 1)
+    (session,) = server.server.sessions.values()
+    for _ in range(5):
+        await lazy.send(tts("今天天气很好我们一起去公园散步吧。" * 10))
+    await wait_until(lambda: sum(task.state == "completed" for task in board.registry) == 5)
+    # Most of that audio still waits in the server, unread, and another client is served at once.
+    assert session.queued > 3 * 2 * 40 * SAMPLE_RATE * 2
+    async with server.connect() as busy:
         for _ in range(5):
             await busy.request(tts("我不用等。"))
 

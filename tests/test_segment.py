@@ -37,3 +37,11 @@ def test_segmentation_keeps_every_token_in_order(text: str, max_tokens: int) -> 
     segments = split_segments(text, max_tokens)
     assert all(0 < token_count(s) <= max_tokens for s in segments)
     assert [t for s in segments for t in tokens(s)] == tokens(text)
+
+
+def test_quick_first_keeps_the_first_sentences_apart_as_the_model_does() -> None:
+    text = "第一句话在这。" * 6  # six sentences of 6 tokens
+    assert [token_count(s) for s in split_segments(text, 20)] == [18, 18]
+    # Until 24 tokens are read, sentences merge only within half of max_tokens (10): not at all.
+    assert [token_count(s) for s in split_segments(text, 20, quick_first=24)] == [6, 6, 6, 18]
+    assert [token_count(s) for s in split_segments(text, 40, quick_first=24)] == [18, 18]

@@ -5,63 +5,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import time
 from typing import Any
 
 import trio
 from trio_websocket import open_websocket_url
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from indextts_server.core.engine import SAMPLE_RATE
 
-from .conftest import CLIENT_MAX_MESSAGE, CliServer, Running, tts, wait_until
+from .conftest import CLIENT_MAX_MESSAGE, CliServer, Running, Unread, tts, wait_until
 
 NOT_READING = "客户端未及时读取消息，连接已关闭（1008）"
 # 160 CJK characters: about 40 s of tone audio, a WAV of about 1.8 MB, in two segments.
 LONG = "今天天气很好我们一起去公园散步吧。" * 10
 LONG_WAV_BYTES = 40 * SAMPLE_RATE * 2
-
-
-class Unread:
-    """A WebSocket client that sends requests and reads nothing until ``close_code``.
-
-    Its receive buffer is kept small, so what the server sends it piles up in the server.
-    """
-
-    def __init__(self, stream: trio.SocketStream, ws: WSConnection):
-        self.stream = stream
-        self.ws = ws
-
-    @classmethod
-    async def open(cls, port: int) -> Unread:
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connect: no autotuning
-        await sock.connect(("127.0.0.1", port))
-        stream = trio.SocketStream(sock)
-        ws = WSConnection(ConnectionType.CLIENT)
-        await stream.send_all(ws.send(Request(host=f"127.0.0.1:{port}", target="/")))
-        while True:
-            ws.receive_data(await stream.receive_some(4096))
-            if any(isinstance(event, AcceptConnection) for event in ws.events()):
-                return cls(stream, ws)
-
-    async def send(self, payload: dict[str, Any]) -> None:
-        await self.stream.send_all(self.ws.send(TextMessage(json.dumps(payload, ensure_ascii=False))))
-
-    async def close_code(self) -> int | None:
-        """Read everything the server sent; the code of its close frame (None: cut without one)."""
-        while True:
-            data = await self.stream.receive_some(1 << 16)
-            if not data:
-                return None
-            self.ws.receive_data(data)
-            for event in self.ws.events():
-                if isinstance(event, CloseConnection):
-                    await self.stream.send_all(self.ws.send(event.response()))
-                    await self.stream.aclose()
-                    return event.code
 
 
 async def test_a_client_that_does_not_read_is_closed_with_1008_and_its_tasks_cancelled(

@@ -163,9 +163,17 @@ async def test_unknown_fields_are_ignored(client: Client) -> None:
 
 
 async def test_emotion_fields_of_other_modes_are_ignored(client: Client) -> None:
-    # emo_audio names no file, but in vector mode it is not used.
-    await client.request(
-        tts("你好。", emo_mode="vector", emo_vector=[0, 0, 0, 0, 0, 0, 0, 1], emo_audio="nope.wav")
+    # emo_audio names no file and emo_text is set, but in vector mode neither is used.
+    vector = tts("你好。", emo_mode="vector", emo_vector=[0, 0, 0, 0, 0, 0, 0, 1])
+    _, plain = await client.request(vector)
+    _, other_modes = await client.request({**vector, "emo_audio": "nope.wav", "emo_text": "生气"})
+    assert other_modes == plain
+
+
+async def test_a_field_of_another_mode_must_still_be_well_typed(client: Client) -> None:
+    assert await client.error(tts(emo_mode="none", emo_vector="x")) == client.error_reply(VECTOR_ERROR)
+    assert await client.error(tts(emo_mode="vector", emo_vector=[0] * 8, emo_audio=3)) == client.error_reply(
+        "emo_audio 必须是字符串（服务器上的音频文件路径）"
     )
 
 

@@ -36,8 +36,13 @@ def speech_seconds(text: str) -> float:
     return max(MIN_SEGMENT_SECONDS, cjk / CJK_PER_SECOND + latin / LATIN_LETTERS_PER_SECOND)
 
 
-def split_segments(text: str, max_tokens: int) -> list[str]:
-    """Split ``text`` into segments of at most ``max_tokens`` tokens, each non-empty."""
+def split_segments(text: str, max_tokens: int, quick_first: int = 0) -> list[str]:
+    """Split ``text`` into segments of at most ``max_tokens`` tokens, each non-empty.
+
+    As the model's tokenizer does with ``quick_streaming_tokens``: until ``quick_first`` tokens
+    have been read, a sentence joins the segment before it only if both together stay within
+    half of ``max_tokens``, so the first segments (the first audio) come sooner.
+    """
     if max_tokens < 1:
         raise ValueError("max_tokens must be positive")
     pieces: list[str] = []
@@ -47,7 +52,7 @@ def split_segments(text: str, max_tokens: int) -> list[str]:
             continue
         for clause in _split(_CLAUSE_END, sentence):
             pieces.extend(_hard_cut(clause, max_tokens))
-    return _merge(pieces, max_tokens)
+    return _merge(pieces, max_tokens, quick_first)
 
 
 def _split(pattern: re.Pattern[str], text: str) -> list[str]:
@@ -63,13 +68,15 @@ def _hard_cut(text: str, max_tokens: int) -> list[str]:
     return [text[a:b].strip() for a, b in itertools.pairwise(bounds)]
 
 
-def _merge(pieces: list[str], max_tokens: int) -> list[str]:
+def _merge(pieces: list[str], max_tokens: int, quick_first: int) -> list[str]:
     segments: list[str] = []
     current = ""
-    count = 0
+    count = read = 0
     for piece in pieces:
         n = token_count(piece)
-        if current and count + n > max_tokens:
+        read += n
+        limit = max_tokens if read > quick_first else max_tokens // 2
+        if current and count + n > limit:
             segments.append(current)
             current, count = "", 0
         current = f"{current} {piece}" if current and _latin_join(current, piece) else current + piece

@@ -42,7 +42,7 @@ class ToneEngine:
         pass
 
     def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
-        segments = split_segments(job.text, job.max_tokens)
+        segments = split_segments(job.text, job.max_tokens, job.quick_first)
         silence = np.zeros(job.interval_silence * SAMPLE_RATE // 1000, dtype=np.int16)
         base, brightness = self._voice(job)
         rng = np.random.default_rng(job.seed) if job.use_random else None
