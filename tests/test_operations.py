@@ -23,6 +23,7 @@ from indextts_server.core.contract.decode import RequestError, decode_request
 from indextts_server.core.engine import Segment, SynthesisJob
 from indextts_server.io.audio.paths import AudioPaths
 from indextts_server.io.engines.tone import ToneEngine
+from indextts_server.io.operations.cli import _alive
 from indextts_server.io.scheduling.scheduler import EmbeddedScheduler
 from indextts_server.io.transport.websocket import Server
 
@@ -483,3 +484,24 @@ def test_decoder_never_raises_anything_but_a_request_error(frame: str | bytes) -
         decode_request(frame, max_text_chars=2000)
     except RequestError as error:
         assert str(error)
+
+
+async def test_the_watchdog_stops_while_an_engine_call_is_stuck(start_server: Any) -> None:
+    # The same predicate the CLI hands to the systemd watchdog.
+    engine = HangingEngine()
+    server: Running = await start_server(engine, task_timeout=0.3)
+    alive = _alive(server.server, stall_limit=0.5)
+    assert alive()
+    try:
+        async with server.connect() as client:
+            await client.send(tts("这里会挂起。"))
+            hung = (await client.recv_json())["task_id"]
+            await client.recv_json()
+            assert await client.recv_json() == client.error_reply("任务超时：超过 0.3 秒未完成", hung)
+            # The task has failed, but the thread is still stuck inside the model: not alive.
+            await wait_until(lambda: not alive())
+            engine.released.set()
+            await wait_until(alive)
+            await client.request(tts("恢复了。"))
+    finally:
+        engine.released.set()
