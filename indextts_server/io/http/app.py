@@ -202,7 +202,8 @@ class HttpApi:
         async def metrics(request: Request, send: ASGISendCallable) -> None:
             if self.metrics is None:
                 raise not_found(path)
-            await respond(send, 200, self.metrics.render(), CONTENT_TYPE, [("cache-control", "no-store")])
+            body = await trio.to_thread.run_sync(self.metrics.render)  # off the event loop
+            await respond(send, 200, body, CONTENT_TYPE, [("cache-control", "no-store")])
 
         async def healthz(request: Request, send: ASGISendCallable) -> None:
             await respond(send, 200, b"ok\n", TEXT, [("cache-control", "no-store")])
