@@ -35,6 +35,22 @@ class TaskObserver(Protocol):
     def engine_error(self) -> None: ...
 
 
+def report_finished(
+    metrics: TaskObserver | None, task: Task, *, now: float, samples: int, compute: float
+) -> None:
+    """Count a task that reached a final state at ``now`` (monotonic seconds)."""
+    if metrics is None:
+        return
+    started = task.started_at
+    metrics.task_finished(
+        task.state,
+        latency=now - task.accepted_at,
+        queue_wait=None if started is None else started - task.accepted_at,
+        audio_seconds=samples / SAMPLE_RATE,
+        compute_seconds=compute,
+    )
+
+
 class Ticket(NamedTuple):
     """A queued task and the session its messages go to."""
 
@@ -125,17 +141,9 @@ class TaskBoard:
             session.tasks.discard(task.task_id)
             self.done += 1
             self._wake_sweeper()
-            if self.metrics is not None:
-                started = task.started_at
-                self.metrics.task_finished(
-                    state,
-                    latency=now - task.accepted_at,
-                    queue_wait=None if started is None else started - task.accepted_at,
-                    audio_seconds=samples / SAMPLE_RATE,
-                    compute_seconds=compute,
-                )
-                if engine_error:
-                    self.metrics.engine_error()
+            report_finished(self.metrics, task, now=now, samples=samples, compute=compute)
+            if engine_error and self.metrics is not None:
+                self.metrics.engine_error()
         self.changed.set()
         self.changed = trio.Event()
 

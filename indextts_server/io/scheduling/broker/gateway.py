@@ -16,11 +16,11 @@ import trio
 from ....core import texts
 from ....core.contract import replies
 from ....core.contract.protocol import TaskState
-from ....core.engine import SAMPLE_RATE, SynthesisJob
+from ....core.engine import SynthesisJob
 from ....core.fleet import ReplyEvent, TaskOrder, decode_activity
 from ....core.tasks import Delivery, Task, iso
 from ...transport.session import Session
-from ..board import TaskObserver
+from ..board import TaskObserver, report_finished
 from .recovery import run_recovery
 from .store import BrokerDown, Store
 from .worker import BrokerWorker
@@ -337,15 +337,7 @@ class BrokerScheduler:
         )
         if tell and message is not None:
             local.session.send(replies.error(task.session_id, message, task.task_id))
-        if self.metrics is not None:
-            started = task.started_at
-            self.metrics.task_finished(
-                state,
-                latency=now - task.accepted_at,
-                queue_wait=None if started is None else started - task.accepted_at,
-                audio_seconds=samples / SAMPLE_RATE,
-                compute_seconds=compute,
-            )
+        report_finished(self.metrics, task, now=now, samples=samples, compute=compute)
         self._changed.set()
 
     def _forget(self, local: _Local) -> None:
