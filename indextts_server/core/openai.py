@@ -10,7 +10,7 @@ import msgspec
 
 from . import texts
 from .contract.jobs import job
-from .contract.protocol import EmoVector, IntervalSilence, MaxTokens, QuickFirst, Seed, UnitFloat
+from .contract.protocol import ModelFields
 from .engine import EmoMode, SynthesisJob
 from .voices import DEFAULT_VOICE
 
@@ -79,10 +79,12 @@ class VoiceRef(msgspec.Struct, kw_only=True):
     id: str
 
 
-class SpeechRequest(msgspec.Struct, kw_only=True):
+class SpeechRequest(ModelFields, kw_only=True):
     """``POST /v1/audio/speech``: OpenAI's fields, then this model's own (as the WebSocket names them).
 
-    ``None`` means the default, as over the WebSocket. Unknown fields are ignored.
+    ``None`` means the default, as over the WebSocket. Unknown fields are ignored. ``stream``
+    (from the model's fields) streams the audio as segments are produced; ``stream_format:
+    "sse"`` implies it.
     """
 
     input: str
@@ -92,19 +94,6 @@ class SpeechRequest(msgspec.Struct, kw_only=True):
     response_format: ResponseFormat | None = None
     speed: Annotated[float, msgspec.Meta(ge=SPEED_MIN, le=SPEED_MAX)] | None = None
     stream_format: Literal["audio", "sse"] | None = None
-    # Extensions: stream the audio as segments are produced (``stream_format: "sse"`` implies it).
-    stream: bool | None = None
-    emo_mode: EmoMode | None = None
-    emo_voice: str | None = None
-    emo_audio: str | None = None
-    emo_alpha: UnitFloat | None = None
-    emo_vector: EmoVector | None = None
-    emo_text: str | None = None
-    interval_silence: IntervalSilence | None = None
-    max_tokens: MaxTokens | None = None
-    use_random: bool | None = None
-    seed: Seed | None = None
-    quick_first: QuickFirst | None = None
 
     @property
     def voice_name(self) -> str:

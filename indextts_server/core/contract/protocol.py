@@ -21,18 +21,14 @@ QuickFirst = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_MAX)]
 """The request fields' bounds, shared by every kind of request that takes them."""
 
 
-class TtsStream(msgspec.Struct, tag_field="type", tag="tts_stream", kw_only=True):
-    """``{"type": "tts_stream", ...}``: synthesise ``text`` in the voice of ``prompt_audio``.
+class ModelFields(msgspec.Struct, kw_only=True):
+    """The model's own request fields: named and bounded alike in ``tts_stream`` and the HTTP API.
 
     ``None`` for an optional field means its default, so clients that send explicit nulls work.
-    Cross-field rules live in ``__post_init__`` and raise the contract's own texts.
+    ``emo_audio`` (a server path, the contract's field) and ``emo_voice`` (a library name, an
+    extension) are the two ways to name an emotion reference.
     """
 
-    text: str
-    # One of the pair names the speaker: ``prompt_audio`` (a server path, the contract's field)
-    # or ``voice`` (a library name, an extension); likewise ``emo_audio`` or ``emo_voice``.
-    prompt_audio: str | None = None
-    voice: str | None = None
     emo_mode: EmoMode | None = None
     emo_audio: str | None = None
     emo_voice: str | None = None
@@ -42,13 +38,28 @@ class TtsStream(msgspec.Struct, tag_field="type", tag="tts_stream", kw_only=True
     interval_silence: IntervalSilence | None = None
     max_tokens: MaxTokens | None = None
     use_random: bool | None = None
-    # Extensions (opt-in). ``seed`` fixes sampling and changes nothing else. A request that sets
-    # any of the others is "extended": its replies also carry the queue position, the format and
-    # the timing. A request without them sees exactly the contract's replies.
+    # Extensions (opt-in). ``seed`` fixes sampling and changes nothing else; ``stream`` sends the
+    # audio segment by segment; ``quick_first`` keeps the first segment short.
     seed: Seed | None = None
     stream: bool | None = None
-    format: AudioFormat | None = None
     quick_first: QuickFirst | None = None
+
+
+class TtsStream(ModelFields, tag_field="type", tag="tts_stream", kw_only=True):
+    """``{"type": "tts_stream", ...}``: synthesise ``text`` in the voice of ``prompt_audio``.
+
+    Cross-field rules live in ``__post_init__`` and raise the contract's own texts. A request
+    that sets ``stream``, ``format``, ``quick_first`` or ``details`` is "extended": its replies
+    also carry the queue position, the format and the timing. A request without them sees
+    exactly the contract's replies.
+    """
+
+    text: str
+    # One of the pair names the speaker: ``prompt_audio`` (a server path, the contract's field)
+    # or ``voice`` (a library name, an extension).
+    prompt_audio: str | None = None
+    voice: str | None = None
+    format: AudioFormat | None = None
     details: bool | None = None
 
     @property
