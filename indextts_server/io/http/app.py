@@ -17,7 +17,7 @@ from ...core import texts
 from ...core.openai import ApiError, model_list
 from ..operations.metrics import CONTENT_TYPE, Metrics
 from ..transport.websocket import Server
-from .asgi import TEXT, Request, respond, respond_error, respond_json
+from .asgi import TEXT, Request, respond, respond_error, respond_json, serve_lifespan
 from .speech import MidStreamFailure, Speech
 from .voices import Voices
 
@@ -82,7 +82,7 @@ class HttpApi:
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -97,15 +97,6 @@ class HttpApi:
         except Exception:
             log.exception("HTTP %s %s failed", request.method, request.path)
             await respond_error(send, ApiError(500, texts.INTERNAL_ERROR, code="internal_error"), cors)
-
-    async def _lifespan(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     def _cors(self, request: Request) -> list[tuple[str, str]]:
         origin = request.headers.get("origin")

@@ -19,6 +19,17 @@ Headers = Iterable[tuple[str, str]]
 _encoder: Final = msgspec.json.Encoder()
 
 
+async def serve_lifespan(receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    """Answer the server's lifespan messages: nothing to set up, nothing to tear down."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 class BodyTooLarge(Exception):
     """The request body is larger than the route accepts."""
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
-from ...http.asgi import TEXT, respond
+from ...http.asgi import TEXT, respond, serve_lifespan
 from ...operations.metrics import CONTENT_TYPE, Metrics
 from .gateway import BrokerScheduler
 
@@ -58,13 +58,8 @@ class OpsApi:
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         headers = [("cache-control", "no-store")]
@@ -72,7 +67,8 @@ class OpsApi:
         if scope["method"] not in ("GET", "HEAD"):
             await respond(send, 405, b"method not allowed\n", TEXT, [*headers, ("allow", "GET, HEAD")])
         elif path == "/metrics":
-            await respond(send, 200, self.metrics.render(), CONTENT_TYPE, headers)
+            body = await trio.to_thread.run_sync(self.metrics.render)  # off the event loop
+            await respond(send, 200, body, CONTENT_TYPE, headers)
         elif path == "/healthz":
             await respond(send, 200, b"ok\n", TEXT, headers)
         elif path == "/readyz":
