@@ -12,7 +12,7 @@ import msgspec
 import trio
 
 from ..results.record import Record
-from .load import LoadPlan, LoadResult
+from .load import LoadPlan, LoadResult, drive_connections
 from .progress import Progress
 
 RECEIVE_SIZE: Final = 65536
@@ -121,18 +121,8 @@ class _HttpRun:
                 except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
                     self.result.connection_errors.append(f"warm-up: {exc!r}")
         self.t0 = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            if self.progress is not None:
-                nursery.start_soon(self.progress.run)
-            with trio.move_on_after(self.plan.duration_limit) as deadline:
-                async with trio.open_nursery() as active:
-                    for index in range(self.plan.connections):
-                        active.start_soon(self._connection, index)
-            self.result.timed_out = deadline.cancelled_caught
-            nursery.cancel_scope.cancel()
+        await drive_connections(self.plan, self.result, self.progress, self._connection)
         self.result.elapsed = self.clock()
-        if self.progress is not None:
-            self.progress.close()
         return self.result
 
     def _take(self) -> bytes | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Final
@@ -71,6 +71,26 @@ async def run_load(plan: LoadPlan, progress: Progress | None = None) -> LoadResu
     return await _Run(plan, progress).run()
 
 
+async def drive_connections(
+    plan: LoadPlan,
+    result: LoadResult,
+    progress: Progress | None,
+    connection: Callable[[int], Awaitable[None]],
+) -> None:
+    """Run ``plan.connections`` connections to the end, or until ``plan.duration_limit`` has passed."""
+    async with trio.open_nursery() as nursery:
+        if progress is not None:
+            nursery.start_soon(progress.run)
+        with trio.move_on_after(plan.duration_limit) as deadline:
+            async with trio.open_nursery() as active:
+                for index in range(plan.connections):
+                    active.start_soon(connection, index)
+        result.timed_out = deadline.cancelled_caught
+        nursery.cancel_scope.cancel()
+    if progress is not None:
+        progress.close()
+
+
 class _Run:
     def __init__(self, plan: LoadPlan, progress: Progress | None):
         self.plan = plan
@@ -89,7 +109,7 @@ class _Run:
             idle = await self._open_idle(held)
             self.result.idle_opened = len(idle)
             self.t0 = time.perf_counter()
-            await self._active_phase()
+            await drive_connections(self.plan, self.result, self.progress, self._connection)
             self.result.elapsed = self.clock()
             self.result.idle_dropped = sum(ws.closed is not None for ws in idle)
             async with trio.open_nursery() as closing:
@@ -97,18 +117,6 @@ class _Run:
                     closing.start_soon(_close, ws)
         return self.result
 
-    async def _active_phase(self) -> None:
-        async with trio.open_nursery() as nursery:
-            if self.progress is not None:
-                nursery.start_soon(self.progress.run)
-            with trio.move_on_after(self.plan.duration_limit) as deadline:
-                async with trio.open_nursery() as active:
-                    for index in range(self.plan.connections):
-                        active.start_soon(self._connection, index)
-            self.result.timed_out = deadline.cancelled_caught
-            nursery.cancel_scope.cancel()
-        if self.progress is not None:
-            self.progress.close()
 
     def _take(self) -> str | None:
         if self.taken >= self.plan.requests:
