@@ -23,7 +23,7 @@ from pathlib import Path
 from ...core.config import EngineOptions
 from ...core.engine import SynthesisJob
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 VOICES = (REPO / "asset" / "zero_shot_prompt.wav", REPO / "asset" / "emo_prompt.wav")
 
 

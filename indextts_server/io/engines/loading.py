@@ -42,7 +42,7 @@ INSTALL_HINT: Final = 'indextts2 引擎需要安装可选依赖: pip install -e 
 
 def warmup_prompt() -> str | None:
     """The bundled speaker clip: from the working directory, else beside the package."""
-    for candidate in (Path(PROMPT_NAME), Path(__file__).resolve().parents[2] / PROMPT_NAME):
+    for candidate in (Path(PROMPT_NAME), Path(__file__).resolve().parents[3] / PROMPT_NAME):
         if candidate.is_file():
             return str(candidate)
     return None
