@@ -35,6 +35,18 @@ class TaskObserver(Protocol):
     def engine_error(self) -> None: ...
 
 
+def new_task(session: Session, job: SynthesisJob, delivery: Delivery) -> Task:
+    """A task accepted now for ``session``: a fresh id, the wall-clock and monotonic times."""
+    return Task(
+        str(uuid.uuid4()),
+        session.session_id,
+        job,
+        datetime.now(),
+        delivery=delivery,
+        accepted_at=trio.current_time(),
+    )
+
+
 def report_finished(
     metrics: TaskObserver | None, task: Task, *, now: float, samples: int, compute: float
 ) -> None:
@@ -103,14 +115,7 @@ class TaskBoard:
             return "closed"
         if len(self._tickets) >= self.max_queue:
             return "full"
-        task = Task(
-            str(uuid.uuid4()),
-            session.session_id,
-            job,
-            datetime.now(),
-            delivery=delivery,
-            accepted_at=trio.current_time(),
-        )
+        task = new_task(session, job, delivery)
         try:
             self._send.send_nowait(Ticket(task, session))
         except trio.WouldBlock:

@@ -20,7 +20,7 @@ from ....core.engine import SynthesisJob
 from ....core.fleet import ReplyEvent, TaskOrder, decode_activity
 from ....core.tasks import Delivery, Task, iso
 from ...transport.session import Session
-from ..board import TaskObserver, report_finished
+from ..board import TaskObserver, new_task, report_finished
 from .recovery import run_recovery
 from .store import BrokerDown, Store
 from .worker import BrokerWorker
@@ -130,14 +130,7 @@ class BrokerScheduler:
     async def submit(self, session: Session, job: SynthesisJob, delivery: Delivery) -> str | None:
         if not self.connected:
             return texts.BROKER_UNAVAILABLE
-        task = Task(
-            str(uuid.uuid4()),
-            session.session_id,
-            job,
-            datetime.now(),
-            delivery=delivery,
-            accepted_at=trio.current_time(),
-        )
+        task = new_task(session, job, delivery)
         local = _Local(task, session)
         self.local[task.task_id] = local
         session.tasks.add(task.task_id)
