@@ -46,10 +46,15 @@ class SynthesisJob(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Segment(NamedTuple):
-    """One text segment's audio, and whether it is the utterance's last."""
+    """One text segment's audio, whether it is the utterance's last, and the text it was made from.
+
+    ``text`` is the segment's text as the engine read it (after its own splitting and, where the
+    model normalizes, as normalized); empty where an engine cannot say.
+    """
 
     pcm: PCM
     last: bool
+    text: str = ""
 
 
 class Engine(Protocol):

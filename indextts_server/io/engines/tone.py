@@ -59,7 +59,7 @@ class ToneEngine:
             if self.rtf:
                 spent = time.monotonic() - started
                 time.sleep(max(0.0, self.rtf * len(pcm) / SAMPLE_RATE - spent))
-            yield Segment(pcm, index == len(segments) - 1)
+            yield Segment(pcm, index == len(segments) - 1, segment)
 
     def _voice(self, job: SynthesisJob) -> tuple[float, float]:
         try:
