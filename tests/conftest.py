@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -22,7 +23,8 @@ import soundfile
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+from wsproto.connection import ConnectionState
+from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 
 from indextts_server.bench.drive.corpus import contract_request
 from indextts_server.core.config import ServerConfig
@@ -316,6 +318,8 @@ class Unread:
     def __init__(self, stream: trio.SocketStream, ws: WSConnection):
         self.stream = stream
         self.ws = ws
+        self.pings = 0
+        self._sending = trio.Lock()
 
     @classmethod
     async def open(cls, port: int) -> Unread:
@@ -331,17 +335,34 @@ class Unread:
                 return cls(stream, ws)
 
     async def send(self, payload: dict[str, Any]) -> None:
-        await self.stream.send_all(self.ws.send(TextMessage(json.dumps(payload, ensure_ascii=False))))
+        async with self._sending:
+            await self.stream.send_all(self.ws.send(TextMessage(json.dumps(payload, ensure_ascii=False))))
+
+    async def keep_alive(self, interval: float) -> None:
+        """Ping every ``interval`` seconds, as client libraries' keepalives do, while the
+        connection is open on this side (reading nothing, so never seeing a pong)."""
+        try:
+            while self.ws.state == ConnectionState.OPEN:
+                async with self._sending:
+                    await self.stream.send_all(self.ws.send(Ping(self.pings.to_bytes(4, "big"))))
+                self.pings += 1
+                await trio.sleep(interval)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
     async def close_code(self) -> int | None:
         """Read everything the server sent; the code of its close frame (None: cut without one)."""
         while True:
             data = await self.stream.receive_some(1 << 16)
             if not data:
+                await self.stream.aclose()
                 return None
             self.ws.receive_data(data)
             for event in self.ws.events():
                 if isinstance(event, CloseConnection):
-                    await self.stream.send_all(self.ws.send(event.response()))
-                    await self.stream.aclose()
+                    async with self._sending:
+                        # The server may already have cut the TCP connection after its Close.
+                        with contextlib.suppress(trio.BrokenResourceError):
+                            await self.stream.send_all(self.ws.send(event.response()))
+                        await self.stream.aclose()
                     return event.code

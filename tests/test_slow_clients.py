@@ -1,4 +1,8 @@
-"""Clients that do not read: what the server holds for them is bounded in bytes, and they are closed with 1008."""
+"""Clients that do not read: what the server holds for them is bounded in bytes, and they are closed with 1008.
+
+The clients keep pinging all along, as client libraries' keepalives do: a ping that meets the
+server's closing handshake must not take anything down (trio-websocket issue #184).
+"""
 
 from __future__ import annotations
 
@@ -16,21 +20,26 @@ from indextts_server.core.engine import SAMPLE_RATE
 from .conftest import CLIENT_MAX_MESSAGE, CliServer, Running, Unread, tts, wait_until
 
 NOT_READING = "客户端未及时读取消息，连接已关闭（1008）"
+KEEPALIVE = 0.2
 # 160 CJK characters: about 40 s of tone audio, a WAV of about 1.8 MB, in two segments.
 LONG = "今天天气很好我们一起去公园散步吧。" * 10
 LONG_WAV_BYTES = 40 * SAMPLE_RATE * 2
 
 
 async def test_a_client_that_does_not_read_is_closed_with_1008_and_its_tasks_cancelled(
-    start_server: Any,
+    start_server: Any, nursery: trio.Nursery
 ) -> None:
     server: Running = await start_server(max_session_buffer=4 * LONG_WAV_BYTES)
     lazy = await Unread.open(server.port)
+    nursery.start_soon(lazy.keep_alive, KEEPALIVE)
     await wait_until(lambda: len(server.server.sessions) == 1)
     (session,) = server.server.sessions.values()
     for _ in range(12):
         await lazy.send(tts(LONG))
     await wait_until(lambda: session.overflowed)
+    # Pings go on arriving after the server has decided to close (its Close frame may be out).
+    pinged = lazy.pings
+    await wait_until(lambda: lazy.pings >= pinged + 3)
     async with server.connect() as other:
         # The rest of the service carries on, and every task of the closed session ended cancelled.
         await other.request(tts("我照常收到。"))
@@ -44,9 +53,14 @@ async def test_a_client_that_does_not_read_is_closed_with_1008_and_its_tasks_can
     assert await lazy.close_code() == 1008
 
 
-async def test_past_the_total_bound_the_session_holding_most_is_closed(start_server: Any) -> None:
-    server: Running = await start_server(max_session_buffer=100 * LONG_WAV_BYTES, max_total_buffer=6 * LONG_WAV_BYTES)
+async def test_past_the_total_bound_the_session_holding_most_is_closed(
+    start_server: Any, nursery: trio.Nursery
+) -> None:
+    server: Running = await start_server(
+        max_session_buffer=100 * LONG_WAV_BYTES, max_total_buffer=6 * LONG_WAV_BYTES
+    )
     greedy = await Unread.open(server.port)
+    nursery.start_soon(greedy.keep_alive, KEEPALIVE)
     await wait_until(lambda: len(server.server.sessions) == 1)
     (session,) = server.server.sessions.values()
     for _ in range(6):
@@ -106,13 +120,18 @@ def test_many_connections_that_never_read_keep_rss_within_the_bounds() -> None:
                     pass
             before = _memory(pid)["VmRSS"]
             lazies = [await Unread.open(server.port) for _ in range(CONNECTIONS)]
-            for lazy in lazies:
-                for _ in range(REQUESTS):
-                    await lazy.send(tts(LONG))
-            # Every session is closed for not reading, once what it holds reaches a bound.
-            await trio.to_thread.run_sync(lambda: _wait_for(server, "is not reading", CONNECTIONS))
-            peak = _memory(pid)["VmHWM"]
             async with trio.open_nursery() as nursery:
+                for lazy in lazies:
+                    nursery.start_soon(lazy.keep_alive, KEEPALIVE)
+                for lazy in lazies:
+                    for _ in range(REQUESTS):
+                        await lazy.send(tts(LONG))
+                # Every session is closed for not reading, once what it holds reaches a bound.
+                await trio.to_thread.run_sync(lambda: _wait_for(server, "is not reading", CONNECTIONS))
+                # The keepalives go on meeting the closing handshakes for a while.
+                pinged = sum(lazy.pings for lazy in lazies)
+                await wait_until(lambda: sum(lazy.pings for lazy in lazies) >= pinged + 3 * CONNECTIONS)
+                peak = _memory(pid)["VmHWM"]
                 for lazy in lazies:
                     nursery.start_soon(read_close, lazy)
         growth = peak - before
@@ -122,12 +141,14 @@ def test_many_connections_that_never_read_keep_rss_within_the_bounds() -> None:
     try:
         trio.run(main)
     finally:
-        assert server.stop() == 0
+        alive = server.process.poll() is None
+        assert alive and server.stop() == 0, f"the server died:\n{server.text[-3000:]}"
     assert closed == [1008] * CONNECTIONS
 
 
 def _wait_for(server: CliServer, pattern: str, count: int) -> None:
     deadline = time.monotonic() + 90
     while len(re.findall(pattern, server.text)) < count:
+        assert server.process.poll() is None, f"the server died:\n{server.text[-3000:]}"
         assert time.monotonic() < deadline, f"{count} x {pattern!r} never logged:\n{server.text[-3000:]}"
         time.sleep(0.05)

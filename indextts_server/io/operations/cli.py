@@ -111,7 +111,7 @@ async def serve(
         if metrics_address is not None:
             host, port = metrics_address
             ops = HttpApi(server, metrics, ops_only=True)
-            urls = await nursery.start(partial(serve_http, ops, host, port))
+            urls = await nursery.start(partial(serve_http, ops, host, port, errors=metrics))
             log.info("metrics on http://%s:%s/metrics (also /healthz, /readyz)", host, bound_port(urls))
         stall_limit = server.config.task_timeout or DEFAULT_STALL_LIMIT
         await nursery.start(notifier.run_watchdog, _alive(server, stall_limit))
@@ -129,6 +129,7 @@ async def serve(
                     port,
                     shutdown=server.drain_started.wait,
                     graceful_timeout=server.config.drain_timeout + 10,
+                    errors=metrics,
                 )
             )
             log.info("http on http://%s:%s (OpenAI-compatible API under /v1)", host, bound_port(urls))
@@ -160,7 +161,7 @@ async def serve_worker(
         if metrics_address is not None:
             host, port = metrics_address
             ops = OpsApi(lambda: node.ready, metrics)
-            urls = await nursery.start(partial(serve_http, ops, host, port))
+            urls = await nursery.start(partial(serve_http, ops, host, port, errors=metrics))
             log.info("metrics on http://%s:%s/metrics (also /healthz, /readyz)", host, bound_port(urls))
         stall_limit = node.task_timeout or DEFAULT_STALL_LIMIT
         await nursery.start(notifier.run_watchdog, lambda: node.scheduler.alive(stall_limit))

@@ -70,6 +70,11 @@ class Metrics:
         self.engine_errors_total = Counter(
             "indextts_engine_errors", "Exceptions raised by the engine.", registry=r
         )
+        self.unexpected_errors_total = Counter(
+            "indextts_unexpected_errors",
+            "Exceptions that escaped one connection's tasks (WebSocket or HTTP); that connection was closed.",
+            registry=r,
+        )
 
     def set_queue_depth_source(self, depth: Callable[[], float]) -> None:
         """Read the queue depth from ``depth()`` at each scrape, e.g. ``lambda: board.queue_depth``."""
@@ -117,6 +122,10 @@ class Metrics:
 
     def engine_error(self) -> None:
         self.engine_errors_total.inc()
+
+    def unexpected_error(self) -> None:
+        """An exception escaped one connection's tasks; the connection was closed, the server went on."""
+        self.unexpected_errors_total.inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric (:data:`CONTENT_TYPE`)."""

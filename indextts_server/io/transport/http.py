@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Final
 
+import hypercorn.trio.run
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import ASGIFramework
+
+from .containment import Containment, ErrorCounter
 
 log = logging.getLogger("indextts_server")
 
@@ -36,6 +41,38 @@ _ERROR_LOG: Final = logging.getLogger("indextts_server.http")
 _ERROR_LOG.addFilter(_NoCutTracebacks())
 
 
+_CONTAINMENT: Final = ContextVar[Containment | None]("http_containment", default=None)
+"""The containment of the `serve_http` call a connection belongs to (tasks inherit it)."""
+
+
+class _ContainedTCPServer(TCPServer):
+    """hypercorn's per-connection task, run under the containment of its `serve_http` call.
+
+    hypercorn catches what the application raises (500, or a cut response), but not what its
+    own connection handling raises: that would leave ``trio.serve_listeners`` and stop the port
+    with everything else in the process. hypercorn's Trio worker looks ``TCPServer`` up in its
+    module when a connection arrives, which is the seam used here (see `serve_http`).
+    """
+
+    async def run(self) -> None:
+        containment = _CONTAINMENT.get()
+        if containment is None:
+            await super().run()
+            return
+        await containment.run(f"remote={_peer(self.stream)}", super().run)
+
+
+def _peer(stream: trio.abc.Stream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return "?"
+    return f"{host}:{port}"
+
+
+setattr(hypercorn.trio.run, "TCPServer", _ContainedTCPServer)  # noqa: B010 - not exported
+
+
 def hypercorn_config(host: str, port: int, *, graceful_timeout: float) -> Config:
     config = Config()
     bracketed = f"[{host}]" if ":" in host else host
@@ -56,13 +93,18 @@ async def serve_http(
     *,
     shutdown: Callable[[], Awaitable[None]] | None = None,
     graceful_timeout: float = 5.0,
+    errors: ErrorCounter | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``host:port`` (0: any free port) until cancelled, or until ``shutdown``
     returns: then the listener closes at once and requests in flight get ``graceful_timeout``
     seconds. ``task_status.started`` gets the bound URLs (``http://host:port``).
+
+    What one connection's handling raises ends that connection only (logged, counted in
+    ``errors``), as on the WebSocket port.
     """
     config = hypercorn_config(host, port, graceful_timeout=graceful_timeout)
+    _CONTAINMENT.set(Containment("http connection", errors))
     await serve(app, config, shutdown_trigger=shutdown, task_status=task_status, mode="asgi")
 
 

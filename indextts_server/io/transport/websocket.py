@@ -5,21 +5,13 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import Final, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    WebSocketConnection,
-    WebSocketRequest,
-    WebSocketServer,
-    serve_websocket,
-)
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
 from ...core import texts
 from ...core.config import ServerConfig
@@ -35,6 +27,7 @@ from ..audio.voices import VoiceLibrary
 from ..scheduling.board import TaskBoard, TaskObserver
 from ..scheduling.scheduler import EmbeddedScheduler, Scheduler
 from ..scheduling.worker import InferenceWorker
+from .containment import ContainedWebSocketServer, Containment
 from .session import Close, OutboxBudget, Session
 
 log = logging.getLogger("indextts_server")
@@ -58,6 +51,8 @@ class ServerMetrics(TaskObserver, Protocol):
     def connection_closed(self) -> None: ...
 
     def task_refused(self) -> None: ...
+
+    def unexpected_error(self) -> None: ...
 
 
 class Server:
@@ -101,6 +96,7 @@ class Server:
         self._stop_scope = trio.CancelScope()
         self._sessions_gone = trio.Event()  # set when the last session closes while draining
         self.drain_started = trio.Event()
+        self.containment = Containment("session", metrics)
 
     @property
     def paths(self) -> AudioPaths:
@@ -151,26 +147,17 @@ class Server:
         # scope) while the connections it accepted, which live in ``connections``, carry on.
         with self._listen_scope:
             async with trio.open_nursery() as listener:
-                if self._adopted:
-                    server = WebSocketServer(
-                        self._serve_connection,
-                        self._adopted,
-                        handler_nursery=connections,
-                        max_message_size=self.config.max_message_bytes,
-                    )
-                    await listener.start(server.run)
-                else:
-                    server = await listener.start(
-                        partial(
-                            serve_websocket,
-                            self._serve_connection,
-                            self.config.host,
-                            self.config.port,
-                            None,
-                            handler_nursery=connections,
-                            max_message_size=self.config.max_message_bytes,
-                        )
-                    )
+                sockets = self._adopted or await trio.open_tcp_listeners(
+                    self.config.port, host=self.config.host
+                )
+                server = ContainedWebSocketServer(
+                    self._serve_connection,
+                    sockets,
+                    self.containment,
+                    handler_nursery=connections,
+                    max_message_size=self.config.max_message_bytes,
+                )
+                await listener.start(server.run)
                 for endpoint in server.listeners:
                     engine = self.scheduler.engine_name
                     log.info("listening on %s (engine %s)", endpoint_url(endpoint), engine)
@@ -217,7 +204,7 @@ class Server:
     def busy_workers(self) -> int:
         return self.scheduler.busy
 
-    async def _serve_connection(self, request: WebSocketRequest) -> None:
+    async def _serve_connection(self, request: WebSocketRequest, session_id: str) -> None:
         refusal = self._refusal(request)
         if refusal is not None:
             status, body = refusal
@@ -227,7 +214,7 @@ class Server:
             )
             return
         ws = await request.accept()
-        session = Session(str(uuid.uuid4()), self.budget)
+        session = Session(session_id, self.budget)
         if self.metrics is not None:
             self.metrics.connection_opened()
         log.info("session opened session=%s remote=%s", session.session_id, ws.remote)
