@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
+import os
 import re
 import socket
 import subprocess
@@ -307,6 +309,25 @@ class CliServer:
             return self.process.wait(timeout=timeout)
         finally:
             self.process.kill()
+
+
+async def upgrade(stream: trio.SocketStream, port: int, path: str = "/", headers: str = "") -> bytes:
+    """Send a bare WebSocket handshake on ``stream``; the response head (empty if cut first)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send_all(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"{headers}\r\n"
+        ).encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            break
+        response += chunk
+    return response
 
 
 class Unread:

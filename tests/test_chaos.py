@@ -23,7 +23,7 @@ from typing import Any
 import trio
 from trio_websocket import open_websocket_url
 
-from .conftest import CLIENT_MAX_MESSAGE, Client, CliServer, tts
+from .conftest import CLIENT_MAX_MESSAGE, Client, CliServer, tts, upgrade
 
 CHAOS_SECONDS = 20.0
 MISBEHAVING = 24
@@ -71,19 +71,9 @@ class Raw:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
         await sock.connect(("127.0.0.1", port))
         stream = trio.SocketStream(sock)
-        key = "dGhlIHNhbXBsZSBub25jZQ=="
-        await stream.send_all(
-            (
-                f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = await stream.receive_some(4096)
-            if not data:
-                raise trio.BrokenResourceError("refused")
-            head += data
+        head = await upgrade(stream, port)
+        if not head:
+            raise trio.BrokenResourceError("cut during the handshake")
         assert head.startswith(b"HTTP/1.1 101"), head[:100]
         return cls(stream)
 

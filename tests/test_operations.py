@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -27,7 +26,7 @@ from indextts_server.io.operations.cli import _alive
 from indextts_server.io.scheduling.scheduler import EmbeddedScheduler
 from indextts_server.io.transport.websocket import Server
 
-from .conftest import CliServer, GatedEngine, Running, tts, wait_until
+from .conftest import CliServer, GatedEngine, Running, tts, upgrade, wait_until
 
 LONG = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"
 SHUTDOWN = "服务器正在关闭，请稍后重连"
@@ -334,20 +333,7 @@ async def test_idle_connection_is_closed_with_1001(start_server: Any) -> None:
 async def raw_handshake(port: int, path: str = "/", headers: str = "") -> tuple[trio.SocketStream, bytes]:
     """A bare TCP WebSocket handshake: a peer that then does whatever the test wants."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    await stream.send_all(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"{headers}\r\n"
-        ).encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        chunk = await stream.receive_some(4096)
-        if not chunk:
-            break
-        response += chunk
+    response = await upgrade(stream, port, path, headers)
     return stream, response
 
 
