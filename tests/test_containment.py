@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+from hypercorn.protocol import ProtocolWrapper
 from trio_websocket import ConnectionClosed
 
 from indextts_server.core.config import ServerConfig
@@ -15,7 +16,7 @@ from indextts_server.io.operations.metrics import Metrics
 from indextts_server.io.transport.containment import Containment
 from indextts_server.io.transport.websocket import Server
 
-from .conftest import Running, tts, wait_until
+from .conftest import Running, StartServer, tts, wait_until
 
 
 async def test_an_exception_in_one_connection_closes_it_and_the_server_serves_the_next(
@@ -44,6 +45,32 @@ async def test_an_exception_in_one_connection_closes_it_and_the_server_serves_th
     assert "indextts_unexpected_errors_total 2.0" in metrics.render().decode()
     async with server.connect() as client:
         await client.request(tts("我照常收到。"))
+
+
+async def test_an_exception_in_one_http_connection_closes_it_and_the_port_serves_the_next(
+    start_http: StartServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await start_http()
+    handle = ProtocolWrapper.handle
+    broken = {"left": 1}
+
+    async def fails_once(self: ProtocolWrapper, event: Any) -> None:
+        if broken["left"]:
+            broken["left"] -= 1
+            raise RuntimeError("a bug in the connection's handling")
+        await handle(self, event)
+
+    monkeypatch.setattr(ProtocolWrapper, "handle", fails_once)
+    caplog.set_level(logging.INFO, "indextts_server")
+    for expected in (b"", b"HTTP/1.1 200"):
+        stream = await trio.open_tcp_stream("127.0.0.1", server.http_port)
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        response = b""
+        while data := await stream.receive_some(4096):
+            response += data
+        assert response.startswith(expected)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unexpected error on http")]
+    assert len(lines) == 1 and lines[0].endswith(": RuntimeError; connection closed"), lines
 
 
 async def test_containment_passes_cancellation_and_catches_groups() -> None:
