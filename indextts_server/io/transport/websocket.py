@@ -43,6 +43,15 @@ def endpoint_url(endpoint: object) -> str:
     return f"ws://{host}:{port}"
 
 
+def remote(peer: WebSocketRequest | WebSocketConnection) -> str:
+    """The peer's address for the log; the client may already be gone (reset after its handshake),
+    and then trio-websocket's ``remote`` raises."""
+    try:
+        return str(peer.remote)
+    except OSError as error:
+        return f"gone ({error.strerror})"
+
+
 class ServerMetrics(TaskObserver, Protocol):
     """What the server reports to the metrics, beyond finished tasks."""
 
@@ -208,7 +217,7 @@ class Server:
         refusal = self._refusal(request)
         if refusal is not None:
             status, body = refusal
-            log.info("handshake refused (%d) remote=%s", status, request.remote)
+            log.info("handshake refused (%d) remote=%s", status, remote(request))
             await request.reject(
                 status, extra_headers=[(b"Content-Type", b"text/plain; charset=utf-8")], body=body.encode()
             )
@@ -217,7 +226,7 @@ class Server:
         session = Session(session_id, self.budget)
         if self.metrics is not None:
             self.metrics.connection_opened()
-        log.info("session opened session=%s remote=%s", session.session_id, ws.remote)
+        log.info("session opened session=%s remote=%s", session.session_id, remote(ws))
         try:
             async with self.hosting(session):
                 async with trio.open_nursery() as nursery:
