@@ -51,6 +51,19 @@ def assemble(chunks: list[PCM], audio_format: AudioFormat) -> bytes:
     return encode_audio(whole, audio_format)
 
 
+async def deliver(ticket: Ticket, chunks: list[PCM]) -> None:
+    """Encode ``chunks`` as one reply in the task's format and hand it to its session."""
+    task, session = ticket
+    audio_format = task.delivery.format
+    if audio_format in ("wav", "pcm") and sum(len(chunk) for chunk in chunks) <= INLINE_SAMPLES:
+        data = assemble(chunks, audio_format)
+    else:
+        data = await trio.to_thread.run_sync(assemble, chunks, audio_format, abandon_on_cancel=True)
+    if task.first_audio_at is None:
+        task.first_audio_at = trio.current_time()
+    session.deliver(data, len(data))
+
+
 class EngineRun:
     """One task's pass through the engine, shared by the event loop and the thread inside it.
 
@@ -99,18 +112,9 @@ class EngineRun:
             close()
 
 
-class InferenceWorker:
-    """Runs one task at a time, in queue order, whoever sent it.
-
-    The engine is blocking, so every call into it goes through ``trio.to_thread.run_sync``
-    under a ``CapacityLimiter(1)``: one thread at a time ever touches the model. The engine is
-    advanced one segment per call, so a task that is cancelled, or whose client has gone, stops
-    at the next segment boundary.
-
-    A task that outlives ``task_timeout`` fails at once; the thread still inside the engine is
-    abandoned but keeps the limiter until it returns, and the worker takes the next task only
-    then, so the next task's time starts when it holds the engine.
-    """
+class EngineTask:
+    """What every inference task shares: its engine behind a ``CapacityLimiter(1)``, the FIFO it
+    takes tickets from, and the liveness the watchdog reads (``running``, ``last_progress``)."""
 
     def __init__(
         self,
@@ -127,17 +131,9 @@ class InferenceWorker:
         self.task_timeout = task_timeout
         self.name = name
         self.limiter = trio.CapacityLimiter(1)
-        self.current: Ticket | None = None
         self.last_progress = 0.0
         self.running = False
         self.waiting_for_engine = False  # an abandoned thread is still inside the engine
-        self._scope: trio.CancelScope | None = None
-        self._abort_reason: str | None = None
-
-    @property
-    def busy(self) -> bool:
-        """Running a task, or waiting for an abandoned one to leave the engine."""
-        return self.current is not None or self.waiting_for_engine
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.last_progress = trio.current_time()
@@ -147,6 +143,53 @@ class InferenceWorker:
             await self._serve()
         finally:
             self.running = False
+
+    async def _serve(self) -> None:
+        raise NotImplementedError
+
+    async def _engine_free(self) -> None:
+        """Wait until no abandoned thread is inside the engine."""
+        if not self.limiter.borrowed_tokens:
+            return
+        self.waiting_for_engine = True
+        try:
+            async with self.limiter:
+                pass
+        finally:
+            self.waiting_for_engine = False
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` in a worker thread holding the engine; abandoned if the caller is cancelled."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=True)
+
+
+class InferenceWorker(EngineTask):
+    """Runs one task at a time, in queue order, whoever sent it.
+
+    The engine is blocking, so every call into it goes through ``trio.to_thread.run_sync``
+    under a ``CapacityLimiter(1)``: one thread at a time ever touches the model. The engine is
+    advanced one segment per call, so a task that is cancelled, or whose client has gone, stops
+    at the next segment boundary.
+
+    A task that outlives ``task_timeout`` fails at once; the thread still inside the engine is
+    abandoned but keeps the limiter until it returns, and the worker takes the next task only
+    then, so the next task's time starts when it holds the engine.
+    """
+
+    # Set per task (class-level defaults: none yet).
+    current: Ticket | None = None
+    _scope: trio.CancelScope | None = None
+    _abort_reason: str | None = None
+
+    @property
+    def tasks(self) -> list[Ticket]:
+        """The running task, if any."""
+        return [] if self.current is None else [self.current]
+
+    @property
+    def busy(self) -> bool:
+        """Running a task, or waiting for an abandoned one to leave the engine."""
+        return self.current is not None or self.waiting_for_engine
 
     def stop(self, reason: str) -> None:
         """Ask the running task (if any) to stop at its next segment boundary with ``reason``."""
@@ -175,17 +218,6 @@ class InferenceWorker:
                 finally:
                     self.current = None
                     self.last_progress = trio.current_time()
-
-    async def _engine_free(self) -> None:
-        """Wait until no abandoned thread is inside the engine."""
-        if not self.limiter.borrowed_tokens:
-            return
-        self.waiting_for_engine = True
-        try:
-            async with self.limiter:
-                pass
-        finally:
-            self.waiting_for_engine = False
 
     async def _process(self, ticket: Ticket) -> None:
         task, session = ticket
@@ -254,7 +286,7 @@ class InferenceWorker:
                 finished = segment.last
                 samples += len(segment.pcm)
                 if stream:
-                    await self._deliver(ticket, [segment.pcm])
+                    await deliver(ticket, [segment.pcm])
                 else:
                     chunks.append(segment.pcm)
         finally:
@@ -262,20 +294,5 @@ class InferenceWorker:
                 with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
                     await self._call(run.close)
         if not stream:
-            await self._deliver(ticket, chunks)
+            await deliver(ticket, chunks)
         return samples, compute
-
-    async def _deliver(self, ticket: Ticket, chunks: list[PCM]) -> None:
-        task, session = ticket
-        audio_format = task.delivery.format
-        if audio_format in ("wav", "pcm") and sum(len(chunk) for chunk in chunks) <= INLINE_SAMPLES:
-            data = assemble(chunks, audio_format)
-        else:
-            data = await trio.to_thread.run_sync(assemble, chunks, audio_format, abandon_on_cancel=True)
-        if task.first_audio_at is None:
-            task.first_audio_at = trio.current_time()
-        session.deliver(data, len(data))
-
-    async def _call(self, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` in a worker thread holding the engine; abandoned if this task is cancelled."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=True)
