@@ -81,6 +81,17 @@ def engine_server(tiny: TinyCheckpoint, tmp_path_factory: pytest.TempPathFactory
         server.stop(timeout=60)
 
 
+@pytest.fixture(scope="session")
+def batch_server(tiny: TinyCheckpoint) -> Iterator[CliServer]:
+    """The same model served with ``--batch-size 8``."""
+    args = cli_args(tiny, "--device", "cpu", "--max-mel-tokens", str(MAX_MEL_TOKENS), "--batch-size", "8")
+    server = CliServer(args[2:], env={**os.environ, **offline_env(tiny)})
+    try:
+        yield server
+    finally:
+        server.stop(timeout=60)
+
+
 @asynccontextmanager
 async def connect(server: CliServer) -> AsyncIterator[Client]:
     async with open_websocket_url(server.url, max_message_size=CLIENT_MAX_MESSAGE) as ws:
@@ -119,7 +130,9 @@ def test_emo_vector_is_damped_per_emotion_then_capped_at_0_8_in_sum() -> None:
     from indextts_server.io.engines.indextts2 import EMO_BIAS, normalize_emo_vector
 
     # Below the cap only the per-emotion bias applies (happy 0.9375, calm 0.5625).
-    assert normalize_emo_vector([0.4, 0, 0, 0, 0, 0, 0, 0.4]) == pytest.approx([0.375, 0, 0, 0, 0, 0, 0, 0.225])
+    assert normalize_emo_vector([0.4, 0, 0, 0, 0, 0, 0, 0.4]) == pytest.approx(
+        [0.375, 0, 0, 0, 0, 0, 0, 0.225]
+    )
     # Above it, everything is scaled so the weights sum to 0.8, in proportion.
     capped = normalize_emo_vector([1.0] * 8)
     assert sum(capped) == pytest.approx(0.8)
@@ -423,7 +436,7 @@ from indextts_server.io.engines.indextts2 import IndexTTS2Engine
 model_dir, cfg_path, tmp = sys.argv[1:4]
 engine = IndexTTS2Engine(EngineOptions(model_dir=model_dir, cfg_path=cfg_path, max_mel_tokens=8), "cpu")
 decoded = []  # the codes of every decode call, per row
-real_decode, real_render = batching.decode, batching.render
+real_decode = batching.decode
 def spy(model, works, **kwargs):
     codes = real_decode(model, works, **kwargs)
     decoded.append([c.tolist() for c in codes])
@@ -481,18 +494,18 @@ report["oom_split_equal"] = [bool(np.array_equal(split[i], alone[i][0][0])) for 
 batching.decode = spy
 
 # A batched stage that fails: each row alone, before failing any; a broken prompt fails only its row.
-def fails_batched(model, works, codes):
+def fails_batched(model, works, **kwargs):
     if len(works) > 1:
         raise RuntimeError("a batched stage failed")
-    return real_render(model, works, codes)
-batching.render = fails_batched
+    return spy(model, works, **kwargs)
+batching.decode = fails_batched
 broken = [engine.synthesize(job) for job in jobs[:2]]
 with open(voice, "wb") as f:
     f.write(b"not audio at all")
 outcomes = engine.advance(broken)
 report["retried"] = [type(o).__name__ for o in outcomes]
 report["retried_first_equal"] = bool(np.array_equal(outcomes[0].pcm, alone[0][0][0][: len(outcomes[0].pcm)]))
-batching.render = real_render
+batching.decode = spy
 
 # A seeded row in a batch of sampled rows: advanced alone, as at batch size 1.
 engine.deterministic = False
@@ -520,3 +533,39 @@ def test_batched_rows_decode_the_codes_they_decode_alone_and_seeded_rows_stay_re
     assert report["retried"] == ["Segment", "SynthesisError"]
     assert report["retried_first_equal"]
     assert report["seeded_equal"]
+
+
+async def test_at_batch_size_8_concurrent_clients_are_served_a_cancel_stops_its_own_task_and_a_seed_repeats(
+    engine_server: CliServer, batch_server: CliServer
+) -> None:
+    seeded = tts(SEGMENTS, max_tokens=20, seed=11)
+    async with connect(engine_server) as client:
+        _, reference = await client.request(seeded)  # served one at a time
+    wavs: dict[str, bytes] = {}
+
+    async def speak(name: str, request: dict[str, Any]) -> None:
+        async with connect(batch_server) as client:
+            wavs[name] = (await client.request(request))[1]
+
+    async def cancel_mid_task() -> None:
+        async with connect(batch_server) as client:
+            await client.send(tts(SEGMENTS * 2, max_tokens=20))
+            task_id = (await client.recv_json())["task_id"]
+            assert await client.recv_json() == client.reply("start", task_id)
+            await client.send({"type": "cancel", "task_id": task_id})
+            assert (await client.recv_json())["status"] == "cancelling"
+            assert await client.recv_json() == client.error_reply("任务已取消", task_id)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(speak, "seeded", seeded)
+        nursery.start_soon(
+            speak,
+            "vector",
+            tts(SEGMENTS, max_tokens=20, emo_mode="vector", emo_vector=[0, 0.6, 0, 0, 0, 0, 0, 0]),
+        )
+        nursery.start_soon(speak, "other voice", tts("Hello there, a second voice.", prompt_audio=EMO_PROMPT))
+        nursery.start_soon(cancel_mid_task)
+    assert wavs["seeded"] == reference  # a seeded row runs alone: the same audio at any batch size
+    for name in ("vector", "other voice"):
+        pcm, rate, _ = decode_wav(wavs[name])
+        assert rate == SAMPLE_RATE and np.abs(pcm).max() > 0, name

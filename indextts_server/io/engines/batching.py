@@ -10,9 +10,10 @@ time). A step takes the next text segment of every row:
   ``generate`` decodes with the model's own settings (3 beams, top-p 0.8, top-k 30, temperature
   0.8, repetition penalty 10). Every row stops on its own stop token; a finished row idles until
   the longest is done, then each row's codes are cut at its first stop token.
-- The latent pass, s2mel (length regulator and 25 CFM steps) and BigVGAN have no padding mask
-  for the prompt or the text, so rows run through them together only when their shapes agree
-  (text length, code length, prompt length); otherwise in groups of one.
+- The latent pass (one causal GPT pass over ``[cond][text][codes]``) has no padding mask: rows
+  share it when their text and code lengths agree. s2mel (length regulator, 25 CFM steps) and
+  BigVGAN are convolutional along time: rows share them when their code and prompt lengths
+  agree. Otherwise a row runs them alone.
 
 The library's own path is never changed: a seeded row is advanced alone through it (its private
 RNG state swapped in, as at batch size 1), so its audio is the same as served one at a time.
@@ -169,37 +170,52 @@ def decode(model: object, works: Sequence[Work], *, max_mel_tokens: int, sample:
     return codes
 
 
-def shape_key(work: Work, codes: torch.Tensor) -> tuple[int, int, int, int]:
-    """Rows whose later stages may share one batch: equal text, code and prompt lengths."""
+def latent_key(work: Work, codes: torch.Tensor) -> tuple[int, int]:
+    """Rows that may share the latent pass (a causal GPT pass over ``[cond][text][codes]`` with no
+    padding mask): equal text and code lengths."""
+    return (len(work.tokens), len(codes))
+
+
+def mel_key(work: Work, codes: torch.Tensor) -> tuple[int, int, int]:
+    """Rows that may share s2mel and BigVGAN: equal code and prompt lengths (the CFM's convolutions
+    see past a padded end, and the length regulator interpolates every row to the longest)."""
     prepared = work.prepared
-    return (len(work.tokens), len(codes), prepared.ref_mel.shape[-1], prepared.prompt_condition.shape[1])
+    return (len(codes), prepared.ref_mel.shape[-1], prepared.prompt_condition.shape[1])
 
 
-def render(model: object, works: Sequence[Work], codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Latent pass, s2mel and BigVGAN for rows of one shape (see `shape_key`): each row's wav in [-1, 1]."""
+def latents(model: object, works: Sequence[Work], codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The GPT's latent pass for rows of one `latent_key`: each row's ``(1, codes, D)`` latent."""
     lib: Any = model  # the untyped indextts model: typed values leave as casts
-    gpt = lib.gpt
+    n = len(works)
+    device = works[0].prepared.conds.device
+    text = torch.tensor([work.tokens for work in works], dtype=torch.int32, device=device)
+    with _autocast(lib):
+        latent = lib.gpt(
+            torch.cat([work.prepared.latent for work in works], 0),
+            text,
+            torch.full((n,), text.shape[-1], device=device),
+            torch.stack(list(codes), 0),
+            torch.full((n,), len(codes[0]), device=device),
+            None,
+            emo_vec=torch.cat([work.prepared.emovec for work in works], 0),
+            use_speed=torch.zeros(n, device=device).long(),
+        )
+    out = cast(torch.Tensor, latent)
+    return [out[row : row + 1] for row in range(n)]
+
+
+def speak(
+    model: object, works: Sequence[Work], codes: Sequence[torch.Tensor], latent: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """s2mel and BigVGAN for rows of one `mel_key`: each row's wav, ``(1, samples)`` in [-1, 1]."""
+    lib: Any = model
     n = len(works)
     device = works[0].prepared.conds.device
     code_len = len(codes[0])
-    text = torch.tensor([work.tokens for work in works], dtype=torch.int32, device=device)
     stacked = torch.stack(list(codes), 0)
-    latent_in = torch.cat([work.prepared.latent for work in works], 0)
-    emovec = torch.cat([work.prepared.emovec for work in works], 0)
-    with _autocast(lib):
-        latent = gpt(
-            latent_in,
-            text,
-            torch.full((n,), text.shape[-1], device=device),
-            stacked,
-            torch.full((n,), code_len, device=device),
-            None,
-            emo_vec=emovec,
-            use_speed=torch.zeros(n, device=device).long(),
-        )
     models = lib.s2mel.models
-    latent = models["gpt_layer"](latent)
-    semantic = lib.semantic_codec.quantizer.vq2emb(stacked.unsqueeze(1)).transpose(1, 2) + latent
+    hidden = models["gpt_layer"](torch.cat(list(latent), 0))
+    semantic = lib.semantic_codec.quantizer.vq2emb(stacked.unsqueeze(1)).transpose(1, 2) + hidden
     target = (torch.full((n,), code_len, dtype=torch.long, device=device) * 1.72).long()
     cond = models["length_regulator"](semantic, ylens=target, n_quantizers=3, f0=None)[0]
     prompt = torch.cat([work.prepared.prompt_condition for work in works], 0)

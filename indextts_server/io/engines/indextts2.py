@@ -12,7 +12,7 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol, TypeVar, cast
@@ -375,17 +375,26 @@ class IndexTTS2Engine:
             return exc
 
     def _run_works(self, works: Sequence[batching.Work]) -> list[torch.Tensor]:
-        """Decode all rows together, then render each group of equal shapes together."""
+        """Decode all rows together, then run each later stage on the rows whose shapes agree."""
+        model = self._model
         codes = batching.decode(
-            self._model, works, max_mel_tokens=self.max_mel_tokens, sample=not self.deterministic
+            model, works, max_mel_tokens=self.max_mel_tokens, sample=not self.deterministic
         )
-        groups: dict[tuple[int, int, int, int], list[int]] = {}
-        for index, (work, code) in enumerate(zip(works, codes, strict=True)):
-            groups.setdefault(batching.shape_key(work, code), []).append(index)
+        latent: list[torch.Tensor | None] = [None] * len(works)
+        for rows in _groups(works, codes, batching.latent_key):
+            for index, value in zip(
+                rows, batching.latents(model, [works[i] for i in rows], [codes[i] for i in rows]), strict=True
+            ):
+                latent[index] = value
         wavs: list[torch.Tensor | None] = [None] * len(works)
-        for members in groups.values():
-            rendered = batching.render(self._model, [works[i] for i in members], [codes[i] for i in members])
-            for index, wav in zip(members, rendered, strict=True):
+        for rows in _groups(works, codes, batching.mel_key):
+            spoken = batching.speak(
+                model,
+                [works[i] for i in rows],
+                [codes[i] for i in rows],
+                [cast(torch.Tensor, latent[i]) for i in rows],
+            )
+            for index, wav in zip(rows, spoken, strict=True):
                 wavs[index] = wav
         return [cast(torch.Tensor, wav) for wav in wavs]
 
@@ -506,6 +515,18 @@ class IndexTTS2Engine:
 _NOISE_SEED: Final = 20260
 """Deterministic mode: segment i of every row draws its s2mel noise from a generator seeded
 ``_NOISE_SEED + i``."""
+
+
+def _groups(
+    works: Sequence[batching.Work],
+    codes: Sequence[torch.Tensor],
+    key: Callable[[batching.Work, torch.Tensor], Hashable],
+) -> list[list[int]]:
+    """The rows' indices, grouped by ``key`` (first appearance first)."""
+    groups: dict[Hashable, list[int]] = {}
+    for index, (work, code) in enumerate(zip(works, codes, strict=True)):
+        groups.setdefault(key(work, code), []).append(index)
+    return list(groups.values())
 
 
 def _next_or_error(row: Iterator[Segment]) -> Segment | BaseException | None:
