@@ -275,3 +275,25 @@ async def test_every_request_ends_once_under_a_burst(start_server: Any, batch_si
         for index in range(12):
             nursery.start_soon(one, index)
     assert len(set(ended)) == 12
+
+
+class BrokenOnce(SteppedEngine):
+    """Its first step raises for the whole batch, as an engine that cannot say whose error it is."""
+
+    def advance(self, rows: Sequence[Iterator[Segment]]) -> list[Outcome]:
+        if not self.steps:
+            self.steps.append([])
+            raise RuntimeError("the whole batch broke")
+        return super().advance(rows)
+
+
+async def test_an_error_for_the_whole_step_fails_its_rows_and_the_worker_goes_on(start_server: Any) -> None:
+    engine = BrokenOnce()
+    engine.run_freely()
+    server: Running = await start_server(engine, batch_size=8)
+    async with server.connect() as client:
+        broken = await send(client, TWO)
+        await client.recv_json()
+        message = "音频生成失败: the whole batch broke"
+        assert await client.recv_json() == client.error_reply(message, broken)
+        await client.request(tts("之后照常。", max_tokens=20))

@@ -102,7 +102,10 @@ class _Step:
                         row.segments = exc
             iterators = [row.segments for row in self._rows if isinstance(row.segments, Iterator)]
             advance = cast("Advance | None", getattr(self._engine, "advance", None))  # an optional capability
-            outcomes = iter(advance(iterators) if advance is not None else advance_each(iterators))
+            try:
+                outcomes = iter(advance(iterators) if advance is not None else advance_each(iterators))
+            except Exception as exc:  # an engine that cannot say whose it is: every row's
+                outcomes = iter([exc] * len(iterators))
             return [
                 next(outcomes) if isinstance(row.segments, Iterator) else row.segments for row in self._rows
             ]
