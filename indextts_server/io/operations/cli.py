@@ -16,6 +16,7 @@ from trio_websocket import WebSocketServer
 
 from ...core.config import ClusterOptions, EngineOptions, ServerConfig
 from ...core.engine import Engine
+from ..engines.thread import close_engine, start_engine
 from ..http.app import HttpApi
 from ..scheduling.scheduler import Scheduler
 from ..transport.http import bound_port, serve_http
@@ -43,11 +44,17 @@ DESCRIPTION: Final = "IndexTTS2 WebSocket 语音合成服务 (the contract's pro
 
 
 def build_engines(options: EngineOptions, progress: Callable[[str], None]) -> list[Engine]:
-    """The engines to serve with; for indextts2 this loads the model, before anything listens."""
+    """The engines to serve with; for indextts2 this loads the model, before anything listens.
+
+    Every engine lives on a thread of its own (`start_engine`), the tone engine too.
+    """
     if options.kind == "tone":
         from ..engines.tone import ToneEngine
 
-        return [ToneEngine(options.tone_rtf) for _ in range(options.workers)]
+        return [
+            start_engine(partial(ToneEngine, options.tone_rtf), f"engine-tone-{index}")
+            for index in range(options.workers)
+        ]
     from ..engines.loading import LoadFailed, load_engines
 
     try:
@@ -271,5 +278,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         trio.run(start)
     finally:
         close()
+        for engine in engines:
+            close_engine(engine)
         notifier.close()
     log.info("stopped")

@@ -32,6 +32,7 @@ from ...core.contract import replies
 from ...core.contract.protocol import AudioFormat
 from ...core.engine import PCM, Engine, Segment, SynthesisJob
 from ..audio.encoding import encode_audio
+from ..engines.thread import home_thread
 from .board import TaskBoard, Ticket
 
 log = logging.getLogger("indextts_server")
@@ -103,7 +104,8 @@ class InferenceWorker:
     """Runs one task at a time, in queue order, whoever sent it.
 
     The engine is blocking, so every call into it goes through ``trio.to_thread.run_sync``
-    under a ``CapacityLimiter(1)``: one thread at a time ever touches the model. The engine is
+    under a ``CapacityLimiter(1)``, and that pool thread hands the call to the engine's own
+    thread (`home_thread`): one thread, always the same one, ever touches the model. The engine is
     advanced one segment per call, so a task that is cancelled, or whose client has gone, stops
     at the next segment boundary.
 
@@ -122,6 +124,7 @@ class InferenceWorker:
         name: str = "worker-0",
     ):
         self.engine = engine
+        self.thread = home_thread(engine)
         self.board = board
         self.receive = receive
         self.task_timeout = task_timeout
@@ -277,5 +280,8 @@ class InferenceWorker:
         session.deliver(data, len(data))
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` in a worker thread holding the engine; abandoned if this task is cancelled."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=True)
+        """``fn(*args)`` on the engine's thread, waited for in a worker thread holding the limiter;
+        abandoned if this task is cancelled (the call still finishes on the engine's thread)."""
+        return await trio.to_thread.run_sync(
+            self.thread.call, fn, *args, limiter=self.limiter, abandon_on_cancel=True
+        )

@@ -18,6 +18,7 @@ from ....core.engine import PCM, Engine, Segment, SynthesisJob
 from ....core.fleet import ReplyEvent, WorkerActivity, encode_activity
 from ....core.texts import SHUTTING_DOWN, engine_failed, task_timed_out
 from ...audio.encoding import encode_audio
+from ...engines.thread import home_thread
 from .store import BrokerDown, Started, Store, Taken
 
 log = logging.getLogger("indextts_server")
@@ -67,6 +68,7 @@ class BrokerWorker:
         on_engine_error: Callable[[], None] | None = None,
     ):
         self.engine = engine
+        self.thread = home_thread(engine)
         self.store = store
         self.name = name
         self.task_timeout = task_timeout
@@ -307,10 +309,10 @@ class _Run:
             await self._progress(event, audio=True)
 
     async def _call(self, deadline: float, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` in the engine's thread; past ``deadline`` the thread is abandoned."""
-        limiter = self.worker.limiter
+        """``fn(*args)`` on the engine's own thread; past ``deadline`` the waiting thread is abandoned."""
+        limiter, call = self.worker.limiter, self.worker.thread.call
         if deadline == math.inf:
-            return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+            return await trio.to_thread.run_sync(call, fn, *args, limiter=limiter)
         with trio.move_on_at(deadline):
-            return await trio.to_thread.run_sync(fn, *args, limiter=limiter, abandon_on_cancel=True)
+            return await trio.to_thread.run_sync(call, fn, *args, limiter=limiter, abandon_on_cancel=True)
         raise TaskTimeout
