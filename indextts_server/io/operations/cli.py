@@ -21,6 +21,7 @@ from ..http.app import HttpApi
 from ..scheduling.scheduler import Scheduler
 from ..transport.http import bound_port, serve_http
 from ..transport.websocket import Server
+from .cpus import cpu_engine_count, set_torch_threads
 from .flags import parse
 from .logs import setup_logging
 from .metrics import Metrics
@@ -232,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = parse(argv, "indextts-server", DESCRIPTION)
     config, ops = settings.server, settings.ops
     setup_logging(ops.log_level)
+    if settings.cluster.role != "gateway":  # before torch is imported: OpenMP reads these once
+        log.info("%s", set_torch_threads(cpu_engine_count(settings.engine.kind, settings.engine.devices)))
     notifier = Notifier.from_environ()
     adopted = listen_sockets()
 
