@@ -414,3 +414,22 @@ async def test_an_uploaded_voice_speaks_over_http_and_websocket_and_a_replacemen
         _, other_by_path = await ws.request(tts("大家好。", prompt_audio=EMO_PROMPT, seed=3))
     assert not np.array_equal(replaced, pcm)  # not the cached conditioning of the old file
     assert np.array_equal(replaced, decode_wav(other_by_path)[0])
+
+
+def test_the_served_against_direct_probe_times_the_same_requests_both_ways(
+    tiny: TinyCheckpoint, tmp_path: Path
+) -> None:
+    out = tmp_path / "direct.json"
+    command = [
+        sys.executable, "-m", "indextts_server.bench.probes.direct",
+        "--model-dir", str(tiny.model_dir), "--cfg-path", str(tiny.cfg_path),
+        "--max-mel-tokens", "12", "--rounds", "2", "--json", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, **offline_env(tiny)}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert len(report["served_s"]) == len(report["direct_s"]) == 2
+    assert all(seconds > 0 for seconds in report["served_s"] + report["direct_s"])
+    assert report["audio_s"] == report["direct_audio_s"] > 0  # the same work on both sides
+    assert report["ratio"] == round(report["served_median_s"] / report["direct_median_s"], 3)
