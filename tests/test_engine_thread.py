@@ -109,3 +109,21 @@ def test_calls_run_in_order_and_an_error_is_raised_in_the_caller() -> None:
     assert thread.join(10)
     with pytest.raises(RuntimeError, match="has stopped"):
         thread.call(lambda: None)
+
+
+def test_closing_never_waits_for_a_call_still_stuck_in_the_engine() -> None:
+    engine = start_engine(ThreadNotingEngine, "engine-stuck")
+    thread = home_thread(engine)
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        entered.set()
+        release.wait(60)
+
+    thread.post(stuck)
+    assert entered.wait(10)
+    close_engine(engine, timeout=60)  # returns at once: the drain has already given up on this call
+    assert not release.is_set() and "close" not in [what for what, _ in engine.calls]
+    release.set()
+    assert thread.join(10)
+    assert engine.calls[-1] == ("close", "engine-stuck")

@@ -12,6 +12,7 @@ limiter, cancellation and ``abandon_on_cancel`` keep their meaning unchanged.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -38,6 +39,7 @@ class EngineThread:
     def __init__(self, name: str):
         self.name = name
         self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self.busy = False  # inside a call (read without a lock: a hint for the shutdown)
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -72,21 +74,24 @@ class EngineThread:
             future, fn, args = work
             del work
             if future.set_running_or_notify_cancel():
+                self.busy = True
                 try:
                     future.set_result(fn(*args))
                 except BaseException as exc:  # handed to the caller, which re-raises it
                     future.set_exception(exc)
+                finally:
+                    self.busy = False
             del future, fn, args  # hold nothing of the engine between calls
 
 
 _HOMES: Final[weakref.WeakKeyDictionary[object, EngineThread]] = weakref.WeakKeyDictionary()
 _HOMES_LOCK: Final = threading.Lock()
-_COUNT = [0]
+_NUMBERS: Final = itertools.count(1)
 
 
 def _adopt(engine: object, thread: EngineThread) -> None:
-    with _HOMES_LOCK:
-        _HOMES[engine] = thread
+    """Record ``thread`` as ``engine``'s home (the caller holds ``_HOMES_LOCK``)."""
+    _HOMES[engine] = thread
     weakref.finalize(engine, thread.stop)  # a collected engine frees its thread
 
 
@@ -102,7 +107,8 @@ def start_engine(factory: Callable[[], E], name: str) -> E:
     except BaseException:
         thread.stop()
         raise
-    _adopt(engine, thread)
+    with _HOMES_LOCK:
+        _adopt(engine, thread)
     return engine
 
 
@@ -113,25 +119,25 @@ def home_thread(engine: object) -> EngineThread:
         thread = _HOMES.get(engine)
         if thread is not None:
             return thread
-        _COUNT[0] += 1
-        thread = EngineThread(f"engine-{_COUNT[0]}")
-        _HOMES[engine] = thread
-    weakref.finalize(engine, thread.stop)
+        thread = EngineThread(f"engine-{next(_NUMBERS)}")
+        _adopt(engine, thread)
     return thread
 
 
-def close_engine(engine: object, timeout: float = 10.0) -> None:
+def close_engine(engine: object, timeout: float = 5.0) -> None:
     """At shutdown: the engine's ``close()`` (if it has one) on its own thread, then end that thread.
 
-    Waits at most ``timeout`` seconds: a thread still stuck inside the model is left behind (it is
-    a daemon), with a warning.
+    Waits at most ``timeout`` seconds, and not at all when a call the drain abandoned is still
+    inside the model: that thread is left behind (a daemon; the process exits anyway), with a
+    warning, so the exit never waits on a stuck engine.
     """
     thread = home_thread(engine)
     close: Callable[[], object] = getattr(engine, "close", lambda: None)
+    stuck = thread.busy
     closed = thread.post(close)
     thread.stop()
     try:
-        closed.result(timeout)
+        closed.result(0 if stuck else timeout)
     except TimeoutError:
         log.warning("engine thread %s did not end within %gs; leaving it", thread.name, timeout)
         return
