@@ -82,7 +82,14 @@ class HttpApi:
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         if scope["type"] == "lifespan":
-            await serve_lifespan(receive, send)
+            # The lifespan lasts as long as the server: responses are written from its nursery,
+            # so a request whose client stopped reading can give up (see `speech.Wire`).
+            async with trio.open_nursery() as writers:
+                self.speech.writers = writers
+                try:
+                    await serve_lifespan(receive, send)
+                finally:
+                    self.speech.writers = None
             return
         if scope["type"] != "http":
             return

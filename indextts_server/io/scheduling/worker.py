@@ -22,17 +22,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Final, TypeVar
 
-import numpy as np
 import trio
 
 from ...core import texts
 from ...core.contract import replies
-from ...core.contract.protocol import AudioFormat
+from ...core.cues import Timeline
 from ...core.engine import PCM, Engine, Segment, SynthesisJob
-from ..audio.encoding import encode_audio
+from ...core.tasks import Task
+from ..audio.encoding import SegmentFiles
 from ..engines.thread import home_thread
+from ..transport.session import Session
 from .board import TaskBoard, Ticket
 
 log = logging.getLogger("indextts_server")
@@ -46,10 +48,18 @@ CLOSE_TIMEOUT: Final = 5.0
 """Seconds the worker waits for an engine iterator to close before leaving it to its thread."""
 
 
-def assemble(chunks: list[PCM], audio_format: AudioFormat) -> bytes:
-    """Segments as one file: concatenated (when more than one) and encoded."""
-    whole = chunks[0] if len(chunks) == 1 else np.concatenate(chunks or [np.zeros(0, np.int16)])
-    return encode_audio(whole, audio_format)
+def timeline(task: Task) -> Timeline:
+    """Where the task's segments fall in the audio its client receives."""
+    delivery = task.delivery
+    return Timeline(task.job.interval_silence, speed=delivery.speed, sample_rate=delivery.sample_rate)
+
+
+def announce(task: Task, session: Session, cues: Timeline, segment: Segment, index: int) -> None:
+    """Keep the segment's cue with the task, and send it first when the request asked for cues."""
+    cue = cues.add(index, segment.text, len(segment.pcm), last=segment.last)
+    task.cues.append(cue)
+    if task.delivery.timestamps:
+        session.send(replies.cue(task.task_id, session.session_id, cue))
 
 
 class EngineRun:
@@ -230,7 +240,7 @@ class InferenceWorker:
         samples, compute = result
         self.board.move(task, "completed", session, samples=samples, compute=compute)
         timing = task.timing(samples, compute)
-        session.send(replies.end(task.task_id, session.session_id, task.delivery, timing))
+        session.send(replies.end(task.task_id, session.session_id, task.delivery, timing, task.cues))
 
     async def _synthesize(self, ticket: Ticket) -> tuple[int, float] | None:
         """Run the engine and deliver the audio; ``None`` if the task was stopped first.
@@ -240,6 +250,8 @@ class InferenceWorker:
         task, session = ticket
         stream = task.delivery.stream
         run = EngineRun(self.engine, task.job)
+        files = SegmentFiles(task.delivery.format, task.delivery.sample_rate)
+        cues = timeline(task)
         chunks: list[PCM] = []
         samples, compute = 0, 0.0
         finished = False
@@ -255,9 +267,10 @@ class InferenceWorker:
                     finished = True
                     break
                 finished = segment.last
+                announce(task, session, cues, segment, len(task.cues))
                 samples += len(segment.pcm)
                 if stream:
-                    await self._deliver(ticket, [segment.pcm])
+                    await self._deliver(ticket, files, [segment.pcm], last=finished)
                 else:
                     chunks.append(segment.pcm)
         finally:
@@ -265,16 +278,17 @@ class InferenceWorker:
                 with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
                     await self._call(run.close)
         if not stream:
-            await self._deliver(ticket, chunks)
+            await self._deliver(ticket, files, chunks, last=True)
         return samples, compute
 
-    async def _deliver(self, ticket: Ticket, chunks: list[PCM]) -> None:
+    async def _deliver(self, ticket: Ticket, files: SegmentFiles, chunks: list[PCM], *, last: bool) -> None:
         task, session = ticket
-        audio_format = task.delivery.format
-        if audio_format in ("wav", "pcm") and sum(len(chunk) for chunk in chunks) <= INLINE_SAMPLES:
-            data = assemble(chunks, audio_format)
+        if files.cheap and sum(len(chunk) for chunk in chunks) <= INLINE_SAMPLES:
+            data = files.file(chunks, last=last)
         else:
-            data = await trio.to_thread.run_sync(assemble, chunks, audio_format, abandon_on_cancel=True)
+            data = await trio.to_thread.run_sync(
+                partial(files.file, chunks, last=last), abandon_on_cancel=True
+            )
         if task.first_audio_at is None:
             task.first_audio_at = trio.current_time()
         session.deliver(data, len(data))

@@ -293,7 +293,7 @@ class BrokerScheduler:
             case "end":
                 self._end(local, "completed", None, samples=event.samples, compute=event.compute)
                 timing = task.timing(event.samples, event.compute)
-                session.send(replies.end(task.task_id, session.session_id, task.delivery, timing))
+                session.send(replies.end(task.task_id, session.session_id, task.delivery, timing, task.cues))
             case "error":
                 message = event.message or ""
                 self._end(local, event.state or "failed", message, tell=True)
