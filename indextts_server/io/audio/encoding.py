@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import struct
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import Final, Literal
 
@@ -58,11 +59,11 @@ class Resampler:
         self._pts = 0
 
     def feed(self, pcm: PCM) -> PCM:
-        if not len(pcm):
-            return np.zeros(0, np.int16)
-        frame = _frame(pcm, self._pts)
+        out: list[av.AudioFrame] = []
+        for frame in _frames(pcm, self._pts):
+            out.extend(self._resampler.resample(frame))
         self._pts += len(pcm)
-        return _samples(self._resampler.resample(frame))
+        return _samples(out)
 
     def finish(self) -> PCM:
         return _samples(self._resampler.resample(None))
@@ -145,6 +146,16 @@ def open_ended_wav_header(sample_rate: int = SAMPLE_RATE) -> bytes:
     )  # fmt: skip
 
 
+FRAME_SAMPLES: Final = 4096
+"""Samples per frame handed to FFmpeg: its buffers grow with the frame, so a long segment goes in
+as many short frames (one 30 s frame costs the resampler tens of MB)."""
+
+
+def _frames(pcm: PCM, pts: int) -> Iterator[av.AudioFrame]:
+    for offset in range(0, len(pcm), FRAME_SAMPLES):
+        yield _frame(pcm[offset : offset + FRAME_SAMPLES], pts + offset)
+
+
 def _frame(pcm: PCM, pts: int) -> av.AudioFrame:
     frame = av.AudioFrame.from_ndarray(
         np.ascontiguousarray(pcm, dtype=np.int16).reshape(1, -1), format="s16", layout="mono"
@@ -182,9 +193,12 @@ class Tempo:
         self._pts = 0
 
     def feed(self, pcm: PCM) -> PCM:
-        self._graph.push(_frame(pcm, self._pts))
+        out: list[PCM] = []
+        for frame in _frames(pcm, self._pts):
+            self._graph.push(frame)
+            out.append(self._pull())
         self._pts += len(pcm)
-        return self._pull()
+        return np.concatenate(out) if out else np.zeros(0, np.int16)
 
     def finish(self) -> PCM:
         self._graph.push(None)
@@ -239,9 +253,9 @@ class _Muxed:
         self._pts = 0
 
     def feed(self, pcm: PCM) -> bytes:
-        if len(pcm):
-            self._encode(_frame(pcm, self._pts))
-            self._pts += len(pcm)
+        for frame in _frames(pcm, self._pts):
+            self._encode(frame)
+        self._pts += len(pcm)
         return self._take()
 
     def finish(self) -> bytes:

@@ -37,6 +37,9 @@ from .asgi import BodyTooLarge, Request, chunk, encode_json, head
 log = logging.getLogger("indextts_server")
 
 RETRY_AFTER: Final = "1"
+PIECE_SAMPLES: Final = 16384
+"""A streamed segment is encoded and written in pieces of this many samples (under a second), so
+a response waiting on its client holds one piece, not a segment's worth of encoded audio."""
 SSE: Final = "text/event-stream"
 
 
@@ -201,11 +204,14 @@ class Speech:
         while True:
             event, cost = await session.next_message()
             if isinstance(event, bytes):
-                data = await _run(transcoder, transcoder.feed, _samples(event))
-                if not started:
-                    await wire(head(200, content_type, headers))
-                    started = True
-                await self._send(wire, speech, data)
+                samples = _samples(event)
+                for offset in range(0, len(samples), PIECE_SAMPLES):
+                    piece = samples[offset : offset + PIECE_SAMPLES]
+                    data = await _run(transcoder, transcoder.feed, piece)
+                    if not started:
+                        await wire(head(200, content_type, headers))
+                        started = True
+                    await self._send(wire, speech, data)
                 session.written(cost)  # its bytes are out: it no longer counts
             elif isinstance(event, End):
                 tail = await _run(transcoder, transcoder.finish)
