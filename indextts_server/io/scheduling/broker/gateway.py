@@ -15,7 +15,7 @@ import trio
 
 from ....core import texts
 from ....core.contract import replies
-from ....core.contract.protocol import TaskState
+from ....core.contract.protocol import Cue, TaskState
 from ....core.engine import SynthesisJob
 from ....core.fleet import ReplyEvent, TaskOrder, decode_activity
 from ....core.tasks import Delivery, Task, iso
@@ -167,6 +167,15 @@ class BrokerScheduler:
             session.send(replies.error(session.session_id, texts.unknown_task(task_id), task_id))
         else:
             session.send(record.status_reply(session.session_id))
+
+    async def cues(self, task_id: str) -> list[Cue] | None:
+        """Cluster mode keeps no cues: a known task has none, an unknown one is ``None``."""
+        try:
+            record = await self.store.call(self.store.record, task_id)
+        except BrokerDown as exc:
+            self._lost_contact(exc)
+            return None
+        return None if record is None else []
 
     async def cancel(self, task_id: str, session: Session) -> None:
         try:
