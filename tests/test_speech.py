@@ -25,6 +25,7 @@ from .test_voices import sample, upload
 TEXT = "大家好，我现在正在体验 AI 科技！今天天气很好。"
 THREE_SEGMENTS = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"
 FORMATS: list[Any] = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
+RATE_ERROR = "sample_rate 必须是 8000/11025/12000/16000/22050/24000/32000/44100/48000 之一"
 PCM_RATE = 24000
 """What the openai SDK's player, pipecat, livekit and Home Assistant play ``pcm`` at."""
 
@@ -401,6 +402,10 @@ def error_of(api: Running, body: Any, **kwargs: Any) -> tuple[int, dict[str, Any
             "模型不存在: whisper-1（可用: indextts2/tts-1/tts-1-hd/gpt-4o-mini-tts）",
         ),
         ({"input": "好" * 2001}, 400, "input", "input 过长：最多 2000 个字符"),
+        *(
+            ({"input": "你好", "sample_rate": rate}, 400, "sample_rate", RATE_ERROR)
+            for rate in (7999, 10000, 48001, "24000", 24000.5)
+        ),
     ],
 )
 async def test_a_bad_request_is_an_openai_error_naming_the_field(
