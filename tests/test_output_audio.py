@@ -136,7 +136,7 @@ async def test_mp3_aac_and_flac_at_a_sample_rate_decode_at_it(api: Running, rate
     _, reference = await in_thread(speak, api, "wav", stream=False)
     for response_format in ("mp3", "aac", "flac"):
         _, data = await in_thread(speak, api, response_format, stream=False, sample_rate=rate)
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), mode="r") as container:
             frames = list(container.decode(audio=0))
         assert frames[0].sample_rate == rate
         seconds = sum(frame.samples for frame in frames) / rate
