@@ -36,11 +36,17 @@ def pauses(pcm: np.ndarray, rate: int, *, shortest: float = 0.1, level: int = 30
 
 
 def assert_cues_fit_the_audio(
-    cues: list[tuple[float, float]], pcm: np.ndarray, rate: int, tolerance: float = TOLERANCE
+    cues: list[tuple[float, float]],
+    pcm: np.ndarray,
+    rate: int,
+    tolerance: float = TOLERANCE,
+    *,
+    level: int = 300,
 ) -> None:
     """Between each cue's end and the next cue's start lies a pause of the audio, within 10 ms;
-    the first cue starts at 0 and the last ends with the audio."""
-    gaps = pauses(pcm, rate)
+    the first cue starts at 0 and the last ends with the audio. ``level``: the loudest sample
+    that still counts as silence."""
+    gaps = pauses(pcm, rate, level=level)
     assert len(gaps) == len(cues) - 1, (gaps, cues)
     for (start, end), (next_start, _), (quiet, loud) in zip(cues, cues[1:], gaps, strict=False):
         assert abs(end - quiet) <= tolerance and abs(next_start - loud) <= tolerance, (cues, gaps)
