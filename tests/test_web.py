@@ -139,7 +139,7 @@ def test_the_caption_is_the_segment_heard_while_it_plays(page: Page) -> None:
         )
         if now[0]:
             seen.append((now[0], now[1]))
-        return page.state["segmentsPlayed"] >= 3
+        return bool(page.state["segmentsPlayed"] >= 3)
 
     page.wait(playing_matches_caption, "three segments to play out")
     assert seen, "no segment was seen playing"
