@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Final, Literal
 
-import pysubs2
+import srt
+import webvtt
 
 from .contract.protocol import Cue
 from .engine import SAMPLE_RATE, pause_samples
@@ -47,13 +50,38 @@ class Timeline:
 
 
 def subtitles(cues: Sequence[Cue], kind: SubtitleFormat) -> str:
-    """The cues as an SRT or WebVTT document (pysubs2 writes it); a cue without text is left out."""
-    document = pysubs2.SSAFile()
-    for cue in cues:
-        if not cue.text.strip():
-            continue
-        start = round(cue.start * 1000)
-        event = pysubs2.SSAEvent(start=start, end=start + round(cue.duration * 1000))
-        event.plaintext = cue.text
-        document.append(event)
-    return document.to_string(kind)
+    """The cues as a SubRip (written by ``srt``) or WebVTT (by ``webvtt-py``) document.
+
+    A cue's text goes on one line, its whitespace collapsed (a blank line would end the block);
+    WebVTT's markup characters are escaped, so the text shows as written. A cue without text
+    (an engine that cannot say what a segment read) is left out.
+    """
+    kept = [(cue, " ".join(cue.text.split())) for cue in cues]
+    lines = [(cue, text) for cue, text in kept if text]
+    if kind == "srt":
+        entries = [
+            srt.Subtitle(index=number, start=_delta(cue.start), end=_delta(_end(cue)), content=text)
+            for number, (cue, text) in enumerate(lines, start=1)
+        ]
+        return str(srt.compose(entries, reindex=False))
+    document = webvtt.WebVTT()
+    for cue, text in lines:
+        escaped = html.escape(text, quote=False)
+        document.captions.append(webvtt.Caption(start=_stamp(cue.start), end=_stamp(_end(cue)), text=escaped))
+    return str(document.content)
+
+
+def _end(cue: Cue) -> float:
+    return cue.start + cue.duration
+
+
+def _delta(seconds: float) -> timedelta:
+    return timedelta(milliseconds=round(seconds * 1000))
+
+
+def _stamp(seconds: float) -> str:
+    """WebVTT's ``hh:mm:ss.ttt``."""
+    milliseconds = round(seconds * 1000)
+    hours, rest = divmod(milliseconds, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
