@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -11,8 +12,10 @@ import pytest
 import srt
 import webvtt
 
-from indextts_server.core.engine import SAMPLE_RATE, pause_samples
+from indextts_server.core.engine import SAMPLE_RATE, Segment, SynthesisJob, pause_samples
 from indextts_server.core.segment import split_segments
+from indextts_server.io.audio.encoding import Tempo
+from indextts_server.io.engines.tone import ToneEngine
 
 from .conftest import Running, StartServer, decode_wav, tts
 from .test_speech import THREE_SEGMENTS
@@ -218,3 +221,37 @@ async def test_cues_are_forgotten_with_the_task_after_the_ttl(start_http: StartS
     response = await speech(api, stream=False)
     task_id = response.headers["x-task-id"]
     assert (await get(api, f"/v1/tasks/{task_id}/subtitles.srt")).status_code == 404
+
+
+class StretchingEngine:
+    """The tone engine at twice the speed, stretched inside the engine (as an engine that renders
+    ``speed`` itself does): the pauses it leaves are shorter than ``interval_silence``."""
+
+    name = "tone"
+
+    def __init__(self) -> None:
+        self.inner = ToneEngine()
+
+    def warm_up(self) -> None:
+        pass
+
+    def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
+        tempo = Tempo(2.0)
+        for segment in self.inner.synthesize(job):
+            pcm = tempo.feed(segment.pcm)
+            if segment.last:
+                pcm = np.concatenate([pcm, tempo.finish()])
+            yield Segment(pcm, segment.last, segment.text)
+
+
+async def test_cues_follow_pauses_an_engine_rendered_shorter(start_server: StartServer) -> None:
+    server = await start_server(StretchingEngine())
+    request = tts(THREE_SEGMENTS, max_tokens=20, interval_silence=PAUSE_MS, timestamps=True)
+    async with server.connect() as client:
+        await client.send(request)
+        replies = [await client.recv() for _ in range(7)]  # queued, start, 3 cues, the WAV, end
+    cues = [reply for reply in replies if isinstance(reply, dict) and reply.get("type") == "cue"]
+    (wav,) = [reply for reply in replies if isinstance(reply, bytes)]
+    pcm, rate, _ = decode_wav(wav)
+    # The time-stretch blends a pause's edges over one of its windows (see the speed test above).
+    assert_cues_fit_the_audio(spans(cues), pcm, rate, 0.030)

@@ -56,7 +56,7 @@ def timeline(task: Task) -> Timeline:
 
 def announce(task: Task, session: Session, cues: Timeline, segment: Segment, index: int) -> None:
     """Keep the segment's cue with the task, and send it first when the request asked for cues."""
-    cue = cues.add(index, segment.text, len(segment.pcm), last=segment.last)
+    cue = cues.add(index, segment.text, segment.pcm, last=segment.last)
     task.cues.append(cue)
     if task.delivery.timestamps:
         session.send(replies.cue(task.task_id, session.session_id, cue))
