@@ -1,4 +1,5 @@
-# indextts-server container images (docs/container.md). Plain OCI: docker or podman/buildah.
+# indextts-server container images (docs/container.md). Plain OCI images, built by docker
+# (BuildKit, the default since Docker 23) or podman/buildah; RUN --mount needs one of those.
 #
 #   docker build -t indextts-server .                          the IndexTTS2 engine, NVIDIA GPUs (full)
 #   docker build --target light -t indextts-server:light .     the tone engine, no torch (light)
@@ -28,16 +29,6 @@ RUN groupadd --system --gid 10001 indextts \
         --shell /usr/sbin/nologin indextts \
  && install -d -o indextts -g indextts /models /models/huggingface /voices
 
-# --- installing: one virtualenv in /opt/venv, from the wheel folder or from the source --------
-FROM base AS build
-COPY . /src
-FROM build AS build-light
-ARG WHEELS
-RUN sh /src/deploy/container-install.sh "/src/${WHEELS}" "[cluster]"
-FROM build AS build-full
-ARG WHEELS
-RUN sh /src/deploy/container-install.sh "/src/${WHEELS}" "[indextts,cluster]"
-
 # --- what both images run --------------------------------------------------------------------
 FROM base AS runtime
 # The bundled voice ("default", the contract's asset/zero_shot_prompt.wav) and the warm-up prompt.
@@ -50,7 +41,6 @@ ENV HF_HOME=/models/huggingface \
     INDEXTTS_SERVER_CFG_PATH=/models/IndexTTS-2/config.yaml \
     INDEXTTS_SERVER_VOICES_DIR=/voices \
     INDEXTTS_SERVER_HOST=0.0.0.0
-USER indextts
 # 8770: the WebSocket protocol; 8771: the HTTP API (OpenAI speech, voices, /healthz, /readyz, /metrics).
 EXPOSE 8770 8771
 VOLUME ["/models", "/voices"]
@@ -59,16 +49,24 @@ VOLUME ["/models", "/voices"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["indextts-server"]
 
+# Each target installs one virtualenv in /opt/venv, as root, from the build context mounted for
+# that step only (no copy of the context or of the wheels stays in any layer; the full image's
+# torch is several GB): from the wheel folder when it holds wheels, else from the source.
+
 # --- light: the tone engine, no torch (protocol trials, client development, CI, a gateway) ---
 FROM runtime AS light
-COPY --from=build-light /opt/venv /opt/venv
+ARG WHEELS
+RUN --mount=type=bind,target=/src,rw sh /src/deploy/container-install.sh "/src/${WHEELS}" "[cluster]"
 ENV INDEXTTS_SERVER_ENGINE=tone
+USER indextts
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
     CMD ["python", "-m", "indextts_server.io.operations.healthcheck"]
 
 # --- full (the default target): IndexTTS2 on NVIDIA GPUs (docker run --gpus all …) -----------
 FROM runtime AS full
-COPY --from=build-full /opt/venv /opt/venv
+ARG WHEELS
+RUN --mount=type=bind,target=/src,rw sh /src/deploy/container-install.sh "/src/${WHEELS}" "[indextts,cluster]"
+USER indextts
 # The model loads (or downloads, with --download) before the ports open: a long start period.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20m --retries=3 \
     CMD ["python", "-m", "indextts_server.io.operations.healthcheck"]

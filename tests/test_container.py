@@ -46,7 +46,7 @@ from .test_contract_clients import assert_contract_python_client_runs
 pytestmark = pytest.mark.timeout(900)
 
 SUITE = "bookworm"
-MIRROR = os.environ.get("INDEXTTS_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3")
 """What ``python:3.11-slim-bookworm`` has that a minimal Debian lacks (bookworm's python3 is 3.11)."""
 BASE_KEY = hashlib.sha256(f"{SUITE} minbase {' '.join(BASE_PACKAGES)} {MIRROR}".encode()).hexdigest()[:12]
@@ -111,16 +111,30 @@ def base_python(base_image: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def dependency_wheels(base_python: str) -> Path:
+def context(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The build context: what a fresh clone of this checkout holds (tracked and new files)."""
+    folder = tmp_path_factory.mktemp("context")
+    listed = run("git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    for name in filter(None, listed.split("\0")):
+        if (REPO / name).is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dependency_wheels(context: Path, base_python: str) -> Path:
     """Wheels of every dependency of ``.[cluster]`` for the base's Python, built once per ``pyproject.toml``."""
-    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes() + base_python.encode()).hexdigest()[:12]
+    key = hashlib.sha256((context / "pyproject.toml").read_bytes() + base_python.encode()).hexdigest()[:12]
     folder = CACHE / f"container-wheels-{key}"
     if not (folder / ".complete").is_file():
         shutil.rmtree(folder, ignore_errors=True)
-        run(sys.executable, "-m", "pip", "wheel", "--quiet", f"{REPO}[cluster]", "-w", str(folder))
+        run(sys.executable, "-m", "pip", "wheel", "--quiet", f"{context}[cluster]", "-w", str(folder))
         # pip resolves markers for this interpreter only: add what the base's Python also needs.
         if wanted := missing_for(folder, base_python):
             run(sys.executable, "-m", "pip", "wheel", "--quiet", *wanted, "-w", str(folder))
+        for own in folder.glob("indextts_server-*.whl"):
+            own.unlink()  # built fresh for each image
         (folder / ".complete").touch()
     return folder
 
@@ -156,33 +170,15 @@ def missing_for(folder: Path, python_full_version: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def light_image(
-    base_image: str, dependency_wheels: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """The Dockerfile's ``light`` target, built from what a fresh clone holds plus a wheel folder."""
-    context = tmp_path_factory.mktemp("context")
-    listed = run("git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard")
-    for name in filter(None, listed.split("\0")):
-        if (REPO / name).is_file():
-            (context / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, context / name)
+def light_image(base_image: str, context: Path, dependency_wheels: Path) -> Iterator[str]:
+    """The Dockerfile's ``light`` target, built from the context and a wheel folder in it."""
     wheels = context / "wheels"
-    shutil.copytree(
-        dependency_wheels, wheels, ignore=shutil.ignore_patterns("indextts_server-*", ".complete")
-    )
-    # This checkout's own wheel, always fresh (the cached one is of whatever tree filled the cache).
+    shutil.copytree(dependency_wheels, wheels, ignore=shutil.ignore_patterns(".complete"))
+    # This checkout's own wheel, always fresh.
     run(
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--quiet",
-        "--no-deps",
-        "--no-build-isolation",
-        str(context),
-        "-w",
-        str(wheels),
-    )
+        sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+        str(context), "-w", str(wheels),
+    )  # fmt: skip
     shutil.rmtree(context / "build", ignore_errors=True)
     tag = f"localhost/indextts-server-test:light-{os.getpid()}"
     run(
