@@ -216,13 +216,22 @@ class Container:
         self.name = run("buildah", "from", image).strip()
         config = image_config(image)
         command = [*(config.get("Entrypoint") or ()), *(config.get("Cmd") or ()), *flags]
+        self.log: list[str] = []
         self.process = subprocess.Popen(
             ["buildah", "run", "--isolation", "chroot", *self._env_flags(), self.name, "--", *command],
             stderr=subprocess.PIPE,
             text=True,
         )
+        try:
+            self._wait_until_serving()
+            self.pid = self._server_pid()
+        except BaseException:
+            self.process.kill()
+            subprocess.run(["buildah", "rm", self.name], capture_output=True)
+            raise
+
+    def _wait_until_serving(self) -> None:
         assert self.process.stderr is not None
-        self.log: list[str] = []
         for line in self.process.stderr:
             self.log.append(line)
             if "http on http://" in line:
@@ -231,7 +240,6 @@ class Container:
             raise AssertionError(f"the container exited ({self.process.wait()}) before serving:\n{self.text}")
         # The rest of the log is read by a thread, so that the pipe never fills.
         threading.Thread(target=self.log.extend, args=(self.process.stderr,), daemon=True).start()
-        self.pid = self._server_pid()
 
     def _env_flags(self) -> list[str]:
         return [flag for name, value in self.env.items() for flag in ("--env", f"{name}={value}")]
