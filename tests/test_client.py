@@ -20,8 +20,10 @@ import soundfile
 from websockets.sync.client import connect
 
 from indextts_server.client.voices import http_base
+from indextts_server.core.segment import split_segments
 
 from .conftest import EMO_PROMPT, PROMPT, REPO, CliServer, decode_wav, tts
+from .test_timestamps import assert_cues_fit_the_audio, srt_spans, vtt_spans
 
 TEXT = "大家好，我现在正在体验 AI 科技！今天天气很好，我们一起散步。"
 LONG = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。" * 4
@@ -92,6 +94,29 @@ def test_say_writes_the_same_wav_the_server_makes_whole(server: CliServer, tmp_p
     pcm, rate, info = decode_wav(out.read_bytes())
     assert (rate, info.channels, info.subtype) == (22050, 1, "PCM_16") and len(pcm) > 22050
     assert not list(tmp_path.glob("*.part"))
+
+
+@pytest.mark.parametrize("suffix", ["srt", "vtt"])
+def test_subtitles_are_written_beside_the_audio_and_match_it(
+    server: CliServer, tmp_path: Path, suffix: str
+) -> None:
+    out, subtitles = tmp_path / "out.wav", tmp_path / f"out.{suffix}"
+    done = say(server, LONG, "--max-tokens", "20", "--interval-silence", "300", "-o", str(out),
+               "--subtitles", str(subtitles))  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    read = srt_spans(subtitles.read_text("utf-8")) if suffix == "srt" else vtt_spans(subtitles.read_text("utf-8"))
+    assert [text for _, _, text in read] == split_segments(LONG, 20)
+    pcm, rate, _ = decode_wav(out.read_bytes())
+    assert_cues_fit_the_audio([(start, end) for start, end, _ in read], pcm, rate)
+
+
+def test_subtitles_need_an_srt_or_vtt_path_and_sample_rate_resamples(server: CliServer, tmp_path: Path) -> None:
+    refused = say(server, TEXT, "--subtitles", str(tmp_path / "out.txt"))
+    assert refused.returncode == 2 and b"--subtitles" in refused.stderr
+    out = tmp_path / "out.wav"
+    done = say(server, TEXT, "--sample-rate", "16000", "-o", str(out))
+    assert done.returncode == 0, done.stderr.decode()
+    assert decode_wav(out.read_bytes())[1] == 16000
 
 
 def test_piped_progress_is_one_plain_line_per_event(server: CliServer, tmp_path: Path) -> None:

@@ -83,6 +83,61 @@ def test_the_auth_token_comes_from_the_environment_and_never_shows_in_help(
     assert settings().server.auth_token is None
 
 
+def test_each_option_also_comes_from_its_environment_variable_and_the_command_line_wins() -> None:
+    environ = {
+        "INDEXTTS_SERVER_DEVICE": "cuda:1, cuda:2",
+        "INDEXTTS_SERVER_MODEL_DIR": "/models/IndexTTS-2",
+        "INDEXTTS_SERVER_DOWNLOAD": "yes",
+        "INDEXTTS_SERVER_ENGINE": "tone",
+        "INDEXTTS_SERVER_HTTP_PORT": "off",
+        "INDEXTTS_SERVER_AUDIO_ROOT": "/voices, /app/asset",
+        "INDEXTTS_SERVER_MAX_QUEUE": "",  # empty: unset, the default stays
+    }
+    given = parse([], "indextts-server", DESCRIPTION, environ)
+    assert given.engine == EngineOptions(
+        kind="tone", model_dir="/models/IndexTTS-2", devices=("cuda:1", "cuda:2"), download=True
+    )
+    assert (given.ops.http_port, given.server.audio_roots) == (None, ("/voices", "/app/asset"))
+    assert given.server.max_queue == ServerConfig().max_queue
+    flags = ["--device", "cpu", "--audio-root", "a", "--audio-root", "b", "--http-port", "9"]
+    given = parse(flags, "indextts-server", DESCRIPTION, environ)
+    assert (given.engine.devices, given.server.audio_roots, given.ops.http_port) == (("cpu",), ("a", "b"), 9)
+    assert given.engine.model_dir == "/models/IndexTTS-2"  # not on the command line: still the environment's
+    names = {option.env for option in options()}
+    assert {"INDEXTTS_SERVER_AUTH_TOKEN", "INDEXTTS_SERVER_BROKER", "INDEXTTS_SERVER_CFG_PATH"} <= names
+
+
+@pytest.mark.parametrize(
+    ("variable", "complaint"),
+    [
+        (
+            "INDEXTTS_SERVER_MAX_QUEUE=0",
+            "environment variable INDEXTTS_SERVER_MAX_QUEUE='0': Expected `int` >= 1",
+        ),
+        (
+            "INDEXTTS_SERVER_FP16=maybe",
+            "INDEXTTS_SERVER_FP16='maybe': expected 1/0, true/false, yes/no or on/off",
+        ),
+        ("INDEXTTS_SERVER_ROLE=boss", "INDEXTTS_SERVER_ROLE='boss': invalid choice: 'boss'"),
+        ("INDEXTTS_SERVER_DEVICE=,", "INDEXTTS_SERVER_DEVICE=',': needs at least one value"),
+    ],
+)
+def test_a_bad_environment_value_is_refused_naming_the_variable(
+    variable: str, complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name, value = variable.split("=", 1)
+    with pytest.raises(SystemExit) as exit_:
+        parse([], "indextts-server", DESCRIPTION, {name: value})
+    assert exit_.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_help_names_the_environment_and_shows_no_value_from_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INDEXTTS_SERVER_BROKER", "redis://:hunter2@10.0.0.5:6379/0")
+    text = parser("indextts-server", DESCRIPTION).format_help()
+    assert "INDEXTTS_SERVER_MODEL_DIR=/models/IndexTTS-2" in text and "hunter2" not in text
+
+
 def test_help_shows_each_default_once_and_names_the_contract() -> None:
     text = parser("indextts-server", DESCRIPTION).format_help()
     assert "the contract's flags" in text and "seed" not in text

@@ -64,7 +64,12 @@ def test_cli_server_logs_one_listening_line_and_stops_on_sigterm(cli_server: Cli
 
 
 def test_contract_python_client_runs_unchanged(cli_server: CliServer, tmp_path: Path) -> None:
-    script = contract_script("Python", cli_server.port, tmp_path / "contract_client.py")
+    assert_contract_python_client_runs(cli_server.port, tmp_path)
+
+
+def assert_contract_python_client_runs(port: int, tmp_path: Path) -> None:
+    """The contract's Python example against the server on ``port``: welcome, queued, start, audio, end."""
+    script = contract_script("Python", port, tmp_path / "contract_client.py")
     env = dict(os.environ)
     if find_spec("torchaudio") is None:
         # The example imports torchaudio but never uses it; the light test environment has no

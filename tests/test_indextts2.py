@@ -42,6 +42,7 @@ from indextts_server.devtools.tiny_checkpoint import (
 )
 
 from .conftest import CLIENT_MAX_MESSAGE, EMO_PROMPT, REPO, Client, CliServer, decode_wav, tts
+from .test_timestamps import assert_cues_fit_the_audio, srt_spans
 
 MAX_MEL_TOKENS = 24
 pytestmark = pytest.mark.timeout(900)  # a slow machine loads and runs the model slowly
@@ -163,6 +164,34 @@ async def test_long_text_becomes_several_segments_with_the_interval_silence(
     for chunk in chunks[:-1]:
         assert not chunk[-silence:].any() and chunk[:-silence].any()
     assert np.array_equal(np.concatenate(chunks), decode_wav(whole)[0])
+
+
+async def test_cues_match_the_real_models_segments_within_10_ms(engine_server: CliServer) -> None:
+    request = tts(SEGMENTS, max_tokens=20, interval_silence=300, stream=True, seed=1, timestamps=True)
+    async with connect(engine_server) as client:
+        await client.send(request)
+        task_id = (await client.recv_json())["task_id"]
+        await client.recv_json()  # start
+        cues, chunks = [], []
+        while (message := await client.recv_json())["type"] == "cue":
+            cues.append(message)
+            chunks.append(decode_wav(await client.recv_audio())[0])
+        assert message["type"] == "end" and len(message["cues"]) == len(cues) >= 3
+    pcm = np.concatenate(chunks)
+    # The pauses are the model's own silence: exact zeros, between one cue's end and the next's start.
+    spans = [(cue["start"], cue["start"] + cue["duration"]) for cue in cues]
+    assert_cues_fit_the_audio(spans, pcm, SAMPLE_RATE, level=0)
+    at = 0
+    for cue, chunk in zip(cues, chunks, strict=True):
+        assert abs(cue["start"] - at / SAMPLE_RATE) <= 0.010
+        at += len(chunk)
+    # The same cues as SRT over HTTP (those with text: the engine says what each segment read).
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.get(f"{engine_server.http}/v1/tasks/{task_id}/subtitles.srt")
+    assert response.status_code == 200
+    written = [(cue["start"], cue["start"] + cue["duration"]) for cue in cues if cue["text"].strip()]
+    read = [(start, end) for start, end, _ in srt_spans(response.text)]
+    assert read == pytest.approx(written, abs=0.001)
 
 
 async def test_seed_makes_identical_requests_identical(engine_server: CliServer) -> None:
@@ -569,3 +598,22 @@ async def test_at_batch_size_8_concurrent_clients_are_served_a_cancel_stops_its_
     for name in ("vector", "other voice"):
         pcm, rate, _ = decode_wav(wavs[name])
         assert rate == SAMPLE_RATE and np.abs(pcm).max() > 0, name
+
+
+def test_the_served_against_direct_probe_times_the_same_requests_both_ways(
+    tiny: TinyCheckpoint, tmp_path: Path
+) -> None:
+    out = tmp_path / "direct.json"
+    command = [
+        sys.executable, "-m", "indextts_server.bench.probes.direct",
+        "--model-dir", str(tiny.model_dir), "--cfg-path", str(tiny.cfg_path),
+        "--max-mel-tokens", "12", "--rounds", "2", "--json", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, **offline_env(tiny)}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert len(report["served_s"]) == len(report["direct_s"]) == 2
+    assert all(seconds > 0 for seconds in report["served_s"] + report["direct_s"])
+    assert report["audio_s"] == report["direct_audio_s"] > 0  # the same work on both sides
+    assert report["ratio"] == round(report["served_median_s"] / report["direct_median_s"], 3)

@@ -6,16 +6,22 @@ server's closing handshake must not take anything down (trio-websocket issue #18
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 import time
 from typing import Any
 
+import httpx
+import pytest
 import trio
 from trio_websocket import open_websocket_url
 
 from indextts_server.core.engine import SAMPLE_RATE
+from indextts_server.io.engines.tone import ToneEngine
+from indextts_server.io.transport import session as session_module
 
 from .conftest import CLIENT_MAX_MESSAGE, CliServer, Running, Unread, tts, wait_until
 
@@ -152,3 +158,121 @@ def _wait_for(server: CliServer, pattern: str, count: int) -> None:
         assert server.process.poll() is None, f"the server died:\n{server.text[-3000:]}"
         assert time.monotonic() < deadline, f"{count} x {pattern!r} never logged:\n{server.text[-3000:]}"
         time.sleep(0.05)
+
+
+# --- HTTP: the speech endpoint holds a request that does not read to the same bounds ---------------
+
+HTTP_PER_SESSION = 8 << 20
+HTTP_TOTAL = 64 << 20
+HTTP_CLIENTS = 16
+HTTP_GROWTH = 150 << 20
+# About 215 s of tone speech: a WAV of about 20 MB at 48 kHz.
+HTTP_LONG = "今天天气很好我们一起去公园散步吧。" * 54
+HTTP_BYTES = 20_000_000
+
+
+class UnreadHttp:
+    """An HTTP client that posts one speech request and reads nothing until ``read_to_end``."""
+
+    def __init__(self, stream: trio.SocketStream):
+        self.stream = stream
+
+    @classmethod
+    async def post(cls, port: int, body: dict[str, Any]) -> UnreadHttp:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connect: no autotuning
+        await sock.connect(("127.0.0.1", port))
+        stream = trio.SocketStream(sock)
+        data = json.dumps(body, ensure_ascii=False).encode()
+        head = (
+            f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        ).encode()
+        await stream.send_all(head + data)
+        return cls(stream)
+
+    async def read_to_end(self) -> bytes:
+        """Everything the server sent, until it closed the connection."""
+        parts = []
+        with contextlib.suppress(trio.BrokenResourceError):
+            while data := await self.stream.receive_some(1 << 16):
+                parts.append(data)
+        await self.stream.aclose()
+        return b"".join(parts)
+
+
+def test_many_http_clients_that_never_read_are_cut_off_within_the_bounds() -> None:
+    server = CliServer(
+        ["--engine", "tone", "--port", "0", "--max-queue", "1000", "--max-text-chars", "5000",
+         "--max-session-buffer", str(HTTP_PER_SESSION), "--max-total-buffer", str(HTTP_TOTAL)],
+        env=dict(os.environ),
+    )  # fmt: skip
+    pid = server.process.pid
+    body = {"input": HTTP_LONG, "response_format": "wav", "sample_rate": 48000}
+    ended: list[tuple[float, bytes]] = []
+
+    async def cut(client: UnreadHttp, began: float) -> None:
+        data = await client.read_to_end()
+        ended.append((trio.current_time() - began, data))
+
+    def whole(**extra: Any) -> httpx.Response:
+        with httpx.Client(timeout=60) as http:
+            return http.post(f"{server.http}/v1/audio/speech", json={**body, **extra})
+
+    async def main() -> None:
+        with trio.fail_after(100):
+            # Warm up: a whole long file, read, fills the engine's caches and the allocator.
+            warm = await trio.to_thread.run_sync(lambda: whole(stream=False))
+            assert warm.status_code == 200 and len(warm.content) > HTTP_BYTES
+            before = _memory(pid)["VmRSS"]
+            began = trio.current_time()
+            clients = [await UnreadHttp.post(server.http_port, body) for _ in range(HTTP_CLIENTS)]
+            await trio.to_thread.run_sync(lambda: _wait_for(server, "is not reading", HTTP_CLIENTS))
+            async with trio.open_nursery() as nursery:
+                for client in clients:
+                    nursery.start_soon(cut, client, began)
+            peak = _memory(pid)["VmHWM"]
+            growth = peak - before
+            print(f"server RSS before {before >> 20} MiB, peak growth {growth / (1 << 20):.1f} MiB")
+            print(f"cut after {min(s for s, _ in ended):.1f} to {max(s for s, _ in ended):.1f} s")
+            assert growth < HTTP_GROWTH, f"grew {growth >> 20} MiB"
+            # Every response was cut short (no final chunk), within 20 s of the requests.
+            assert len(ended) == HTTP_CLIENTS
+            for seconds, data in ended:
+                assert data.startswith(b"HTTP/1.1 200") and not data.endswith(b"\r\n0\r\n\r\n")
+                assert len(data) < HTTP_BYTES
+                assert seconds < 20, f"cut after {seconds:.1f} s"
+            # Their tasks ended cancelled, with the WebSocket's text; the next request is served.
+            cancelled = re.findall(r"task cancelled .*error='([^']*)'", server.text)
+            assert cancelled == [NOT_READING] * HTTP_CLIENTS
+            after = await trio.to_thread.run_sync(lambda: whole(input="我照常收到。"))
+            assert after.status_code == 200 and after.headers["content-type"] == "audio/wav"
+
+    try:
+        trio.run(main)
+    finally:
+        assert server.stop() == 0
+
+
+async def test_an_http_response_stuck_on_a_client_that_stopped_reading_is_cut_after_the_grace(
+    start_http: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session_module, "CLOSE_GRACE", 0.5)
+    # Segments come slower than the socket's buffers fill: the response is waiting on the client
+    # when the outbox passes its bound.
+    api: Running = await start_http(ToneEngine(rtf=0.02), max_session_buffer=4 * LONG_WAV_BYTES // 10)
+    lazy = await UnreadHttp.post(api.http_port, {"input": HTTP_LONG, "response_format": "wav"})
+    await wait_until(lambda: len(api.server.sessions) == 1)
+    (session,) = api.server.sessions.values()
+    with trio.fail_after(30):
+        # Unread, the response stays stuck in a write: the request gives up on it after the grace.
+        while session.session_id in api.server.sessions:  # noqa: ASYNC110 - no event marks it
+            await trio.sleep(0.05)
+        data = await lazy.read_to_end()
+    assert session.overflowed
+    assert data.startswith(b"HTTP/1.1 200") and not data.endswith(b"\r\n0\r\n\r\n")
+    (task,) = api.server.board.registry
+    assert (task.state, task.error_message) == ("cancelled", NOT_READING)
+    async with httpx.AsyncClient(timeout=30) as http:
+        after = await http.post(f"{api.http}/v1/audio/speech", json={"input": "我照常收到。", "stream": False})
+    assert after.status_code == 200 and after.headers["content-type"] == "audio/mpeg"

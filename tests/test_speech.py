@@ -25,6 +25,9 @@ from .test_voices import sample, upload
 TEXT = "大家好，我现在正在体验 AI 科技！今天天气很好。"
 THREE_SEGMENTS = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"
 FORMATS: list[Any] = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
+RATE_ERROR = "sample_rate 必须是 8000/11025/12000/16000/22050/24000/32000/44100/48000 之一"
+PCM_RATE = 24000
+"""What the openai SDK's player, pipecat, livekit and Home Assistant play ``pcm`` at."""
 
 
 class JobsEngine:
@@ -51,10 +54,10 @@ async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
 
-def seconds(data: bytes, response_format: str) -> float:
-    """The duration a decoder finds in ``data``."""
+def seconds(data: bytes, response_format: str, pcm_rate: int = PCM_RATE) -> float:
+    """The duration a decoder finds in ``data`` (raw ``pcm`` read at OpenAI's 24 kHz, as its clients do)."""
     if response_format == "pcm":
-        return len(data) / 2 / SAMPLE_RATE
+        return len(data) / 2 / pcm_rate
     with av.open(io.BytesIO(data), mode="r") as container:
         frames = list(container.decode(audio=0))
     return sum(frame.samples for frame in frames) / frames[0].sample_rate
@@ -73,7 +76,7 @@ async def api(start_http: StartServer) -> Running:
 
 
 async def reference(api: Running, text: str = TEXT, **extra: Any) -> bytes:
-    """The non-streamed WAV of ``text`` in alice's voice: what every format must last as long as."""
+    """The whole (``stream: false``) WAV of ``text`` in alice's voice: what every format must last as long as."""
     client = sdk(api)
     response = await in_thread(
         client.audio.speech.create,
@@ -81,7 +84,7 @@ async def reference(api: Running, text: str = TEXT, **extra: Any) -> bytes:
         voice="alice",
         input=text,
         response_format="wav",
-        extra_body=extra,
+        extra_body={"stream": False, **extra},
     )
     return bytes(response.content)
 
@@ -90,28 +93,27 @@ async def reference(api: Running, text: str = TEXT, **extra: Any) -> bytes:
 
 
 @pytest.mark.parametrize("response_format", FORMATS)
-async def test_every_format_decodes_to_the_right_duration(api: Running, response_format: Any) -> None:
+async def test_stream_false_gives_every_format_whole_with_its_length(api: Running, response_format: Any) -> None:
     expected = len(decode_wav(await reference(api))[0]) / SAMPLE_RATE
     client = sdk(api)
     response = await in_thread(
-        client.audio.speech.create, model="tts-1", voice="alice", input=TEXT, response_format=response_format
-    )
-    assert response.response.headers["content-type"].startswith(
-        {
-            "mp3": "audio/mpeg",
-            "opus": "audio/ogg",
-            "aac": "audio/aac",
-            "flac": "audio/flac",
-            "wav": "audio/wav",
-            "pcm": "audio/L16",
-        }[response_format]
-    )
+        client.audio.speech.create, model="tts-1", voice="alice", input=TEXT, response_format=response_format,
+        extra_body={"stream": False},
+    )  # fmt: skip
+    assert response.response.headers["content-type"] == {
+        "mp3": "audio/mpeg",
+        "opus": "audio/ogg; codecs=opus",
+        "aac": "audio/aac",
+        "flac": "audio/flac",
+        "wav": "audio/wav",
+        "pcm": "audio/pcm;rate=24000",
+    }[response_format]
     assert int(response.response.headers["content-length"]) == len(response.content)
     assert abs(seconds(response.content, response_format) - expected) < 0.08
 
 
 @pytest.mark.parametrize("response_format", FORMATS)
-async def test_every_format_streams_and_decodes_to_the_right_duration(
+async def test_every_format_streams_by_default_and_decodes_to_the_right_duration(
     api: Running, response_format: Any
 ) -> None:
     expected = len(decode_wav(await reference(api, THREE_SEGMENTS, max_tokens=20))[0]) / SAMPLE_RATE
@@ -123,7 +125,7 @@ async def test_every_format_streams_and_decodes_to_the_right_duration(
             voice="alice",
             input=THREE_SEGMENTS,
             response_format=response_format,
-            extra_body={"stream": True, "max_tokens": 20},
+            extra_body={"max_tokens": 20},
         ) as response:
             return dict(response.headers), list(response.iter_bytes())
 
@@ -144,16 +146,20 @@ async def test_every_format_streams_and_decodes_to_the_right_duration(
 
 async def test_streamed_pcm_and_wav_equal_the_whole_audio_sample_for_sample(api: Running) -> None:
     whole = decode_wav(await reference(api, THREE_SEGMENTS, max_tokens=20))[0]
+    whole_24k, rate, _ = decode_wav(await reference(api, THREE_SEGMENTS, max_tokens=20, sample_rate=24000))
+    assert rate == PCM_RATE
     client = sdk(api)
 
-    def stream(response_format: Any) -> bytes:
+    def stream(response_format: Any, **extra: Any) -> bytes:
         with client.audio.speech.with_streaming_response.create(
             model="indextts2", voice="alice", input=THREE_SEGMENTS, response_format=response_format,
-            extra_body={"stream": True, "max_tokens": 20},
+            extra_body={"max_tokens": 20, **extra},
         ) as response:  # fmt: skip
             return response.read()
 
-    assert np.array_equal(np.frombuffer(await in_thread(stream, "pcm"), "<i2"), whole)
+    # pcm is OpenAI's 24 kHz, resampled as one piece however the segments fell.
+    assert np.array_equal(np.frombuffer(await in_thread(stream, "pcm"), "<i2"), whole_24k)
+    assert np.array_equal(np.frombuffer(await in_thread(stream, "pcm", sample_rate=22050), "<i2"), whole)
     assert np.array_equal(np.frombuffer((await in_thread(stream, "wav"))[44:], "<i2"), whole)
 
 
@@ -168,7 +174,7 @@ async def test_the_first_bytes_leave_after_the_first_segment_not_the_whole_text(
     def stream() -> bytes:
         with client.audio.speech.with_streaming_response.create(
             model="indextts2", voice="default", input=THREE_SEGMENTS, response_format="pcm",
-            extra_body={"stream": True, "max_tokens": 20},
+            extra_body={"max_tokens": 20},
         ) as response:  # fmt: skip
             chunks = []
             for chunk in response.iter_bytes():
@@ -192,7 +198,7 @@ async def _collect(into: list[bytes], fn: Any) -> None:
 
 
 async def test_sse_sends_deltas_then_done(api: Running) -> None:
-    whole = decode_wav(await reference(api, THREE_SEGMENTS, max_tokens=20))[0]
+    whole = decode_wav(await reference(api, THREE_SEGMENTS, max_tokens=20, sample_rate=PCM_RATE))[0]
 
     def stream() -> tuple[str, list[dict[str, Any]]]:
         with httpx.Client(timeout=30) as client:
@@ -302,7 +308,7 @@ async def test_a_client_that_disconnects_mid_stream_cancels_its_task(start_http:
 
     def read_first_chunk_and_leave() -> str:
         with httpx.Client(timeout=30) as client:
-            body = {"input": THREE_SEGMENTS, "response_format": "pcm", "stream": True, "max_tokens": 20}
+            body = {"input": THREE_SEGMENTS, "response_format": "pcm", "max_tokens": 20}
             with client.stream("POST", f"{api.http}/v1/audio/speech", json=body) as response:
                 next(response.iter_raw())
                 return response.headers["x-task-id"]
@@ -396,6 +402,10 @@ def error_of(api: Running, body: Any, **kwargs: Any) -> tuple[int, dict[str, Any
             "模型不存在: whisper-1（可用: indextts2/tts-1/tts-1-hd/gpt-4o-mini-tts）",
         ),
         ({"input": "好" * 2001}, 400, "input", "input 过长：最多 2000 个字符"),
+        *(
+            ({"input": "你好", "sample_rate": rate}, 400, "sample_rate", RATE_ERROR)
+            for rate in (7999, 10000, 48001, "24000", 24000.5)
+        ),
     ],
 )
 async def test_a_bad_request_is_an_openai_error_naming_the_field(
@@ -490,7 +500,8 @@ class FailsAfterFirstSegment:
 
 async def test_an_engine_failure_before_any_audio_is_a_500_naming_it(start_http: StartServer) -> None:
     api = await start_http(FailsAfterFirstSegment())
-    code, error, headers = await in_thread(error_of, api, {"input": THREE_SEGMENTS, "max_tokens": 20})
+    body = {"input": THREE_SEGMENTS, "max_tokens": 20, "stream": False}
+    code, error, headers = await in_thread(error_of, api, body)
     assert (code, error["type"], error["message"]) == (500, "server_error", "音频生成失败: boom")
     assert headers["x-task-id"]
 
@@ -500,7 +511,7 @@ async def test_an_engine_failure_mid_stream_cuts_the_response_short(start_http: 
 
     def stream() -> bytes:
         with httpx.Client(timeout=30) as client:
-            body = {"input": THREE_SEGMENTS, "response_format": "pcm", "stream": True, "max_tokens": 20}
+            body = {"input": THREE_SEGMENTS, "response_format": "pcm", "max_tokens": 20}
             with client.stream("POST", f"{api.http}/v1/audio/speech", json=body) as response:
                 return response.read()
 

@@ -14,6 +14,8 @@ import pytest
 import soundfile
 from selenium import webdriver
 
+from indextts_server.core.segment import split_segments
+
 from .browser import Page, PathProxy, start_chromium
 from .conftest import PROMPT, REPO, CliServer
 
@@ -108,6 +110,41 @@ def test_streams_plays_every_segment_and_offers_the_whole_wav(page: Page, tmp_pa
     page.driver.find_element("tag name", "body").screenshot(str(tmp_path / "page.png"))
     if SCREENSHOT:
         shutil.copyfile(tmp_path / "page.png", SCREENSHOT)
+
+
+def test_the_page_shows_the_text_of_the_segment_playing(page: Page) -> None:
+    _speak(page, TWO_SEGMENTS)
+    assert page.wait_phase("done", "error")["phase"] == "done"
+    page.wait(lambda: page.state["segmentsPlayed"] == 2, "both segments to play out")
+    state = page.state
+    # Each segment's text appeared when it began to sound, in order, and went when it ended.
+    assert state["captions"] == [
+        {"segment": index, "text": text} for index, text in enumerate(split_segments(TWO_SEGMENTS, 20), start=1)
+    ]
+    assert state["caption"] == "" and not page.element("caption").is_displayed()
+    texts = page.driver.find_elements("css selector", "#segments tbody td.text")
+    assert [cell.text for cell in texts] == split_segments(TWO_SEGMENTS, 20)
+
+
+def test_the_caption_is_the_segment_heard_while_it_plays(page: Page) -> None:
+    _speak(page, LONG)
+    texts = split_segments(LONG, 20)
+    seen: list[tuple[int, str]] = []
+
+    def playing_matches_caption() -> bool:
+        # Read the page's playing segment and its caption in one go, as a listener would see them.
+        now = page.driver.execute_script(
+            "const cell = document.querySelector('#segments td.playback[data-state=\"playing\"]');"
+            "return [cell ? Number(cell.parentElement.dataset.index) : 0, document.getElementById('caption').textContent];"
+        )
+        if now[0]:
+            seen.append((now[0], now[1]))
+        return bool(page.state["segmentsPlayed"] >= 3)
+
+    page.wait(playing_matches_caption, "three segments to play out")
+    assert seen, "no segment was seen playing"
+    assert all(caption == texts[index - 1] for index, caption in seen), seen
+    assert {index for index, _ in seen} >= {1, 2, 3}
 
 
 def test_an_uploaded_file_becomes_a_voice_to_speak_with(page: Page, server: CliServer) -> None:
@@ -227,7 +264,9 @@ def _slide(page: Page, element_id: str, value: float) -> None:
 
 
 def test_each_emotion_mode_sends_its_fields(page: Page) -> None:
-    expected_common = {"type": "tts_stream", "voice": "default", "stream": True, "format": "wav", "details": True}
+    expected_common = {
+        "type": "tts_stream", "voice": "default", "stream": True, "format": "wav", "details": True, "timestamps": True,
+    }  # fmt: skip
     cases: list[tuple[str, dict[str, object]]] = [
         ("none", {"emo_mode": "none"}),
         ("audio", {"emo_mode": "audio", "emo_voice": "default", "emo_alpha": 0.6}),

@@ -10,11 +10,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 import trio
 
+from ..core.contract.protocol import Cue
+from ..core.cues import subtitles
+from ..core.engine import SAMPLE_RATES
 from .output import AudioOutput
 from .progress import Progress
-from .request import FORMATS, SayOptions, UsageError, build_request, parse_vector, wire_format
+from .request import (
+    FORMATS,
+    SayOptions,
+    UsageError,
+    build_request,
+    parse_vector,
+    subtitle_kind,
+    wire_format,
+)
 from .session import ClientError, Interrupted, say, task_status
 from .voices import VoiceLibrary, http_base
 
@@ -88,6 +100,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=FORMATS, default="wav", help="audio format (default %(default)s)")
     s.add_argument(
         "--stream", action="store_true", help="write each segment as soon as it arrives (not with flac)"
+    )
+    s.add_argument(
+        "--sample-rate",
+        type=int,
+        choices=SAMPLE_RATES,
+        metavar="HZ",
+        help="resample the audio (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100 or 48000)",
+    )
+    s.add_argument(
+        "--subtitles",
+        metavar="PATH",
+        help="also write each segment's text and time as subtitles (PATH ends in .srt or .vtt)",
     )
     s.add_argument("-q", "--quiet", action="store_true", help="no progress, only errors")
     emotion = s.add_argument_group("emotion (at most one of the first four)")
@@ -202,13 +226,25 @@ def _say(args: argparse.Namespace) -> None:
         quick_first=args.quick_first,
         format=args.format,
         stream=args.stream,
+        sample_rate=args.sample_rate,
+        subtitles=args.subtitles,
     )
     request = build_request(options)
     wire, _ = wire_format(options)
     path = args.output or f"out.{options.format}"
     output = AudioOutput(path, streaming=options.stream, wav=options.format == "wav" and wire == "pcm")
     progress = Progress(sys.stderr, terminal=sys.stderr.isatty(), quiet=args.quiet)
-    trio.run(say, args.url, args.token, request, output, progress)
+    cues = trio.run(say, args.url, args.token, request, output, progress)
+    if options.subtitles is not None:
+        _write_subtitles(options.subtitles, cues)
+
+
+def _write_subtitles(path: str, cues: list[dict[str, Any]]) -> None:
+    document = subtitles(msgspec.convert(cues, list[Cue]), subtitle_kind(path))
+    try:
+        Path(path).write_text(document, encoding="utf-8")
+    except OSError as error:
+        raise ClientError(f"--subtitles: cannot write {path}: {error.strerror}") from None
 
 
 def _voices(args: argparse.Namespace) -> None:

@@ -38,6 +38,22 @@ class SayOptions:
     quick_first: int | None = None
     format: Format = "wav"
     stream: bool = False
+    sample_rate: int | None = None
+    subtitles: str | None = None
+    """A path ending in ``.srt`` or ``.vtt``: ask for the cues and write them there."""
+
+
+SubtitleKind = Literal["srt", "vtt"]
+
+
+def subtitle_kind(path: str) -> SubtitleKind:
+    """``--subtitles``: SRT or WebVTT, by the path's suffix."""
+    suffix = path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    if suffix == "srt":
+        return "srt"
+    if suffix == "vtt":
+        return "vtt"
+    raise UsageError(f"--subtitles: {path} must end in .srt or .vtt")
 
 
 def wire_format(options: SayOptions) -> tuple[Format, bool]:
@@ -131,9 +147,13 @@ def build_request(options: SayOptions) -> dict[str, object]:
         "max_tokens": options.max_tokens,
         "seed": options.seed,
         "quick_first": options.quick_first,
+        "sample_rate": options.sample_rate,
     }
     request.update({name: value for name, value in optional.items() if value is not None})
     if options.use_random:
         request["use_random"] = True
+    if options.subtitles is not None:
+        subtitle_kind(options.subtitles)
+        request["timestamps"] = True
     request.update(stream=stream, format=audio_format, details=True)
     return request

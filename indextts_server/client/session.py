@@ -78,11 +78,14 @@ def _json(message: str | bytes) -> Json:
     return value
 
 
-async def say(url: str, token: str | None, request: Json, output: AudioOutput, progress: Progress) -> None:
+async def say(
+    url: str, token: str | None, request: Json, output: AudioOutput, progress: Progress
+) -> list[Json]:
     """Send ``request``, write its audio to ``output`` and report progress until it ends.
 
-    The first Ctrl-C asks the server to cancel the task (it stops at its next segment boundary,
-    and its final error is reported as ``Interrupted``); a second one gives up at once.
+    Returns the cues ``end`` listed (with ``timestamps`` in the request; else none). The first
+    Ctrl-C asks the server to cancel the task (it stops at its next segment boundary, and its
+    final error is reported as ``Interrupted``); a second one gives up at once.
     """
     async with connect(url, token) as ws:
         await ws.send_message(json.dumps(request, ensure_ascii=False))
@@ -98,6 +101,7 @@ async def say(url: str, token: str | None, request: Json, output: AudioOutput, p
                 nursery.cancel_scope.cancel()
         if speaking.failure is not None:
             raise speaking.failure
+        return speaking.cues
 
 
 class _Speaking:
@@ -110,6 +114,7 @@ class _Speaking:
         self.streamed = bool(request.get("stream"))
         self.raw_pcm = request.get("format") == "pcm"
         self.task_id: str | None = None
+        self.cues: list[Json] = []
         self.interrupted = False
         self.failure: ClientError | None = None
 
@@ -153,6 +158,7 @@ class _Speaking:
             self.output.begin(reply.get("sample_rate"))
             self.progress.started()
         elif kind == "end":
+            self.cues = list(reply.get("cues") or [])
             self.output.finish()
             self.progress.finished(
                 reply.get("timing"), "stdout" if self.output.to_stdout else self.output.path

@@ -2,7 +2,8 @@
 
 A field annotated with a `Flag` is a command-line option (``--field-name`` unless the flag names
 another); its type (with its `msgspec.Meta` bounds) checks the value, its default is the option's
-default, and the flag's ``help`` is the option's help. Adding an option is adding a field.
+default, and the flag's ``help`` is the option's help. Adding an option is adding a field. Each
+option can also be set in the environment (``INDEXTTS_SERVER_`` + its name; see the flags module).
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ class Flag(NamedTuple):
     split: str | None = None
     """A tuple field given as one value, split at this separator (``--device cuda:0,cuda:1``);
     without it, a tuple field's option is repeated (``--audio-root A --audio-root B``)."""
-    env: str | None = None
-    """The environment variable that gives the default when the option is not given."""
 
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -125,7 +124,6 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
             "require this token (Authorization: Bearer, or ?token=); "
             "default: $INDEXTTS_SERVER_AUTH_TOKEN, else no auth",
             OPERATIONS,
-            env="INDEXTTS_SERVER_AUTH_TOKEN",
         ),
     ] = None
     allowed_origins: Annotated[

@@ -16,6 +16,16 @@ SAMPLE_RATE = 22050
 
 PCM = npt.NDArray[np.int16]
 
+SAMPLE_RATES: Final = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+"""The output rates a request may ask for (extension ``sample_rate``): telephony's to browsers',
+each one that MP3, AAC and FLAC all encode."""
+
+
+def pause_samples(interval_silence: int) -> int:
+    """The samples of an ``interval_silence`` pause (ms) at ``SAMPLE_RATE``, counted as the model does."""
+    return interval_silence * SAMPLE_RATE // 1000
+
+
 # The bounds a request's values may take (the project's; the contract gives only the defaults,
 # which are `SynthesisJob`'s). The model reads at most 600 text tokens per segment.
 MAX_TOKENS_MIN: Final = 20

@@ -11,13 +11,16 @@ import msgspec
 from . import texts
 from .contract.jobs import job
 from .contract.protocol import ModelFields
-from .engine import EmoMode, SynthesisJob
+from .engine import SAMPLE_RATE, EmoMode, SynthesisJob
+from .tasks import Delivery
 from .voices import DEFAULT_VOICE
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 RESPONSE_FORMATS: Final = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 SPEED_MIN: Final = 0.25
 SPEED_MAX: Final = 4.0
+PCM_RATE: Final = 24000
+"""OpenAI's ``pcm``: 16-bit mono at 24 kHz, the rate its clients play it at without asking."""
 
 MODEL: Final = "indextts2"
 MODEL_ALIASES: Final = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
@@ -82,9 +85,10 @@ class VoiceRef(msgspec.Struct, kw_only=True):
 class SpeechRequest(ModelFields, kw_only=True):
     """``POST /v1/audio/speech``: OpenAI's fields, then this model's own (as the WebSocket names them).
 
-    ``None`` means the default, as over the WebSocket. Unknown fields are ignored. ``stream``
-    (from the model's fields) streams the audio as segments are produced; ``stream_format:
-    "sse"`` implies it.
+    ``None`` means the default, as over the WebSocket. Unknown fields are ignored. The audio is
+    streamed as segments are produced, as OpenAI does, unless ``stream`` (from the model's fields)
+    is ``false``: then it is one whole file with its length. ``stream_format: "sse"`` always
+    streams. ``sample_rate`` resamples any format (``pcm`` is 24 kHz without it, as OpenAI's is).
     """
 
     input: str
@@ -111,7 +115,14 @@ class SpeechRequest(ModelFields, kw_only=True):
 
     @property
     def streaming(self) -> bool:
-        return self.sse or bool(self.stream)
+        return self.sse or self.stream is not False
+
+    @property
+    def rate(self) -> int:
+        """The output's sample rate: the one asked for, else OpenAI's for ``pcm``, else the model's."""
+        if self.sample_rate is not None:
+            return self.sample_rate
+        return PCM_RATE if self.format == "pcm" else SAMPLE_RATE
 
 
 SPEECH_FIELD_ERRORS: Final[dict[str, str]] = {**texts.FIELD_ERRORS, **texts.SPEECH_FIELD_ERRORS}
@@ -208,6 +219,12 @@ def speech_job(request: SpeechRequest, resolved: Mapping[str, str]) -> Synthesis
         emo_audio=resolved.get("emo_voice") or resolved.get("emo_audio"),
         emo_text=text,
     )
+
+
+def speech_delivery(request: SpeechRequest) -> Delivery:
+    """What the worker hands the speech endpoint: the engine's samples segment by segment (the
+    endpoint encodes them), and cue times with the request's ``speed``, which the endpoint applies."""
+    return Delivery(stream=True, format="pcm", speed=request.speed or 1.0)
 
 
 class Model(msgspec.Struct, kw_only=True):

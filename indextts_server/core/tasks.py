@@ -9,7 +9,7 @@ from typing import Final
 
 import msgspec
 
-from .contract.protocol import AudioFormat, TaskState, Timing
+from .contract.protocol import AudioFormat, Cue, TaskState, Timing
 from .engine import SAMPLE_RATE, SynthesisJob
 
 TRANSITIONS: Final[dict[TaskState, frozenset[TaskState]]] = {
@@ -32,11 +32,19 @@ def iso(moment: datetime) -> str:
 
 
 class Delivery(msgspec.Struct, frozen=True, kw_only=True):
-    """How a task's audio and replies go out: the opt-in extensions of its request."""
+    """How a task's audio and replies go out: the opt-in extensions of its request.
+
+    ``sample_rate`` is the rate of the audio the worker hands over (resampled from the engine's);
+    ``speed`` is a tempo change the transport applies after that (the HTTP API's ``speed``): the
+    worker only divides its cue times by it. ``timestamps`` sends a cue before each segment.
+    """
 
     stream: bool = False
     format: AudioFormat = "wav"
     extended: bool = False
+    sample_rate: int = SAMPLE_RATE
+    timestamps: bool = False
+    speed: float = 1.0
 
 
 CONTRACT_DELIVERY: Final = Delivery()
@@ -54,6 +62,7 @@ class Task:
         "accepted_at",
         "completed_at",
         "created_at",
+        "cues",
         "delivery",
         "error_message",
         "finished_at",
@@ -91,6 +100,8 @@ class Task:
         self.first_audio_at: float | None = None
         # Reaching a final state; retention counts from here.
         self.finished_at: float | None = None
+        # One per segment made so far, kept with the task for its subtitles.
+        self.cues: list[Cue] = []
 
     def timing(self, samples: int, compute_seconds: float) -> Timing:
         """The breakdown an extended ``end`` carries, once the task has completed."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from .engine import INTERVAL_SILENCE_MAX, MAX_TOKENS_MAX, MAX_TOKENS_MIN, SEED_MAX
+from .engine import INTERVAL_SILENCE_MAX, MAX_TOKENS_MAX, MAX_TOKENS_MIN, SAMPLE_RATES, SEED_MAX
 
 REQUEST_TYPES: Final = ("tts_stream", "task_status", "cancel")
 """The request ``type`` values, in the order the errors list them."""
@@ -60,6 +60,8 @@ FIELD_ERRORS: Final[dict[str, str]] = {
     "format": "format 必须是 wav/pcm/flac/mp3",
     "quick_first": f"quick_first 必须是 0 到 {MAX_TOKENS_MAX} 之间的整数",
     "details": "details 必须是布尔值（true 或 false）",
+    "sample_rate": f"sample_rate 必须是 {'/'.join(map(str, SAMPLE_RATES))} 之一",
+    "timestamps": "timestamps 必须是布尔值（true 或 false）",
 }
 """The error for each request field; the decoder picks one by the field a failure names."""
 

@@ -30,12 +30,16 @@ const state = {
   recordingSeconds: 0,
   lastUpload: null,
   lastRequest: null,
+  caption: "", // the text of the segment playing now (from its cue)
+  captionSegment: null,
+  captions: [], // every caption shown, in order: { segment, text }
 };
 window.indextts = { state };
 
 let channel = null;
 let context = null;
 let player = null;
+const cues = new Map(); // segment index (from 1) -> its text, from the task's cues
 let current = null; // the task in flight: { taskId, sentAt, chunks, sampleRate, cancelRequested }
 let downloadUrl = null;
 let sample = null; // { blob, filename } chosen for upload
@@ -259,16 +263,18 @@ function buildRequest() {
   for (const [id, field] of [["interval-silence", "interval_silence"], ["max-tokens", "max_tokens"], ["seed", "seed"]]) {
     if ($(id).value !== "") request[field] = Number($(id).value);
   }
-  return Object.assign(request, { stream: true, format: "wav", details: true });
+  return Object.assign(request, { stream: true, format: "wav", details: true, timestamps: true });
 }
 
 function resetResult() {
   player?.stop();
   player = null;
+  cues.clear();
   Object.assign(state, {
     taskId: null, position: null, segmentsReceived: 0, segmentsScheduled: 0, segmentsPlayed: 0,
-    segmentsStopped: 0, audioSeconds: 0, bytesReceived: 0, timing: null,
+    segmentsStopped: 0, audioSeconds: 0, bytesReceived: 0, timing: null, caption: "", captions: [],
   });
+  showCaption("");
   $("segments").hidden = true;
   $("segments").tBodies[0].replaceChildren();
   $("timing").hidden = true;
@@ -331,6 +337,10 @@ function onreply(reply) {
     case "cancel":
       setStatus(reply.message);
       break;
+    case "cue":
+      // Announced before its segment's audio: segment index + 1 (the table counts from 1).
+      cues.set(reply.index + 1, reply.text);
+      break;
     case "end":
       state.timing = reply.timing ?? null;
       showTiming(reply.timing);
@@ -365,6 +375,8 @@ function onaudio(buffer) {
 }
 
 function onPlayback(index, what, delay) {
+  if (what === "playing") showCaption(cues.get(index) ?? "", index);
+  else if ((what === "played" || what === "stopped") && state.captionSegment === index) showCaption("");
   state.segmentsScheduled = player.scheduled;
   state.segmentsPlayed = player.played;
   state.segmentsStopped = player.stopped;
@@ -375,10 +387,20 @@ function onPlayback(index, what, delay) {
   }
 }
 
+/** The segment playing now, as its cue says it. */
+function showCaption(text, segment = null) {
+  state.caption = text;
+  state.captionSegment = segment;
+  if (text) state.captions.push({ segment, text });
+  $("caption").textContent = text;
+  $("caption").hidden = !text;
+}
+
 function addSegmentRow(index, seconds, arrived) {
   const row = document.createElement("tr");
   row.dataset.index = String(index);
-  for (const [text, className] of [[index, ""], [`${seconds.toFixed(2)} s`, ""], [`+${arrived.toFixed(2)} s`, ""], ["decoding", "playback"]]) {
+  const cells = [[index, ""], [`${seconds.toFixed(2)} s`, ""], [`+${arrived.toFixed(2)} s`, ""], ["decoding", "playback"], [cues.get(index) ?? "", "text"]];
+  for (const [text, className] of cells) {
     const cell = row.insertCell();
     cell.textContent = String(text);
     if (className) cell.className = className;

@@ -106,7 +106,15 @@ export class SegmentPlayer {
       this.sources.set(source, index);
       source.start(at);
       this.scheduled += 1;
-      this.onchange(index, at <= now + 0.05 ? "playing" : "scheduled", at - now);
+      if (at <= now + 0.05) {
+        this.onchange(index, "playing");
+      } else {
+        this.onchange(index, "scheduled", at - now);
+        // Say when it begins to sound (unless stopped first).
+        setTimeout(() => {
+          if (this.sources.has(source)) this.onchange(index, "playing");
+        }, (at - this.context.currentTime) * 1000);
+      }
     });
     return this.decoding;
   }

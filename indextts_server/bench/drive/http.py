@@ -24,11 +24,12 @@ _DROPPED: Final = frozenset({"type", "prompt_audio", "details"})
 
 
 def speech_bodies(frames: Sequence[str]) -> list[bytes]:
-    """Each WebSocket request as the equivalent ``/v1/audio/speech`` body (WAV unless told)."""
+    """Each WebSocket request as the equivalent ``/v1/audio/speech`` body (WAV unless told, and
+    whole unless the request streams, as over the WebSocket: HTTP streams by default)."""
     bodies = []
     for frame in frames:
         request = msgspec.json.decode(frame)
-        body: dict[str, object] = {"voice": "default", "response_format": "wav"}
+        body: dict[str, object] = {"voice": "default", "response_format": "wav", "stream": False}
         for key, value in request.items():
             if key not in _DROPPED:
                 body[_RENAMED.get(key, key)] = value

@@ -105,4 +105,6 @@ def delivery_from(request: TtsStream) -> Delivery:
         stream=bool(request.stream),
         format=request.format or CONTRACT_DELIVERY.format,
         extended=request.extended,
+        sample_rate=request.sample_rate or CONTRACT_DELIVERY.sample_rate,
+        timestamps=bool(request.timestamps),
     )

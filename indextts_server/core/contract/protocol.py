@@ -18,7 +18,9 @@ IntervalSilence = Annotated[int, msgspec.Meta(ge=0, le=INTERVAL_SILENCE_MAX)]
 MaxTokens = Annotated[int, msgspec.Meta(ge=MAX_TOKENS_MIN, le=MAX_TOKENS_MAX)]
 Seed = Annotated[int, msgspec.Meta(ge=0, le=SEED_MAX)]
 QuickFirst = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_MAX)]
-"""The request fields' bounds, shared by every kind of request that takes them."""
+SampleRate = Literal[8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000]
+"""The request fields' bounds, shared by every kind of request that takes them (``SampleRate``
+spells out `core.engine.SAMPLE_RATES`)."""
 
 
 class ModelFields(msgspec.Struct, kw_only=True):
@@ -39,19 +41,22 @@ class ModelFields(msgspec.Struct, kw_only=True):
     max_tokens: MaxTokens | None = None
     use_random: bool | None = None
     # Extensions (opt-in). ``seed`` fixes sampling and changes nothing else; ``stream`` sends the
-    # audio segment by segment; ``quick_first`` keeps the first segment short.
+    # audio segment by segment; ``quick_first`` keeps the first segment short; ``sample_rate``
+    # resamples the output.
     seed: Seed | None = None
     stream: bool | None = None
     quick_first: QuickFirst | None = None
+    sample_rate: SampleRate | None = None
 
 
 class TtsStream(ModelFields, tag_field="type", tag="tts_stream", kw_only=True):
     """``{"type": "tts_stream", ...}``: synthesise ``text`` in the voice of ``prompt_audio``.
 
     Cross-field rules live in ``__post_init__`` and raise the contract's own texts. A request
-    that sets ``stream``, ``format``, ``quick_first`` or ``details`` is "extended": its replies
-    also carry the queue position, the format and the timing. A request without them sees
-    exactly the contract's replies.
+    that sets ``stream``, ``format``, ``quick_first``, ``details``, ``sample_rate`` or
+    ``timestamps`` is "extended": its replies also carry the queue position, the format and the
+    timing (and with ``timestamps``, the cues). A request without them sees exactly the
+    contract's replies.
     """
 
     text: str
@@ -61,10 +66,21 @@ class TtsStream(ModelFields, tag_field="type", tag="tts_stream", kw_only=True):
     voice: str | None = None
     format: AudioFormat | None = None
     details: bool | None = None
+    timestamps: bool | None = None
 
     @property
     def extended(self) -> bool:
-        return any(value is not None for value in (self.stream, self.format, self.quick_first, self.details))
+        return any(
+            value is not None
+            for value in (
+                self.stream,
+                self.format,
+                self.quick_first,
+                self.details,
+                self.sample_rate,
+                self.timestamps,
+            )
+        )
 
     def __post_init__(self) -> None:
         if not self.text.strip():
@@ -142,12 +158,38 @@ class Timing(msgspec.Struct, kw_only=True):
     rtf: float
 
 
+class Cue(msgspec.Struct, frozen=True, kw_only=True):
+    """One segment's place in the output audio: its text, and seconds from the audio's start.
+
+    ``start`` counts every segment and pause before it; ``duration`` is its speech without the
+    pause that follows it. Both are seconds of the audio the client receives (speed applied).
+    """
+
+    index: int
+    text: str
+    start: float
+    duration: float
+
+
+class CueReply(msgspec.Struct, kw_only=True):
+    """``timestamps`` (extension): sent as each segment is made, before its audio."""
+
+    type: Literal["cue"] = "cue"
+    task_id: str
+    session_id: str
+    index: int
+    text: str
+    start: float
+    duration: float
+
+
 class End(msgspec.Struct, kw_only=True):
     type: Literal["end"] = "end"
     task_id: str
     session_id: str
     message: str = texts.END
     timing: Timing | msgspec.UnsetType = msgspec.UNSET
+    cues: list[Cue] | msgspec.UnsetType = msgspec.UNSET
 
 
 class CancelReply(msgspec.Struct, kw_only=True):
@@ -177,4 +219,4 @@ class TaskStatusReply(msgspec.Struct, kw_only=True):
     error_message: str | None
 
 
-Reply = Welcome | Queued | Start | End | Error | TaskStatusReply | CancelReply
+Reply = Welcome | Queued | Start | CueReply | End | Error | TaskStatusReply | CancelReply

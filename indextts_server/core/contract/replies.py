@@ -7,10 +7,11 @@ the queue position, the audio format and the timing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .. import texts
-from ..engine import SAMPLE_RATE
 from ..tasks import Delivery, Task, iso
-from .protocol import CancelReply, End, Error, Queued, Start, TaskStatusReply, Timing, Welcome
+from .protocol import CancelReply, Cue, CueReply, End, Error, Queued, Start, TaskStatusReply, Timing, Welcome
 
 
 def welcome(session_id: str) -> Welcome:
@@ -29,15 +30,30 @@ def start(task_id: str, session_id: str, delivery: Delivery) -> Start:
     reply = Start(task_id=task_id, session_id=session_id)
     if delivery.extended:
         reply.format = delivery.format
-        reply.sample_rate = SAMPLE_RATE
+        reply.sample_rate = delivery.sample_rate
         reply.stream = delivery.stream
     return reply
 
 
-def end(task_id: str, session_id: str, delivery: Delivery, timing: Timing) -> End:
+def cue(task_id: str, session_id: str, cue: Cue) -> CueReply:
+    """A segment's cue, announced before its audio (``timestamps`` only)."""
+    return CueReply(
+        task_id=task_id,
+        session_id=session_id,
+        index=cue.index,
+        text=cue.text,
+        start=cue.start,
+        duration=cue.duration,
+    )
+
+
+def end(task_id: str, session_id: str, delivery: Delivery, timing: Timing, cues: Sequence[Cue] = ()) -> End:
+    """``cues``: the task's, listed when the request asked for ``timestamps``."""
     reply = End(task_id=task_id, session_id=session_id)
     if delivery.extended:
         reply.timing = timing
+    if delivery.timestamps:
+        reply.cues = list(cues)
     return reply
 
 

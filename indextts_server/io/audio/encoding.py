@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import struct
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import Final, Literal
 
@@ -30,46 +31,109 @@ def wav_bytes(pcm: PCM, sample_rate: int = SAMPLE_RATE) -> bytes:
     return b"".join((header, samples.data.cast("B")))
 
 
-def encode_audio(pcm: PCM, audio_format: AudioFormat) -> bytes:
-    """``pcm`` as one complete file (or raw little-endian samples for ``pcm``).
+def encode_audio(pcm: PCM, audio_format: AudioFormat, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """``pcm`` (at ``sample_rate``) as one complete file (or raw little-endian samples for ``pcm``).
 
     WAV and PCM are cheap; FLAC and MP3 go through libsndfile, so call those from a thread.
     """
     if audio_format == "wav":
-        return wav_bytes(pcm)
+        return wav_bytes(pcm, sample_rate)
     if audio_format == "pcm":
         return np.ascontiguousarray(pcm, dtype="<i2").tobytes()
     buffer = io.BytesIO()
     subtype = "PCM_16" if audio_format == "flac" else "MPEG_LAYER_III"
-    soundfile.write(buffer, pcm, SAMPLE_RATE, format=audio_format.upper(), subtype=subtype)
+    soundfile.write(buffer, pcm, sample_rate, format=audio_format.upper(), subtype=subtype)
     return buffer.getvalue()
+
+
+class Resampler:
+    """Engine samples to ``rate``, fed segment by segment: FFmpeg's swresample through PyAV.
+
+    One resampler per utterance, so a streamed one is resampled as one piece: its pieces
+    concatenated equal the whole audio resampled at once.
+    """
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+        self._pts = 0
+
+    def feed(self, pcm: PCM) -> PCM:
+        out: list[av.AudioFrame] = []
+        for frame in _frames(pcm, self._pts):
+            out.extend(self._resampler.resample(frame))
+        self._pts += len(pcm)
+        return _samples(out)
+
+    def finish(self) -> PCM:
+        return _samples(self._resampler.resample(None))
+
+
+def _samples(frames: list[av.AudioFrame]) -> PCM:
+    out = [frame.to_ndarray().reshape(-1).astype(np.int16, copy=False) for frame in frames]
+    return np.concatenate(out) if out else np.zeros(0, np.int16)
+
+
+class SegmentFiles:
+    """A task's audio as the WebSocket sends it: complete files (one, or one per segment) at ``rate``.
+
+    ``file`` takes the engine's samples of one delivery; ``last`` says no more follow, so the
+    resampler's tail goes into it. Resampling is CPU work; `cheap` says when there is none.
+    """
+
+    def __init__(self, audio_format: AudioFormat, rate: int = SAMPLE_RATE):
+        self.format = audio_format
+        self.rate = rate
+        self._resampler = Resampler(rate) if rate != SAMPLE_RATE else None
+
+    @property
+    def cheap(self) -> bool:
+        return self._resampler is None and self.format in ("wav", "pcm")
+
+    def file(self, chunks: list[PCM], *, last: bool) -> bytes:
+        whole = chunks[0] if len(chunks) == 1 else np.concatenate(chunks or [np.zeros(0, np.int16)])
+        if self._resampler is not None:
+            whole = self._resampler.feed(whole)
+            if last:
+                whole = np.concatenate([whole, self._resampler.finish()])
+        return encode_audio(whole, self.format, self.rate)
 
 
 # --- The HTTP API's formats: every OpenAI response_format, whole or streamed, at any speed ---------
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 
-_CONTAINERS: Final[dict[str, tuple[str, str, int, dict[str, str]]]] = {
-    # format: (muxer, encoder, sample rate, muxer options). Opus has no 22050 Hz mode: 24 kHz is
-    # the nearest it has. Short Ogg pages let each segment's audio leave when it is encoded.
-    "mp3": ("mp3", "libmp3lame", SAMPLE_RATE, {}),
-    "opus": ("ogg", "libopus", 24000, {"page_duration": "20000"}),
-    "aac": ("adts", "aac", SAMPLE_RATE, {}),
-    "flac": ("flac", "flac", SAMPLE_RATE, {}),
+_CONTAINERS: Final[dict[str, tuple[str, str, dict[str, str]]]] = {
+    # format: (muxer, encoder, muxer options). Short Ogg pages let each segment's audio leave when
+    # it is encoded.
+    "mp3": ("mp3", "libmp3lame", {}),
+    "opus": ("ogg", "libopus", {"page_duration": "20000"}),
+    "aac": ("adts", "aac", {}),
+    "flac": ("flac", "flac", {}),
 }
+OPUS_RATES: Final = (8000, 12000, 16000, 24000, 48000)
+"""The only rates Opus encodes: any other is encoded at the next one up (22050 Hz as 24 kHz)."""
 _TIME_BASE: Final = Fraction(1, SAMPLE_RATE)
 OPEN_ENDED: Final = 0xFFFFFFFF
 """The RIFF and data sizes of a streamed WAV header: the length is not known when it is sent."""
 
 
-def media_type(response_format: ResponseFormat) -> str:
+def encoded_rate(response_format: ResponseFormat, rate: int) -> int:
+    """The rate ``response_format`` is encoded at when ``rate`` is asked for (Opus: its own family)."""
+    if response_format == "opus":
+        return next((opus for opus in OPUS_RATES if opus >= rate), OPUS_RATES[-1])
+    return rate
+
+
+def media_type(response_format: ResponseFormat, rate: int = SAMPLE_RATE) -> str:
+    """The Content-Type; raw ``pcm`` names its rate (``audio/pcm;rate=24000``, as Open WebUI reads it)."""
     return {
         "mp3": "audio/mpeg",
         "opus": "audio/ogg; codecs=opus",
         "aac": "audio/aac",
         "flac": "audio/flac",
         "wav": "audio/wav",
-        "pcm": "audio/L16; rate=22050; channels=1",
+        "pcm": f"audio/pcm;rate={rate}",
     }[response_format]
 
 
@@ -80,6 +144,16 @@ def open_ended_wav_header(sample_rate: int = SAMPLE_RATE) -> bytes:
         1, 1, sample_rate, sample_rate * 2, 2, 16,
         b"data", OPEN_ENDED,
     )  # fmt: skip
+
+
+FRAME_SAMPLES: Final = 4096
+"""Samples per frame handed to FFmpeg: its buffers grow with the frame, so a long segment goes in
+as many short frames (one 30 s frame costs the resampler tens of MB)."""
+
+
+def _frames(pcm: PCM, pts: int) -> Iterator[av.AudioFrame]:
+    for offset in range(0, len(pcm), FRAME_SAMPLES):
+        yield _frame(pcm[offset : offset + FRAME_SAMPLES], pts + offset)
 
 
 def _frame(pcm: PCM, pts: int) -> av.AudioFrame:
@@ -119,24 +193,27 @@ class Tempo:
         self._pts = 0
 
     def feed(self, pcm: PCM) -> PCM:
-        self._graph.push(_frame(pcm, self._pts))
+        out: list[PCM] = []
+        for frame in _frames(pcm, self._pts):
+            self._graph.push(frame)
+            out.append(self._pull())
         self._pts += len(pcm)
-        return self._pull()
+        return np.concatenate(out) if out else np.zeros(0, np.int16)
 
     def finish(self) -> PCM:
         self._graph.push(None)
         return self._pull()
 
     def _pull(self) -> PCM:
-        out: list[PCM] = []
+        frames: list[av.AudioFrame] = []
         while True:
             try:
                 frame = self._graph.pull()
             except (av.BlockingIOError, av.EOFError):
                 break
             assert isinstance(frame, av.AudioFrame)
-            out.append(frame.to_ndarray().reshape(-1).astype(np.int16, copy=False))
-        return np.concatenate(out) if out else np.zeros(0, np.int16)
+            frames.append(frame)
+        return _samples(frames)
 
 
 class _Sink:
@@ -165,8 +242,8 @@ class _Sink:
 class _Muxed:
     """One PyAV encoder and muxer; ``streaming`` writes to a pipe-like sink instead of a file."""
 
-    def __init__(self, response_format: str, *, streaming: bool):
-        muxer, codec, rate, options = _CONTAINERS[response_format]
+    def __init__(self, response_format: str, rate: int, *, streaming: bool):
+        muxer, codec, options = _CONTAINERS[response_format]
         self._sink: _Sink | io.BytesIO = _Sink() if streaming else io.BytesIO()
         self._container = av.open(self._sink, mode="w", format=muxer, options=options)
         stream = self._container.add_stream(codec, rate=rate, layout="mono")
@@ -176,9 +253,9 @@ class _Muxed:
         self._pts = 0
 
     def feed(self, pcm: PCM) -> bytes:
-        if len(pcm):
-            self._encode(_frame(pcm, self._pts))
-            self._pts += len(pcm)
+        for frame in _frames(pcm, self._pts):
+            self._encode(frame)
+        self._pts += len(pcm)
         return self._take()
 
     def finish(self) -> bytes:
@@ -200,27 +277,36 @@ class _Muxed:
 
 
 class Transcoder:
-    """Engine segments in, one response's bytes out: speed applied, then encoded as asked.
+    """Engine segments in, one response's bytes out: speed applied, resampled, encoded as asked.
 
-    ``streaming`` output can be sent as it comes (WAV with an open-ended header, formats whose
-    headers need the length written without it); otherwise ``finish`` returns the whole file and
-    ``feed`` returns nothing. Encoding is CPU work: call it from a thread, except plain PCM/WAV at
-    speed 1, which is a copy (``cheap``).
+    ``streaming`` output can be sent as it comes (WAV with a canonical 44-byte open-ended header,
+    formats whose headers need the length written without it); otherwise ``finish`` returns the
+    whole file and ``feed`` returns nothing. ``rate`` is the output's (see `encoded_rate` for
+    Opus). Encoding is CPU work: call it from a thread, except plain PCM/WAV at the engine's rate
+    and speed 1, which is a copy (``cheap``).
     """
 
-    def __init__(self, response_format: ResponseFormat, *, speed: float = 1.0, streaming: bool = False):
+    def __init__(
+        self,
+        response_format: ResponseFormat,
+        *,
+        speed: float = 1.0,
+        streaming: bool = False,
+        rate: int = SAMPLE_RATE,
+    ):
         self.format = response_format
         self.streaming = streaming
+        self.rate = encoded_rate(response_format, rate)
         self._tempo = Tempo(speed) if speed != 1.0 else None
-        self._muxed = (
-            None if response_format in ("wav", "pcm") else _Muxed(response_format, streaming=streaming)
-        )
+        plain = response_format in ("wav", "pcm")
+        self._resampler = Resampler(self.rate) if plain and self.rate != SAMPLE_RATE else None
+        self._muxed = None if plain else _Muxed(response_format, self.rate, streaming=streaming)
         self._kept: list[PCM] = []
         self._header_sent = False
 
     @property
     def cheap(self) -> bool:
-        return self._muxed is None and self._tempo is None
+        return self._muxed is None and self._tempo is None and self._resampler is None
 
     def feed(self, pcm: PCM) -> bytes:
         if self._tempo is not None:
@@ -229,16 +315,23 @@ class Transcoder:
 
     def finish(self) -> bytes:
         tail = self._out(self._tempo.finish()) if self._tempo is not None else b""
+        if self._resampler is not None:
+            tail += self._plain(self._resampler.finish())
         if self._muxed is not None:
             return tail + self._muxed.finish()
         if self.streaming:
             return tail + self._header()
         whole = np.concatenate(self._kept) if self._kept else np.zeros(0, np.int16)
-        return wav_bytes(whole) if self.format == "wav" else encode_audio(whole, "pcm")
+        return encode_audio(whole, "wav" if self.format == "wav" else "pcm", self.rate)
 
     def _out(self, pcm: PCM) -> bytes:
         if self._muxed is not None:
             return self._muxed.feed(pcm)
+        if self._resampler is not None:
+            pcm = self._resampler.feed(pcm)
+        return self._plain(pcm)
+
+    def _plain(self, pcm: PCM) -> bytes:
         if not self.streaming:
             self._kept.append(pcm)
             return b""
@@ -248,4 +341,4 @@ class Transcoder:
         if self.format != "wav" or self._header_sent:
             return b""
         self._header_sent = True
-        return open_ended_wav_header()
+        return open_ended_wav_header(self.rate)

@@ -411,6 +411,12 @@ class IndexTTS2Engine:
             cast(_Segments, segments).close()
         log.info("warm-up rendered %.2f s of audio", samples / SAMPLE_RATE)
 
+    def close(self) -> None:
+        """At shutdown, on the engine's thread: forget the remembered conditionings, free device memory."""
+        with self._lock:
+            self._conditioning.clear()
+            self._free_device_memory()
+
     # --- helpers used by _Segments ------------------------------------------------------------
 
     def _start(self, job: SynthesisJob, kwargs: dict[str, object]) -> tuple[_ModelGen, int]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Final
 
 from ...core.config import EngineOptions
 from ...core.engine import Engine
+from .thread import home_thread, start_engine
 
 log = logging.getLogger("indextts_server")
 
@@ -89,7 +91,10 @@ def cuda_present() -> bool:
 def load_engines(
     options: EngineOptions, progress: Callable[[str], None] = lambda _status: None
 ) -> list[Engine]:
-    """One IndexTTS2 per device, each loaded and warmed up once; `LoadFailed` on any problem."""
+    """One IndexTTS2 per device, each loaded and warmed up once; `LoadFailed` on any problem.
+
+    Each engine is built, warmed up and later run on a thread of its own (`start_engine`).
+    """
     if options.download:
         progress(f"downloading {HUB_REPO}")
         download_model(options.model_dir)
@@ -113,7 +118,8 @@ def load_engines(
         progress(f"loading IndexTTS2 on {device}")
         began = time.monotonic()
         try:
-            engine = IndexTTS2Engine(options, device, warmup_prompt=warmup_prompt())
+            model = partial(IndexTTS2Engine, options, device, warmup_prompt=warmup_prompt())
+            engine = start_engine(model, f"engine-{device}")
         except EngineLoadError as exc:
             reason = str(exc)
             hint = CPU_HINT if "cuda" in reason.lower() else download_hint(model_dir)
@@ -122,7 +128,7 @@ def load_engines(
         progress(f"warming up IndexTTS2 on {device}")
         began = time.monotonic()
         try:
-            engine.warm_up()
+            home_thread(engine).call(engine.warm_up)
         except Exception as exc:
             raise LoadFailed(f"warm-up failed on {device}: {type(exc).__name__}: {exc}", CPU_HINT) from None
         log.info("warm-up on %s took %.1f s", device, time.monotonic() - began)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ...core.engine import PCM, SAMPLE_RATE, Segment, SynthesisJob
+from ...core.engine import PCM, SAMPLE_RATE, Segment, SynthesisJob, pause_samples
 from ...core.segment import speech_seconds, split_segments, tokens
 
 _EDGE = int(0.005 * SAMPLE_RATE)  # 5 ms fades keep notes click-free
@@ -43,7 +43,7 @@ class ToneEngine:
 
     def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
         segments = split_segments(job.text, job.max_tokens, job.quick_first)
-        silence = np.zeros(job.interval_silence * SAMPLE_RATE // 1000, dtype=np.int16)
+        silence = np.zeros(pause_samples(job.interval_silence), dtype=np.int16)
         base, brightness = self._voice(job)
         rng = np.random.default_rng(job.seed) if job.use_random else None
         for index, segment in enumerate(segments):

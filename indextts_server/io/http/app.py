@@ -6,6 +6,7 @@ import hmac
 import logging
 import mimetypes
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -14,11 +15,13 @@ import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 from ...core import texts
+from ...core.cues import SubtitleFormat
 from ...core.openai import ApiError, model_list
 from ..operations.metrics import CONTENT_TYPE, Metrics
 from ..transport.websocket import Server
 from .asgi import TEXT, Request, respond, respond_error, respond_json, serve_lifespan
 from .speech import MidStreamFailure, Speech
+from .tasks import Tasks
 from .voices import Voices
 
 log = logging.getLogger("indextts_server")
@@ -77,12 +80,20 @@ class HttpApi:
         self.metrics = metrics
         self.ops_only = ops_only
         self.speech = Speech(server)
+        self.tasks = Tasks(server)
         self.voices = Voices(server.voices)
         self.web_root = WEB_ROOT
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         if scope["type"] == "lifespan":
-            await serve_lifespan(receive, send)
+            # The lifespan lasts as long as the server: responses are written from its nursery,
+            # so a request whose client stopped reading can give up (see `speech.Wire`).
+            async with trio.open_nursery() as writers:
+                self.speech.writers = writers
+                try:
+                    await serve_lifespan(receive, send)
+                finally:
+                    self.speech.writers = None
             return
         if scope["type"] != "http":
             return
@@ -166,6 +177,16 @@ class HttpApi:
         elif route == ["audio", "speech"]:
             allowed = "POST"
             handler = self.speech.handle if method == "POST" else None
+        elif route[:1] == ["tasks"] and len(route) in (2, 3):
+            task_id = route[1]
+            if len(route) == 2:
+                found: Handler = partial(self.tasks.status, task_id=task_id)
+            elif route[2] in ("subtitles.srt", "subtitles.vtt"):
+                kind: SubtitleFormat = "srt" if route[2].endswith(".srt") else "vtt"
+                found = partial(self.tasks.subtitles, task_id=task_id, kind=kind)
+            else:
+                raise not_found(request.path)
+            handler = found if method == "GET" else None
         else:
             raise not_found(request.path)
         if handler is None:

@@ -7,7 +7,13 @@ from typing import Final
 from urllib.parse import parse_qs, unquote
 
 import msgspec
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    HTTPScope,
+)
 
 from ...core.openai import ApiError, error_body
 
@@ -79,15 +85,25 @@ def encode_json(value: object) -> bytes:
     return _encoder.encode(value)
 
 
-async def start(send: ASGISendCallable, status: int, content_type: str | None, headers: Headers = ()) -> None:
+def head(status: int, content_type: str | None, headers: Headers = ()) -> HTTPResponseStartEvent:
+    """A response's start: its status and headers."""
     raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
     if content_type is not None:
         raw.append((b"content-type", content_type.encode("latin-1")))
-    await send({"type": "http.response.start", "status": status, "headers": raw, "trailers": False})
+    return {"type": "http.response.start", "status": status, "headers": raw, "trailers": False}
+
+
+def chunk(data: bytes, *, more: bool) -> HTTPResponseBodyEvent:
+    """A piece of a response's body; the last has ``more`` false."""
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+async def start(send: ASGISendCallable, status: int, content_type: str | None, headers: Headers = ()) -> None:
+    await send(head(status, content_type, headers))
 
 
 async def body(send: ASGISendCallable, data: bytes, *, more: bool) -> None:
-    await send({"type": "http.response.body", "body": data, "more_body": more})
+    await send(chunk(data, more=more))
 
 
 async def respond(

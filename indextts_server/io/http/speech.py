@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Final
 
 import msgspec
 import numpy as np
 import trio
-from hypercorn.typing import ASGISendCallable
+from hypercorn.typing import ASGISendCallable, ASGISendEvent
 
 from ...core import texts
 from ...core.contract.protocol import End, Error, Queued, Reply
@@ -21,53 +22,83 @@ from ...core.openai import (
     decode_speech,
     error_body,
     speech_audio_fields,
+    speech_delivery,
     speech_job,
 )
-from ...core.tasks import Delivery
 from ...core.texts import SHUTTING_DOWN
 from ...core.voices import VoiceError
 from ..audio.encoding import Transcoder, media_type
 from ..audio.paths import AudioPathError
 from ..transport.http import CutResponse
-from ..transport.session import OUTBOX_SIZE, Session
+from ..transport.session import Close, OutboxBudget, Session
 from ..transport.websocket import Server
-from .asgi import BodyTooLarge, Request, body, encode_json, respond, start
+from .asgi import BodyTooLarge, Request, chunk, encode_json, head
 
 log = logging.getLogger("indextts_server")
 
-PCM_DELIVERY: Final = Delivery(stream=True, format="pcm")
-"""What the worker hands an HTTP request: raw samples per segment; encoding happens here."""
 RETRY_AFTER: Final = "1"
+PIECE_SAMPLES: Final = 16384
+"""A streamed segment is encoded and written in pieces of this many samples (under a second), so
+a response waiting on its client holds one piece, not a segment's worth of encoded audio."""
 SSE: Final = "text/event-stream"
-
-Event = Reply | bytes
 
 
 class MidStreamFailure(CutResponse):
-    """The task failed after the audio had started: the connection is cut so the client sees it."""
+    """The response cannot be finished (the task failed after the audio had started, or the client
+    stopped reading): the connection is cut so the client sees it incomplete."""
 
 
 class HttpSession(Session):
-    """One HTTP request seen as a session: the worker's replies and audio arrive here as objects."""
+    """One HTTP request seen as a session, under the WebSocket's byte bounds.
 
-    def __init__(self) -> None:
-        super().__init__(str(uuid.uuid4()))
-        self._events, self.events = trio.open_memory_channel[Event](OUTBOX_SIZE)
+    The worker's replies (as objects) and audio (the engine's samples) wait in the outbox; the
+    samples count against the server's `OutboxBudget` until the bytes made of them have been
+    written to the socket, as a WebSocket message counts until it is written. A request that
+    leaves more unread than a WebSocket may is closed the same way (`Session.overflow`): its task
+    ends ``cancelled`` with the same text, and its response is cut.
+    """
+
+    def __init__(self, budget: OutboxBudget | None = None) -> None:
+        super().__init__(str(uuid.uuid4()), budget)
 
     def send(self, reply: Reply) -> None:
-        self._put(reply)
+        if self.open:
+            self._push(reply, 0)
 
-    def deliver(self, message: str | bytes, size: int | None = None) -> None:
-        if isinstance(message, bytes):
-            self._put(message)
 
-    def _put(self, event: Event) -> None:
-        if not self.open:
+class Wire:
+    """Writes a response from tasks the request need not wait for.
+
+    hypercorn writes to the socket shielded from cancellation, so a request blocked on a client
+    that does not read could never stop. Each write runs in ``writers`` (a nursery that outlives
+    requests) while the request waits for it and may give up: once the request returns, hypercorn
+    closes the connection, and the abandoned write ends with it. Without ``writers`` the request
+    writes itself.
+    """
+
+    def __init__(self, send: ASGISendCallable, writers: trio.Nursery | None):
+        self._send = send
+        self._writers = writers
+
+    async def __call__(self, message: ASGISendEvent) -> None:
+        if self._writers is None:
+            await self._send(message)
             return
-        try:
-            self._events.send_nowait(event)
-        except trio.WouldBlock:
-            self.overflow()  # the request is not reading: its task stops like a slow WebSocket's
+        done = trio.Event()
+        failure: list[BaseException] = []
+
+        async def write() -> None:
+            try:
+                await self._send(message)
+            except Exception as exc:
+                failure.append(exc)
+            finally:
+                done.set()
+
+        self._writers.start_soon(write)
+        await done.wait()
+        if failure:
+            raise failure[0]
 
 
 def task_error(message: str) -> ApiError:
@@ -98,10 +129,14 @@ class Done(msgspec.Struct, kw_only=True):
 
 
 class Speech:
-    """The speech endpoint, submitting through the server's task board like a WebSocket session."""
+    """The speech endpoint, submitting through the server's task board like a WebSocket session.
+
+    ``writers`` is where responses are written from (see `Wire`); the application sets it.
+    """
 
     def __init__(self, server: Server):
         self.server = server
+        self.writers: trio.Nursery | None = None
 
     async def handle(self, request: Request, send: ASGISendCallable) -> None:
         config = self.server.config
@@ -121,23 +156,26 @@ class Speech:
         except AudioPathError as error:
             raise ApiError(400, str(error), param="emo_audio", code="invalid_audio") from None
         job = speech_job(speech, resolved)
-        session = HttpSession()
+        session = HttpSession(self.server.budget)
         async with self.server.hosting(session):
-            refusal = await self.server.scheduler.submit(session, job, PCM_DELIVERY)
+            refusal = await self.server.scheduler.submit(session, job, speech_delivery(speech))
             if refusal is not None:
                 if self.server.metrics is not None:
                     self.server.metrics.task_refused()
                 raise ApiError(429, refusal, code="queue_full", headers=(("retry-after", RETRY_AFTER),))
-            queued = await session.events.receive()  # the scheduler answers at once
+            queued, _ = await session.next_message()  # the scheduler answers at once
             assert isinstance(queued, Queued)
             failure: ApiError | MidStreamFailure | None = None
             async with trio.open_nursery() as nursery:
+                session.bind(nursery.cancel_scope)  # a session closed for not reading is cut in time
                 nursery.start_soon(self._watch, request, session, nursery.cancel_scope)
                 try:
-                    await self._respond(queued.task_id, session, speech, send)
+                    await self._respond(queued.task_id, session, speech, Wire(send, self.writers))
                 except (ApiError, MidStreamFailure) as error:
                     failure = error  # raised outside the nursery, not wrapped in an exception group
                 nursery.cancel_scope.cancel()
+            if failure is None and session.overflowed:
+                failure = MidStreamFailure(texts.NOT_READING)
             if isinstance(failure, ApiError):
                 failure.headers = (*failure.headers, ("x-task-id", queued.task_id))
             if failure is not None:
@@ -153,81 +191,106 @@ class Speech:
                 scope.cancel()
                 return
 
-    async def _respond(
-        self, task_id: str, session: HttpSession, speech: SpeechRequest, send: ASGISendCallable
-    ) -> None:
+    async def _respond(self, task_id: str, session: HttpSession, speech: SpeechRequest, wire: Wire) -> None:
         headers = [("x-task-id", task_id), ("cache-control", "no-store")]
-        transcoder = Transcoder(speech.format, speed=speech.speed or 1.0, streaming=speech.streaming)
+        transcoder = Transcoder(
+            speech.format, speed=speech.speed or 1.0, streaming=speech.streaming, rate=speech.rate
+        )
+        content_type = SSE if speech.sse else media_type(speech.format, transcoder.rate)
         if not speech.streaming:
-            chunks: list[PCM] = []
-            async for event in session.events:
-                if isinstance(event, bytes):
-                    chunks.append(_samples(event))
-                elif isinstance(event, End):
-                    break
-                elif isinstance(event, Error):
-                    raise task_error(event.message)
-            if transcoder.cheap:
-                data = _whole(transcoder, chunks)
-            else:
-                data = await trio.to_thread.run_sync(_whole, transcoder, chunks)
-            await respond(send, 200, data, media_type(speech.format), headers)
+            await self._whole(session, transcoder, content_type, headers, wire)
             return
         started = False
-        async for event in session.events:
+        while True:
+            event, cost = await session.next_message()
             if isinstance(event, bytes):
-                pcm = _samples(event)
-                data = (
-                    transcoder.feed(pcm)
-                    if transcoder.cheap
-                    else await trio.to_thread.run_sync(transcoder.feed, pcm)
-                )
-                if not started:
-                    await start(send, 200, SSE if speech.sse else media_type(speech.format), headers)
-                    started = True
-                await self._send(send, speech, data)
+                samples = _samples(event)
+                for offset in range(0, len(samples), PIECE_SAMPLES):
+                    piece = samples[offset : offset + PIECE_SAMPLES]
+                    data = await _run(transcoder, transcoder.feed, piece)
+                    if not started:
+                        await wire(head(200, content_type, headers))
+                        started = True
+                    await self._send(wire, speech, data)
+                session.written(cost)  # its bytes are out: it no longer counts
             elif isinstance(event, End):
-                tail = (
-                    transcoder.finish()
-                    if transcoder.cheap
-                    else await trio.to_thread.run_sync(transcoder.finish)
-                )
+                tail = await _run(transcoder, transcoder.finish)
                 if not started:
-                    await start(send, 200, SSE if speech.sse else media_type(speech.format), headers)
+                    await wire(head(200, content_type, headers))
                 if speech.sse:
-                    await self._send(send, speech, tail)
+                    await self._send(wire, speech, tail)
                     usage = Usage(
                         input_tokens=len(speech.input), output_tokens=0, total_tokens=len(speech.input)
                     )
-                    await body(send, sse_event(Done(usage=usage)), more=False)
+                    await wire(chunk(sse_event(Done(usage=usage)), more=False))
                 else:
-                    await body(send, tail, more=False)
+                    await wire(chunk(tail, more=False))
                 return
             elif isinstance(event, Error):
                 error = task_error(event.message)
                 if not started:
                     raise error
                 if speech.sse:
-                    await body(
-                        send,
-                        sse_event({"type": "error", **msgspec.to_builtins(error_body(error))}),
-                        more=False,
-                    )
+                    failed = {"type": "error", **msgspec.to_builtins(error_body(error))}
+                    await wire(chunk(sse_event(failed), more=False))
                     return
                 raise MidStreamFailure(event.message)
+            elif isinstance(event, Close):
+                raise MidStreamFailure(texts.NOT_READING)
 
-    async def _send(self, send: ASGISendCallable, speech: SpeechRequest, data: bytes) -> None:
+    async def _whole(
+        self,
+        session: HttpSession,
+        transcoder: Transcoder,
+        content_type: str,
+        headers: list[tuple[str, str]],
+        wire: Wire,
+    ) -> None:
+        """One file with its length, once the task has ended; it counts as one message while written."""
+        chunks: list[PCM] = []
+        while True:
+            event, cost = await session.next_message()
+            if isinstance(event, bytes):
+                chunks.append(_samples(event))
+                session.written(cost)  # the samples now belong to the file being made
+            elif isinstance(event, End):
+                break
+            elif isinstance(event, Error):
+                raise task_error(event.message)
+            elif isinstance(event, Close):
+                raise MidStreamFailure(texts.NOT_READING)
+        if transcoder.cheap:
+            data = _encode_whole(transcoder, chunks)
+        else:
+            data = await trio.to_thread.run_sync(_encode_whole, transcoder, chunks)
+        chunks.clear()
+        session.deliver(data)
+        event, cost = await session.next_message()
+        if isinstance(event, Close):
+            raise MidStreamFailure(texts.NOT_READING)
+        await wire(head(200, content_type, [*headers, ("content-length", str(len(data)))]))
+        await wire(chunk(data, more=False))
+        session.written(cost)
+
+    async def _send(self, wire: Wire, speech: SpeechRequest, data: bytes) -> None:
         if not data:
             return
         if speech.sse:
             data = sse_event(Delta(audio=base64.b64encode(data).decode("ascii")))
-        await body(send, data, more=True)
+        await wire(chunk(data, more=True))
+
+
+async def _run(transcoder: Transcoder, step: Callable[..., bytes], *args: PCM) -> bytes:
+    """A transcoder step: inline when it is a copy, else in a thread."""
+    if transcoder.cheap:
+        return step(*args)
+    return await trio.to_thread.run_sync(step, *args)
 
 
 def _samples(data: bytes) -> PCM:
     return np.frombuffer(data, dtype="<i2")
 
 
-def _whole(transcoder: Transcoder, chunks: list[PCM]) -> bytes:
+def _encode_whole(transcoder: Transcoder, chunks: list[PCM]) -> bytes:
     head = b"".join(transcoder.feed(chunk) for chunk in chunks)
     return head + transcoder.finish()

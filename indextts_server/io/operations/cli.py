@@ -16,10 +16,12 @@ from trio_websocket import WebSocketServer
 
 from ...core.config import ClusterOptions, EngineOptions, ServerConfig
 from ...core.engine import Engine
+from ..engines.thread import close_engine, start_engine
 from ..http.app import HttpApi
 from ..scheduling.scheduler import Scheduler
 from ..transport.http import bound_port, serve_http
 from ..transport.websocket import Server
+from .cpus import cpu_engine_count, set_torch_threads
 from .flags import parse
 from .logs import setup_logging
 from .metrics import Metrics
@@ -43,11 +45,17 @@ DESCRIPTION: Final = "IndexTTS2 WebSocket 语音合成服务 (the contract's pro
 
 
 def build_engines(options: EngineOptions, progress: Callable[[str], None]) -> list[Engine]:
-    """The engines to serve with; for indextts2 this loads the model, before anything listens."""
+    """The engines to serve with; for indextts2 this loads the model, before anything listens.
+
+    Every engine lives on a thread of its own (`start_engine`), the tone engine too.
+    """
     if options.kind == "tone":
         from ..engines.tone import ToneEngine
 
-        return [ToneEngine(options.tone_rtf) for _ in range(options.workers)]
+        return [
+            start_engine(partial(ToneEngine, options.tone_rtf), f"engine-tone-{index}")
+            for index in range(options.workers)
+        ]
     from ..engines.loading import LoadFailed, load_engines
 
     try:
@@ -225,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = parse(argv, "indextts-server", DESCRIPTION)
     config, ops = settings.server, settings.ops
     setup_logging(ops.log_level)
+    if settings.cluster.role != "gateway":  # before torch is imported: OpenMP reads these once
+        log.info("%s", set_torch_threads(cpu_engine_count(settings.engine.kind, settings.engine.devices)))
     notifier = Notifier.from_environ()
     adopted = listen_sockets()
 
@@ -273,5 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         trio.run(start)
     finally:
         close()
+        for engine in engines:
+            close_engine(engine)
         notifier.close()
     log.info("stopped")

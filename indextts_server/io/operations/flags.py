@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import (
     Annotated,
     Any,
@@ -27,6 +27,17 @@ S = TypeVar("S", bound=msgspec.Struct)
 
 NONE_WORDS: Final = frozenset({"", "off"})
 """What an optional option accepts to mean "none": an empty value, or ``off``."""
+ENV_PREFIX: Final = "INDEXTTS_SERVER_"
+"""Every option also reads ``ENV_PREFIX`` + its name (``--model-dir``: ``INDEXTTS_SERVER_MODEL_DIR``)."""
+TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS: Final = frozenset({"0", "false", "no", "off"})
+ENVIRONMENT_HELP: Final = (
+    "Every option can also be set in the environment, for containers and service managers: "
+    f"{ENV_PREFIX} + the option's name in capitals, - as _ ({ENV_PREFIX}DEVICE=cuda:1, "
+    f"{ENV_PREFIX}MODEL_DIR=/models/IndexTTS-2, {ENV_PREFIX}DOWNLOAD=1). The command line wins; "
+    "an empty variable counts as unset; a switch takes 1/0, true/false, yes/no or on/off; "
+    "a repeatable option takes a comma list."
+)
 
 
 class Option(NamedTuple):
@@ -45,6 +56,11 @@ class Option(NamedTuple):
     @property
     def name(self) -> str:
         return self.flag.name or "--" + self.dest.rsplit(".", 1)[-1].replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        """The environment variable that sets this option when the command line does not."""
+        return ENV_PREFIX + self.name.lstrip("-").replace("-", "_").upper()
 
 
 def options(cls: type[msgspec.Struct] = Settings, prefix: str = "") -> Iterator[Option]:
@@ -66,7 +82,9 @@ def options(cls: type[msgspec.Struct] = Settings, prefix: str = "") -> Iterator[
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The parser for `Settings`: groups in `GROUPS` order, defaults and help from the fields."""
-    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_Help)
+    p = argparse.ArgumentParser(
+        prog=prog, description=description, epilog=ENVIRONMENT_HELP, formatter_class=_Help
+    )
     groups = {name: p.add_argument_group(name) for name in GROUPS}
     for option in options():
         group, flag = groups[option.flag.group], option.flag
@@ -82,10 +100,7 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
         arguments["metavar"] = flag.metavar or option.name.lstrip("-").replace("-", "_").upper()
         if option.many and flag.split is None:
             # Repeated; the field's default applies only when the option is never given.
-            arguments.update(action="append", type=_parse_one(option), default=None)
-        elif flag.env is not None:
-            # Read from the environment after parsing, so that --help never shows a secret.
-            arguments.update(type=_parse(option), default=None)
+            arguments.update(action=_Repeated, type=_parse_one(option), default=None)
         elif option.many:
             # argparse parses a string default with ``type``, so the default shows as typed.
             assert flag.split is not None
@@ -94,6 +109,20 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
             arguments.update(type=_parse(option), default=option.default)
         group.add_argument(option.name, **arguments)
     return p
+
+
+class _Repeated(argparse.Action):
+    """A repeatable option: its values on the command line replace those from the environment."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        given = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, [*(given if isinstance(given, list) else ()), values])
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -118,16 +147,58 @@ def settings_from(args: argparse.Namespace, cls: type[S], prefix: str = "") -> S
                 values[field.name] = settings_from(args, hints[field.name], dest + ".")
             continue
         value = getattr(args, dest)
-        if value is None and option.flag.env is not None:
-            value = _parse(option)(os.environ.get(option.flag.env, ""))
         if option.many:
             value = option.default if value is None else tuple(value)
         values[field.name] = value
     return cls(**values)
 
 
-def parse(argv: Sequence[str] | None, prog: str, description: str) -> Settings:
-    return settings_from(parser(prog, description).parse_args(argv), Settings)
+def parse(
+    argv: Sequence[str] | None, prog: str, description: str, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """The settings from the command line, then the environment (`ENV_PREFIX`), then the defaults."""
+    p = parser(prog, description)
+    return settings_from(p.parse_args(argv, namespace=_from_environment(p, environ)), Settings)
+
+
+def _from_environment(p: argparse.ArgumentParser, environ: Mapping[str, str] | None) -> argparse.Namespace:
+    """The options set in the environment, as parsed values; the command line parsed into it wins.
+
+    Values are read after ``p`` is built, so that ``--help`` shows the built-in defaults and never
+    a secret (``INDEXTTS_SERVER_AUTH_TOKEN``). A bad value exits like a bad flag, naming the variable.
+    """
+    env = os.environ if environ is None else environ
+    preset = argparse.Namespace()
+    for option in options():
+        text = env.get(option.env, "").strip()
+        if not text:
+            continue
+        try:
+            setattr(preset, option.dest, _parse_env(option, text))
+        except argparse.ArgumentTypeError as error:
+            p.error(f"environment variable {option.env}={text!r}: {error}")
+    return preset
+
+
+def _parse_env(option: Option, text: str) -> Any:
+    """One environment variable's text as the option's value (a tuple for a repeatable option)."""
+    kind = _bare(option.kind)
+    if kind is bool:
+        word = text.lower()
+        if word not in TRUE_WORDS | FALSE_WORDS:
+            raise argparse.ArgumentTypeError("expected 1/0, true/false, yes/no or on/off")
+        return word in TRUE_WORDS
+    if get_origin(kind) is Literal:
+        if text not in get_args(kind):
+            choices = ", ".join(repr(choice) for choice in get_args(kind))
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {choices})")
+        return text
+    if option.many and option.flag.split is None:
+        values = tuple(_parse_one(option)(part.strip()) for part in text.split(",") if part.strip())
+        if not values:
+            raise argparse.ArgumentTypeError("needs at least one value")
+        return values
+    return _parse(option)(text)
 
 
 def _parse(option: Option) -> Callable[[str], Any]:

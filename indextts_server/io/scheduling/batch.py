@@ -30,8 +30,9 @@ import trio
 from ...core import texts
 from ...core.contract import replies
 from ...core.engine import PCM, Engine, Segment
+from ..audio.encoding import SegmentFiles
 from .board import TaskBoard, Ticket
-from .worker import CLOSE_TIMEOUT, EngineTask, deliver
+from .worker import CLOSE_TIMEOUT, EngineTask, announce, deliver, timeline
 
 log = logging.getLogger("indextts_server")
 
@@ -71,6 +72,9 @@ class _Row:
     def __init__(self, ticket: Ticket, deadline: float):
         self.ticket = ticket
         self.deadline = deadline
+        task = ticket.task
+        self.files = SegmentFiles(task.delivery.format, task.delivery.sample_rate)
+        self.cues = timeline(task)
         self.segments: Iterator[Segment] | BaseException | None = None
         self.chunks: list[PCM] = []
         self.samples = 0
@@ -264,19 +268,20 @@ class BatchWorker(EngineTask):
             self._end(row, "failed", failure, engine_error=True)
             return
         if outcome is not None:
+            announce(task, session, row.cues, outcome, len(task.cues))
             row.samples += len(outcome.pcm)
             if task.delivery.stream:
-                await deliver(row.ticket, [outcome.pcm])
+                await deliver(row.ticket, row.files, [outcome.pcm], last=outcome.last)
             else:
                 row.chunks.append(outcome.pcm)
             if not outcome.last:
                 return
         if not task.delivery.stream:
-            await deliver(row.ticket, row.chunks)
+            await deliver(row.ticket, row.files, row.chunks, last=True)
         if not row.ended:  # a deadline may have passed while the audio was encoded
             self.board.move(task, "completed", session, samples=row.samples, compute=row.compute)
             timing = task.timing(row.samples, row.compute)
-            session.send(replies.end(task.task_id, session.session_id, task.delivery, timing))
+            session.send(replies.end(task.task_id, session.session_id, task.delivery, timing, task.cues))
             row.ended = True
 
     def _end(

@@ -10,6 +10,7 @@ import trio
 
 from ...core import texts
 from ...core.contract import replies
+from ...core.contract.protocol import Cue
 from ...core.engine import Engine, SynthesisJob
 from ...core.tasks import Delivery
 from ..transport.session import Session
@@ -60,6 +61,10 @@ class Scheduler(Protocol):
     async def status(self, task_id: str, session: Session) -> None: ...
 
     async def cancel(self, task_id: str, session: Session) -> None: ...
+
+    async def cues(self, task_id: str) -> list[Cue] | None:
+        """The task's cues so far (one per segment made), or ``None`` for an unknown task."""
+        ...
 
     async def session_closed(self, session: Session) -> None:
         """The session is gone: cancel its waiting tasks, stop its running ones at the next segment."""
@@ -178,6 +183,10 @@ class EmbeddedScheduler:
             if task.stop_reason is None:  # a second cancel gets the same answer
                 task.stop_reason = texts.CANCELLED  # the worker stops at the next segment boundary
             session.send(replies.cancelling(task_id, session.session_id))
+
+    async def cues(self, task_id: str) -> list[Cue] | None:
+        task = self.board.registry.get(task_id)
+        return None if task is None else list(task.cues)
 
     async def session_closed(self, session: Session) -> None:
         self.board.cancel_pending(session)

@@ -22,16 +22,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Final, TypeVar
 
-import numpy as np
 import trio
 
 from ...core import texts
 from ...core.contract import replies
-from ...core.contract.protocol import AudioFormat
+from ...core.cues import Timeline
 from ...core.engine import PCM, Engine, Segment, SynthesisJob
-from ..audio.encoding import encode_audio
+from ...core.tasks import Task
+from ..audio.encoding import SegmentFiles
+from ..engines.thread import home_thread
+from ..transport.session import Session
 from .board import TaskBoard, Ticket
 
 log = logging.getLogger("indextts_server")
@@ -45,20 +48,27 @@ CLOSE_TIMEOUT: Final = 5.0
 """Seconds the worker waits for an engine iterator to close before leaving it to its thread."""
 
 
-def assemble(chunks: list[PCM], audio_format: AudioFormat) -> bytes:
-    """Segments as one file: concatenated (when more than one) and encoded."""
-    whole = chunks[0] if len(chunks) == 1 else np.concatenate(chunks or [np.zeros(0, np.int16)])
-    return encode_audio(whole, audio_format)
+def timeline(task: Task) -> Timeline:
+    """Where the task's segments fall in the audio its client receives."""
+    delivery = task.delivery
+    return Timeline(task.job.interval_silence, speed=delivery.speed, sample_rate=delivery.sample_rate)
 
 
-async def deliver(ticket: Ticket, chunks: list[PCM]) -> None:
-    """Encode ``chunks`` as one reply in the task's format and hand it to its session."""
+def announce(task: Task, session: Session, cues: Timeline, segment: Segment, index: int) -> None:
+    """Keep the segment's cue with the task, and send it first when the request asked for cues."""
+    cue = cues.add(index, segment.text, segment.pcm, last=segment.last)
+    task.cues.append(cue)
+    if task.delivery.timestamps:
+        session.send(replies.cue(task.task_id, session.session_id, cue))
+
+
+async def deliver(ticket: Ticket, files: SegmentFiles, chunks: list[PCM], *, last: bool) -> None:
+    """Encode ``chunks`` as one file of the task's format and hand it to its session."""
     task, session = ticket
-    audio_format = task.delivery.format
-    if audio_format in ("wav", "pcm") and sum(len(chunk) for chunk in chunks) <= INLINE_SAMPLES:
-        data = assemble(chunks, audio_format)
+    if files.cheap and sum(len(chunk) for chunk in chunks) <= INLINE_SAMPLES:
+        data = files.file(chunks, last=last)
     else:
-        data = await trio.to_thread.run_sync(assemble, chunks, audio_format, abandon_on_cancel=True)
+        data = await trio.to_thread.run_sync(partial(files.file, chunks, last=last), abandon_on_cancel=True)
     if task.first_audio_at is None:
         task.first_audio_at = trio.current_time()
     session.deliver(data, len(data))
@@ -113,8 +123,8 @@ class EngineRun:
 
 
 class EngineTask:
-    """What every inference task shares: its engine behind a ``CapacityLimiter(1)``, the FIFO it
-    takes tickets from, and the liveness the watchdog reads (``running``, ``last_progress``)."""
+    """What every inference task shares: its engine behind a ``CapacityLimiter(1)`` and its own
+    thread (`home_thread`), the FIFO it takes tickets from, and the liveness the watchdog reads."""
 
     def __init__(
         self,
@@ -126,6 +136,7 @@ class EngineTask:
         name: str = "worker-0",
     ):
         self.engine = engine
+        self.thread = home_thread(engine)
         self.board = board
         self.receive = receive
         self.task_timeout = task_timeout
@@ -159,15 +170,19 @@ class EngineTask:
             self.waiting_for_engine = False
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` in a worker thread holding the engine; abandoned if the caller is cancelled."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=True)
+        """``fn(*args)`` on the engine's thread, waited for in a worker thread holding the limiter;
+        abandoned if the caller is cancelled (the call still finishes on the engine's thread)."""
+        return await trio.to_thread.run_sync(
+            self.thread.call, fn, *args, limiter=self.limiter, abandon_on_cancel=True
+        )
 
 
 class InferenceWorker(EngineTask):
     """Runs one task at a time, in queue order, whoever sent it.
 
     The engine is blocking, so every call into it goes through ``trio.to_thread.run_sync``
-    under a ``CapacityLimiter(1)``: one thread at a time ever touches the model. The engine is
+    under a ``CapacityLimiter(1)``, and that pool thread hands the call to the engine's own
+    thread (`home_thread`): one thread, always the same one, ever touches the model. The engine is
     advanced one segment per call, so a task that is cancelled, or whose client has gone, stops
     at the next segment boundary.
 
@@ -259,7 +274,7 @@ class InferenceWorker(EngineTask):
         samples, compute = result
         self.board.move(task, "completed", session, samples=samples, compute=compute)
         timing = task.timing(samples, compute)
-        session.send(replies.end(task.task_id, session.session_id, task.delivery, timing))
+        session.send(replies.end(task.task_id, session.session_id, task.delivery, timing, task.cues))
 
     async def _synthesize(self, ticket: Ticket) -> tuple[int, float] | None:
         """Run the engine and deliver the audio; ``None`` if the task was stopped first.
@@ -269,6 +284,8 @@ class InferenceWorker(EngineTask):
         task, session = ticket
         stream = task.delivery.stream
         run = EngineRun(self.engine, task.job)
+        files = SegmentFiles(task.delivery.format, task.delivery.sample_rate)
+        cues = timeline(task)
         chunks: list[PCM] = []
         samples, compute = 0, 0.0
         finished = False
@@ -284,9 +301,10 @@ class InferenceWorker(EngineTask):
                     finished = True
                     break
                 finished = segment.last
+                announce(task, session, cues, segment, len(task.cues))
                 samples += len(segment.pcm)
                 if stream:
-                    await deliver(ticket, [segment.pcm])
+                    await deliver(ticket, files, [segment.pcm], last=finished)
                 else:
                     chunks.append(segment.pcm)
         finally:
@@ -294,5 +312,5 @@ class InferenceWorker(EngineTask):
                 with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
                     await self._call(run.close)
         if not stream:
-            await deliver(ticket, chunks)
+            await deliver(ticket, files, chunks, last=True)
         return samples, compute

@@ -32,7 +32,8 @@ class Close(NamedTuple):
     reason: str
 
 
-Outgoing = str | bytes | Close
+Outgoing = str | bytes | Close | Reply
+"""What an outbox holds: a WebSocket's text and files; an HTTP request's replies as objects."""
 
 
 def encode(reply: Reply) -> str:

@@ -273,6 +273,7 @@ class Server:
                 if isinstance(message, Close):
                     await ws.aclose(message.code, message.reason)
                     return
+                assert isinstance(message, str | bytes)  # a WebSocket session queues only these
                 await ws.send_message(message)
                 session.written(cost)
         except ConnectionClosed:

@@ -15,7 +15,7 @@ import trio
 
 from ....core import texts
 from ....core.contract import replies
-from ....core.contract.protocol import TaskState
+from ....core.contract.protocol import Cue, TaskState
 from ....core.engine import SynthesisJob
 from ....core.fleet import ReplyEvent, TaskOrder, decode_activity
 from ....core.tasks import Delivery, Task, iso
@@ -168,6 +168,15 @@ class BrokerScheduler:
         else:
             session.send(record.status_reply(session.session_id))
 
+    async def cues(self, task_id: str) -> list[Cue] | None:
+        """Cluster mode keeps no cues: a known task has none, an unknown one is ``None``."""
+        try:
+            record = await self.store.call(self.store.record, task_id)
+        except BrokerDown as exc:
+            self._lost_contact(exc)
+            return None
+        return None if record is None else []
+
     async def cancel(self, task_id: str, session: Session) -> None:
         try:
             outcome = await self.store.call(
@@ -293,7 +302,7 @@ class BrokerScheduler:
             case "end":
                 self._end(local, "completed", None, samples=event.samples, compute=event.compute)
                 timing = task.timing(event.samples, event.compute)
-                session.send(replies.end(task.task_id, session.session_id, task.delivery, timing))
+                session.send(replies.end(task.task_id, session.session_id, task.delivery, timing, task.cues))
             case "error":
                 message = event.message or ""
                 self._end(local, event.state or "failed", message, tell=True)

@@ -10,14 +10,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from typing import TypeVar
 
-import numpy as np
 import trio
 
 from ....core.contract.protocol import TaskState
 from ....core.engine import PCM, Engine, Segment, SynthesisJob
 from ....core.fleet import ReplyEvent, WorkerActivity, encode_activity
 from ....core.texts import SHUTTING_DOWN, engine_failed, task_timed_out
-from ...audio.encoding import encode_audio
+from ...audio.encoding import SegmentFiles
+from ...engines.thread import home_thread
 from .store import BrokerDown, Started, Store, Taken
 
 log = logging.getLogger("indextts_server")
@@ -67,6 +67,7 @@ class BrokerWorker:
         on_engine_error: Callable[[], None] | None = None,
     ):
         self.engine = engine
+        self.thread = home_thread(engine)
         self.store = store
         self.name = name
         self.task_timeout = task_timeout
@@ -256,6 +257,7 @@ class _Run:
         if self.worker.task_timeout > 0:
             deadline = trio.current_time() + self.worker.task_timeout
         segments: Iterator[Segment] | None = None
+        files = SegmentFiles(delivery.format, delivery.sample_rate)
         chunks: list[PCM] = []
         samples, compute = 0, 0.0
         finished = abandoned = False
@@ -278,7 +280,7 @@ class _Run:
                 finished = segment.last
                 samples += len(segment.pcm)
                 if delivery.stream:
-                    await self._send_audio(segment.pcm, last=finished)
+                    await self._send_audio(files, [segment.pcm], last=finished)
                 else:
                     chunks.append(segment.pcm)
                     if not finished:
@@ -289,17 +291,15 @@ class _Run:
                 with trio.CancelScope(shield=True):
                     await self._call(math.inf, close)
         if not delivery.stream:
-            whole = chunks[0] if len(chunks) == 1 else np.concatenate(chunks or [np.zeros(0, np.int16)])
-            await self._send_audio(whole, last=True)
+            await self._send_audio(files, chunks, last=True)
         return samples, compute
 
-    async def _send_audio(self, pcm: PCM, *, last: bool) -> None:
+    async def _send_audio(self, files: SegmentFiles, chunks: list[PCM], *, last: bool) -> None:
         """Publish one audio reply; the last one is held back and goes out with the end."""
-        audio_format = self.started.order.delivery.format
-        if audio_format in ("wav", "pcm"):
-            data = encode_audio(pcm, audio_format)
+        if files.cheap:
+            data = files.file(chunks, last=last)
         else:
-            data = await trio.to_thread.run_sync(encode_audio, pcm, audio_format)
+            data = await trio.to_thread.run_sync(partial(files.file, chunks, last=last))
         event = self._event(kind="audio", data=data)
         if last:
             self.last_audio = event
@@ -307,10 +307,10 @@ class _Run:
             await self._progress(event, audio=True)
 
     async def _call(self, deadline: float, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` in the engine's thread; past ``deadline`` the thread is abandoned."""
-        limiter = self.worker.limiter
+        """``fn(*args)`` on the engine's own thread; past ``deadline`` the waiting thread is abandoned."""
+        limiter, call = self.worker.limiter, self.worker.thread.call
         if deadline == math.inf:
-            return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+            return await trio.to_thread.run_sync(call, fn, *args, limiter=limiter)
         with trio.move_on_at(deadline):
-            return await trio.to_thread.run_sync(fn, *args, limiter=limiter, abandon_on_cancel=True)
+            return await trio.to_thread.run_sync(call, fn, *args, limiter=limiter, abandon_on_cancel=True)
         raise TaskTimeout
