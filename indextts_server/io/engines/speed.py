@@ -30,6 +30,11 @@ def _stretch(segments: Iterator[Segment], factor: float) -> Iterator[Segment]:
                 pcm = np.concatenate([pcm, tempo.finish()])
             yield Segment(pcm, segment.last, segment.text)
     finally:
-        close = getattr(segments, "close", None)
-        if close is not None:
-            close()
+        close_segments(segments)
+
+
+def close_segments(segments: Iterator[Segment]) -> None:
+    """Stop an engine's iterator if it can be stopped (generators and the engines' own can)."""
+    close = getattr(segments, "close", None)
+    if close is not None:
+        close()
