@@ -33,7 +33,7 @@ from .tiny_checkpoint import (
 
 __all__ = ["build_tiny_checkpoint25"]
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 3
 _MARKER = ".tiny-checkpoint25-complete"
 _TIKTOKEN = "multilingual_zh_ja_yue_char_del.tiktoken"
 _QWEN_DIR = "qwen0.6bemo4-merge"
@@ -111,6 +111,17 @@ def _build(root: Path, seed: int, model_dir: Path) -> None:
     gpt = cast(
         nn.Module, _attr("indextts25.gpt.model_v2", "UnifiedVoice")(**cast(dict[str, object], cfg["gpt"]))
     )
+    head = cast(nn.Linear, gpt.mel_head)
+    blocks = cast(nn.ModuleList, cast(nn.Module, gpt.gpt).h)
+    attention = cast(nn.Module, blocks[0].attn)
+    with torch.no_grad():
+        # Sharp logits, and attention (over the conditioning and the text) outweighing the code's
+        # own embedding, so every input (text, language, emotion) changes what is sampled; and no
+        # stop token, so each segment runs to --max-mel-tokens and lengths are predictable.
+        head.weight.mul_(8.0)
+        cast(nn.Linear, attention.c_proj).weight.mul_(40.0)
+        assert head.bias is not None
+        head.bias[_MEL_CODES - 1] = -1e4
     torch.save({"model": _half(gpt.state_dict())}, model_dir / "gpt.pth")
     del gpt
 
