@@ -462,3 +462,18 @@ def test_the_served_against_direct_probe_times_the_same_requests_both_ways(
     assert all(seconds > 0 for seconds in report["served_s"] + report["direct_s"])
     assert report["audio_s"] == report["direct_audio_s"] > 0  # the same work on both sides
     assert report["ratio"] == round(report["served_median_s"] / report["direct_median_s"], 3)
+
+
+async def test_lang_beyond_zh_and_en_fails_its_task_naming_lang_and_speed_is_a_stretch(
+    engine_server: CliServer,
+) -> None:
+    async with connect(engine_server) as client:
+        await client.send(tts("今日は。", lang="ja"))
+        task_id = (await client.recv_json())["task_id"]
+        await client.recv_json()
+        error = await client.recv_json()
+        assert error["task_id"] == task_id
+        assert error["message"] == "音频生成失败: lang 不支持: ja（IndexTTS-2 只支持 zh/en）"
+        _, normal = await client.request(tts("大家好。", lang="EN", seed=2))
+        _, faster = await client.request(tts("大家好。", lang="zh", seed=2, speed=1.25))
+    assert len(decode_wav(faster)[0]) == pytest.approx(len(decode_wav(normal)[0]) / 1.25, rel=0.05)
