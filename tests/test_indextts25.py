@@ -429,15 +429,21 @@ async def test_the_openai_sdk_gets_every_format_and_speed_moves_the_duration(ser
         assert len(data) > 100, response_format
         if response_format in ("mp3", "flac", "wav"):
             assert soundfile.info(io.BytesIO(data)).duration > 0.1, response_format
-    pcm = np.frombuffer(await trio.to_thread.run_sync(speak, "pcm"), dtype="<i2")
+    pcm = np.frombuffer(
+        await trio.to_thread.run_sync(partial(speak, "pcm", sample_rate=SAMPLE_RATE)), dtype="<i2"
+    )
     wav = decode_wav(await trio.to_thread.run_sync(speak, "wav"))[0]
     assert np.array_equal(pcm, wav)
-    faster = np.frombuffer(await trio.to_thread.run_sync(speak, "pcm", 1.25), dtype="<i2")
-    slower = np.frombuffer(await trio.to_thread.run_sync(speak, "pcm", 0.8), dtype="<i2")
+    faster = np.frombuffer(
+        await trio.to_thread.run_sync(partial(speak, "pcm", 1.25, sample_rate=SAMPLE_RATE)), dtype="<i2"
+    )
+    slower = np.frombuffer(
+        await trio.to_thread.run_sync(partial(speak, "pcm", 0.8, sample_rate=SAMPLE_RATE)), dtype="<i2"
+    )
     assert len(faster) < len(pcm) < len(slower)
     as_ws = await pcm_of(server25, text="大家好。", seed=8, speed=1.25)
     assert np.array_equal(faster, as_ws)  # the same speed control over either port
-    spanish = await trio.to_thread.run_sync(partial(speak, "pcm", lang="es"))
+    spanish = await trio.to_thread.run_sync(partial(speak, "pcm", lang="es", sample_rate=SAMPLE_RATE))
     assert not np.array_equal(np.frombuffer(spanish, dtype="<i2"), pcm)  # lang as an extra body field
 
 
