@@ -176,8 +176,9 @@ async def test_cues_match_the_real_models_segments_within_10_ms(engine_server: C
     async with httpx.AsyncClient(timeout=30) as http:
         response = await http.get(f"{engine_server.http}/v1/tasks/{task_id}/subtitles.srt")
     assert response.status_code == 200
-    written = [(cue["start"], cue["start"] + cue["duration"]) for cue in cues if cue["text"].strip()]
-    read = [(start, end) for start, end, _ in srt_spans(response.text)]
+    written = [edge for cue in cues if cue["text"].strip() for edge in (cue["start"], cue["start"] + cue["duration"])]
+    read = [edge for start, end, _ in srt_spans(response.text) for edge in (start, end)]
+    assert len(written) == 2 * len(cues)  # every real segment says what it read
     assert read == pytest.approx(written, abs=0.001)
 
 
