@@ -189,8 +189,9 @@ async def test_cues_match_the_real_models_segments_within_10_ms(engine_server: C
     async with httpx.AsyncClient(timeout=30) as http:
         response = await http.get(f"{engine_server.http}/v1/tasks/{task_id}/subtitles.srt")
     assert response.status_code == 200
-    written = [(cue["start"], cue["start"] + cue["duration"]) for cue in cues if cue["text"].strip()]
-    read = [(start, end) for start, end, _ in srt_spans(response.text)]
+    written = [edge for cue in cues if cue["text"].strip() for edge in (cue["start"], cue["start"] + cue["duration"])]
+    read = [edge for start, end, _ in srt_spans(response.text) for edge in (start, end)]
+    assert len(written) == 2 * len(cues)  # every real segment says what it read
     assert read == pytest.approx(written, abs=0.001)
 
 
@@ -617,3 +618,18 @@ def test_the_served_against_direct_probe_times_the_same_requests_both_ways(
     assert all(seconds > 0 for seconds in report["served_s"] + report["direct_s"])
     assert report["audio_s"] == report["direct_audio_s"] > 0  # the same work on both sides
     assert report["ratio"] == round(report["served_median_s"] / report["direct_median_s"], 3)
+
+
+async def test_lang_beyond_zh_and_en_fails_its_task_naming_lang_and_speed_is_a_stretch(
+    engine_server: CliServer,
+) -> None:
+    async with connect(engine_server) as client:
+        await client.send(tts("今日は。", lang="ja"))
+        task_id = (await client.recv_json())["task_id"]
+        await client.recv_json()
+        error = await client.recv_json()
+        assert error["task_id"] == task_id
+        assert error["message"] == "音频生成失败: lang 不支持: ja（IndexTTS-2 只支持 zh/en）"
+        _, normal = await client.request(tts("大家好。", lang="EN", seed=2))
+        _, faster = await client.request(tts("大家好。", lang="zh", seed=2, speed=1.25))
+    assert len(decode_wav(faster)[0]) == pytest.approx(len(decode_wav(normal)[0]) / 1.25, rel=0.05)

@@ -14,7 +14,7 @@ import msgspec
 
 CONTRACT: Final = "the contract's flags"
 SERVER: Final = "server"
-ENGINE: Final = "indextts2 engine"
+ENGINE: Final = "model engine (IndexTTS-2 or IndexTTS-2.5)"
 HTTP: Final = "HTTP API and voice library"
 CLUSTER: Final = "cluster mode (needs the [cluster] extra)"
 OPERATIONS: Final = "operations"
@@ -149,7 +149,8 @@ class EngineOptions(msgspec.Struct, frozen=True, kw_only=True):
     kind: Annotated[
         Literal["indextts2", "tone"],
         Flag(
-            "indextts2: the real model; tone: weight-free tones for protocol work and load tests",
+            "indextts2: the real model, IndexTTS-2 or IndexTTS-2.5 as --model-dir holds; "
+            "tone: weight-free tones for protocol work and load tests",
             name="--engine",
         ),
     ] = "indextts2"
@@ -167,13 +168,30 @@ class EngineOptions(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = ("cuda",)
     download: Annotated[
-        bool, Flag("download IndexTeam/IndexTTS-2 into --model-dir if it is missing (with progress)", ENGINE)
+        bool,
+        Flag(
+            "download the model into --model-dir if it is missing (with progress): IndexTeam/IndexTTS-2.5 "
+            "when the directory's name ends in 2.5 or 25, else IndexTeam/IndexTTS-2",
+            ENGINE,
+        ),
     ] = False
-    fp16: Annotated[bool, Flag("half-precision inference (CUDA)", ENGINE)] = False
-    cuda_kernel: Annotated[bool, Flag("BigVGAN's fused CUDA kernel", ENGINE)] = False
-    deepspeed: Annotated[bool, Flag("DeepSpeed inference for the GPT", ENGINE)] = False
-    accel: Annotated[bool, Flag("the model's accelerated GPT engine", ENGINE)] = False
-    torch_compile: Annotated[bool, Flag("torch.compile the s2mel model", ENGINE)] = False
+    fp16: Annotated[
+        bool, Flag("half-precision inference on CUDA (IndexTTS-2: fp16; 2.5: its GPT in bf16)", ENGINE)
+    ] = False
+    attn_backend: Annotated[
+        Literal["sdpa", "flash"],
+        Flag("IndexTTS-2.5's GPT attention: flash (CUDA, needs flash-attn) or sdpa", ENGINE),
+    ] = "sdpa"
+    diffusion_steps: Annotated[
+        PositiveInt | None,
+        Flag(
+            "IndexTTS-2.5's diffusion steps per segment (default: the model's, 25; fewer is faster)", ENGINE
+        ),
+    ] = None
+    cuda_kernel: Annotated[bool, Flag("IndexTTS-2: BigVGAN's fused CUDA kernel", ENGINE)] = False
+    deepspeed: Annotated[bool, Flag("IndexTTS-2: DeepSpeed inference for the GPT", ENGINE)] = False
+    accel: Annotated[bool, Flag("IndexTTS-2: the model's accelerated GPT engine", ENGINE)] = False
+    torch_compile: Annotated[bool, Flag("IndexTTS-2: torch.compile the s2mel model", ENGINE)] = False
     max_mel_tokens: Annotated[
         PositiveInt, Flag("cap on generated mel tokens per segment (the model's own default)", ENGINE)
     ] = 1500

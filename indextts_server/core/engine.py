@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Final, Literal, NamedTuple, Protocol
 
@@ -32,6 +33,12 @@ MAX_TOKENS_MIN: Final = 20
 MAX_TOKENS_MAX: Final = 600
 INTERVAL_SILENCE_MAX: Final = 5000
 SEED_MAX: Final = 2**32 - 1
+SPEED_MIN: Final = 0.25
+SPEED_MAX: Final = 4.0
+
+Lang = Literal["zh", "en", "ja", "es", "ar"]
+LANGS: Final[tuple[Lang, ...]] = ("zh", "en", "ja", "es", "ar")
+"""The languages a request may name (``lang``); each engine speaks some of them."""
 
 
 class SynthesisJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,6 +60,10 @@ class SynthesisJob(msgspec.Struct, frozen=True, kw_only=True):
     use_random: bool = False
     seed: int | None = None
     quick_first: int = 0
+    lang: Lang | None = None
+    """None: the engine picks the language from the text (`detect_lang`)."""
+    speed: float = 1.0
+    """Speaking rate: 1.25 is a quarter faster (the audio lasts 1/1.25 as long)."""
 
 
 class Segment(NamedTuple):
@@ -82,3 +93,47 @@ class Engine(Protocol):
     def synthesize(self, job: SynthesisJob) -> Iterator[Segment]: ...
 
     def warm_up(self) -> None: ...
+
+
+_KANA = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
+_ARABIC = re.compile(r"[\u0600-\u06ff\u0750-\u077f\u08a0-\u08ff\ufb50-\ufdff\ufe70-\ufeff]")
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_SPANISH = re.compile(r"[ñÑáéíóúÁÉÍÓÚüÜ¿¡]")
+_SPANISH_WORDS = re.compile(
+    r"\b(el|la|los|las|que|de|del|y|es|en|por|para|con|una?|hola|gracias|señor|está|muy)\b", re.I
+)
+_ENGLISH_WORDS = re.compile(r"\b(the|and|is|are|of|to|you|it|this|that|with|for|hello|what)\b", re.I)
+
+
+def detect_lang(text: str) -> Lang:
+    """The language of ``text`` when a request names none, by its script.
+
+    Kana anywhere: ``ja``. Else any Han character: ``zh`` (so Chinese mixed with English stays
+    ``zh``, which reads the English words too). Else Arabic script: ``ar``. Else Latin text is
+    ``es`` when it has Spanish letters or marks (ñ, á, ¿, ¡ ...) or more Spanish than English
+    function words, otherwise ``en``.
+    """
+    if _KANA.search(text):
+        return "ja"
+    if _HAN.search(text):
+        return "zh"
+    if _ARABIC.search(text):
+        return "ar"
+    if _SPANISH.search(text):
+        return "es"
+    if len(_SPANISH_WORDS.findall(text)) > len(_ENGLISH_WORDS.findall(text)):
+        return "es"
+    return "en"
+
+
+def split_speed(speed: float, native: tuple[float, float] | None) -> tuple[float, float]:
+    """``speed`` as (the part the model renders itself, the part left to a time-stretch).
+
+    The model takes what lies within its ``native`` range (None: none of it); the stretch makes
+    up the rest, so the product is always ``speed``.
+    """
+    if native is None:
+        return 1.0, speed
+    low, high = native
+    model = min(high, max(low, speed))
+    return model, speed / model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Final, Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -17,8 +17,6 @@ from .voices import DEFAULT_VOICE
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 RESPONSE_FORMATS: Final = ("mp3", "opus", "aac", "flac", "wav", "pcm")
-SPEED_MIN: Final = 0.25
-SPEED_MAX: Final = 4.0
 PCM_RATE: Final = 24000
 """OpenAI's ``pcm``: 16-bit mono at 24 kHz, the rate its clients play it at without asking."""
 
@@ -96,7 +94,6 @@ class SpeechRequest(ModelFields, kw_only=True):
     voice: str | VoiceRef | None = None
     instructions: str | None = None
     response_format: ResponseFormat | None = None
-    speed: Annotated[float, msgspec.Meta(ge=SPEED_MIN, le=SPEED_MAX)] | None = None
     stream_format: Literal["audio", "sse"] | None = None
 
     @property
@@ -223,8 +220,9 @@ def speech_job(request: SpeechRequest, resolved: Mapping[str, str]) -> Synthesis
 
 def speech_delivery(request: SpeechRequest) -> Delivery:
     """What the worker hands the speech endpoint: the engine's samples segment by segment (the
-    endpoint encodes them), and cue times with the request's ``speed``, which the endpoint applies."""
-    return Delivery(stream=True, format="pcm", speed=request.speed or 1.0)
+    endpoint encodes them). ``speed`` is in the job: the engine renders it, so the cue times of
+    its samples need no scaling."""
+    return Delivery(stream=True, format="pcm")
 
 
 class Model(msgspec.Struct, kw_only=True):

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Final
 
-from .engine import INTERVAL_SILENCE_MAX, MAX_TOKENS_MAX, MAX_TOKENS_MIN, SAMPLE_RATES, SEED_MAX
+from .engine import (
+    INTERVAL_SILENCE_MAX,
+    MAX_TOKENS_MAX,
+    MAX_TOKENS_MIN,
+    SAMPLE_RATES,
+    SEED_MAX,
+    SPEED_MAX,
+    SPEED_MIN,
+)
 
 REQUEST_TYPES: Final = ("tts_stream", "task_status", "cancel")
 """The request ``type`` values, in the order the errors list them."""
@@ -62,6 +70,8 @@ FIELD_ERRORS: Final[dict[str, str]] = {
     "details": "details 必须是布尔值（true 或 false）",
     "sample_rate": f"sample_rate 必须是 {'/'.join(map(str, SAMPLE_RATES))} 之一",
     "timestamps": "timestamps 必须是布尔值（true 或 false）",
+    "lang": "lang 必须是 zh/en/ja/es/ar 之一（不区分大小写）",
+    "speed": f"speed 必须是 {SPEED_MIN} 到 {SPEED_MAX} 之间的数字",
 }
 """The error for each request field; the decoder picks one by the field a failure names."""
 
@@ -69,6 +79,11 @@ FIELD_ERRORS: Final[dict[str, str]] = {
 def invalid_field(field: str) -> str:
     """A field the decoder refused that `FIELD_ERRORS` does not know (a gap, not client input)."""
     return f"参数 {field} 无效"
+
+
+def lang_unsupported(lang: str, model: str, langs: str) -> str:
+    """A language the request names that the loaded model does not speak (a task error)."""
+    return f"lang 不支持: {lang}（{model} 只支持 {langs}）"
 
 
 def text_too_long(limit: int) -> str:
@@ -233,7 +248,6 @@ SPEECH_FIELD_ERRORS: Final[dict[str, str]] = {
     "voice": 'voice 必须是字符串（声音库中的名称）或 {"id": 名称}',
     "instructions": "instructions 必须是字符串",
     "response_format": "response_format 必须是 mp3/opus/aac/flac/wav/pcm",
-    "speed": "speed 必须是 0.25 到 4.0 之间的数字",
     "stream_format": "stream_format 必须是 audio 或 sse",
 }
 """The speech request's own fields; the model's fields read as over the WebSocket (`FIELD_ERRORS`)."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Final, Protocol
+from typing import Final, Protocol, cast
 
-from ..engine import EmoMode, SynthesisJob
+from ..engine import EmoMode, Lang, SynthesisJob
 from ..tasks import CONTRACT_DELIVERY, Delivery
 from .protocol import TtsStream
 
@@ -52,6 +52,10 @@ class Tuning(Protocol):
     def seed(self) -> int | None: ...
     @property
     def quick_first(self) -> int | None: ...
+    @property
+    def lang(self) -> str | None: ...
+    @property
+    def speed(self) -> float | None: ...
 
 
 def job(
@@ -80,6 +84,8 @@ def job(
         use_random=_DEFAULT.use_random if tuning.use_random is None else tuning.use_random,
         seed=tuning.seed,
         quick_first=_DEFAULT.quick_first if tuning.quick_first is None else tuning.quick_first,
+        lang=None if tuning.lang is None else cast(Lang, tuning.lang.lower()),  # checked by the decoder
+        speed=_DEFAULT.speed if tuning.speed is None else tuning.speed,
     )
 
 

@@ -7,7 +7,15 @@ from typing import Annotated, Literal
 import msgspec
 
 from .. import texts
-from ..engine import INTERVAL_SILENCE_MAX, MAX_TOKENS_MAX, MAX_TOKENS_MIN, SEED_MAX, EmoMode
+from ..engine import (
+    INTERVAL_SILENCE_MAX,
+    MAX_TOKENS_MAX,
+    MAX_TOKENS_MIN,
+    SEED_MAX,
+    SPEED_MAX,
+    SPEED_MIN,
+    EmoMode,
+)
 
 TaskState = Literal["pending", "running", "completed", "failed", "cancelled"]
 AudioFormat = Literal["wav", "pcm", "flac", "mp3"]
@@ -19,6 +27,8 @@ MaxTokens = Annotated[int, msgspec.Meta(ge=MAX_TOKENS_MIN, le=MAX_TOKENS_MAX)]
 Seed = Annotated[int, msgspec.Meta(ge=0, le=SEED_MAX)]
 QuickFirst = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_MAX)]
 SampleRate = Literal[8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000]
+LangCode = Annotated[str, msgspec.Meta(pattern="(?i)^(zh|en|ja|es|ar)$")]
+Speed = Annotated[float, msgspec.Meta(ge=SPEED_MIN, le=SPEED_MAX)]
 """The request fields' bounds, shared by every kind of request that takes them (``SampleRate``
 spells out `core.engine.SAMPLE_RATES`)."""
 
@@ -42,11 +52,15 @@ class ModelFields(msgspec.Struct, kw_only=True):
     use_random: bool | None = None
     # Extensions (opt-in). ``seed`` fixes sampling and changes nothing else; ``stream`` sends the
     # audio segment by segment; ``quick_first`` keeps the first segment short; ``sample_rate``
-    # resamples the output.
+    # resamples the output; ``lang`` names the text's language (any case; default: picked from
+    # the text); ``speed`` is the speaking rate (the model's own duration control where it has
+    # one, else a time-stretch).
     seed: Seed | None = None
     stream: bool | None = None
     quick_first: QuickFirst | None = None
     sample_rate: SampleRate | None = None
+    lang: LangCode | None = None
+    speed: Speed | None = None
 
 
 class TtsStream(ModelFields, tag_field="type", tag="tts_stream", kw_only=True):

@@ -20,9 +20,11 @@ from typing import Final, NamedTuple, Protocol, TypeVar, cast
 import numpy as np
 import torch
 
+from ...core import texts
 from ...core.config import EngineOptions
-from ...core.engine import PCM, SAMPLE_RATE, Segment, SynthesisJob
+from ...core.engine import PCM, SAMPLE_RATE, Lang, Segment, SynthesisJob
 from . import batching
+from .speed import close_segments, stretched
 
 __all__ = ["EMO_BIAS", "EngineLoadError", "IndexTTS2Engine", "SynthesisError", "normalize_emo_vector"]
 
@@ -35,6 +37,7 @@ happy, angry, sad, afraid, disgusted, melancholic, surprised, calm."""
 _EMO_SUM_CAP = 0.8
 _AUDIO_READERS = frozenset({"audioread", "librosa", "soundfile", "torchaudio", "torchcodec"})
 _WARMUP_TEXT = "你好，今天天气很好。"
+LANGS: Final[tuple[Lang, ...]] = ("zh", "en")
 
 
 class EngineLoadError(RuntimeError):
@@ -294,7 +297,13 @@ class IndexTTS2Engine:
     # --- the Engine port ------------------------------------------------------------------------
 
     def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
-        """Check the job and return a lazy iterator; the model runs only inside ``next()``."""
+        """Check the job and return a lazy iterator; the model runs only inside ``next()``.
+
+        ``lang``: this model reads Chinese and English (and needs no hint); ``speed`` is a
+        time-stretch, as the model has no duration control.
+        """
+        if job.lang is not None and job.lang not in LANGS:
+            raise SynthesisError(texts.lang_unsupported(job.lang, "IndexTTS-2", "/".join(LANGS)))
         _require_file(job.prompt_audio, "speaker prompt")
         kwargs: dict[str, object] = {
             "interval_silence": job.interval_silence,
@@ -321,7 +330,7 @@ class IndexTTS2Engine:
             kwargs.update(emo_vector=vector, emo_alpha=job.emo_alpha)
         elif job.emo_mode == "text":
             kwargs.update(use_emo_text=True, emo_text=job.emo_text, emo_alpha=job.emo_alpha)
-        return _Segments(self, job, kwargs)
+        return stretched(_Segments(self, job, kwargs), job.speed)
 
     def advance(self, rows: Sequence[Iterator[Segment]]) -> list[Segment | BaseException | None]:
         """Advance every row by one segment, together (see `batching`); ``None`` for a finished row.
@@ -408,7 +417,7 @@ class IndexTTS2Engine:
         try:
             samples = sum(len(segment.pcm) for segment in segments)
         finally:
-            cast(_Segments, segments).close()
+            close_segments(segments)
         log.info("warm-up rendered %.2f s of audio", samples / SAMPLE_RATE)
 
     def close(self) -> None:
@@ -419,16 +428,16 @@ class IndexTTS2Engine:
 
     # --- helpers used by _Segments ------------------------------------------------------------
 
-    def _start(self, job: SynthesisJob, kwargs: dict[str, object]) -> tuple[_ModelGen, int]:
-        """The model's generator and the number of segments it will yield (computed as infer does)."""
+    def _start(self, job: SynthesisJob, kwargs: dict[str, object]) -> tuple[_ModelGen, list[str]]:
+        """The model's generator and the text of each segment it will yield (split as infer does)."""
         self._restore_conditioning(job)
-        count = len(self._split(self._model.tokenizer.tokenize(job.text), job, kwargs))
+        segments = self._split(self._model.tokenizer.tokenize(job.text), job, kwargs)
         gen = self._model.infer(job.prompt_audio, job.text, None, **kwargs)
         if not isinstance(gen, Generator):
             raise TypeError(
                 f"IndexTTS2.infer(stream_return=True) returned {type(gen).__name__}, not a generator"
             )
-        return cast(_ModelGen, gen), count
+        return cast(_ModelGen, gen), [_segment_text(piece) for piece in segments]
 
     def _split(self, tokens: list[str], job: SynthesisJob, kwargs: dict[str, object]) -> list[list[str]]:
         """The text's segments, as ``infer`` splits them."""
@@ -438,14 +447,19 @@ class IndexTTS2Engine:
             return tokenizer.split_segments(tokens, job.max_tokens, quick_streaming_tokens=quick)
         return tokenizer.split_segments(tokens, job.max_tokens)
 
-    def _prepare(self, job: SynthesisJob, kwargs: dict[str, object]) -> batching.Prepared:
-        """A batched row's conditioning (through the speaker cache, as ``_start``)."""
+    def _prepare(self, job: SynthesisJob, kwargs: dict[str, object]) -> tuple[batching.Prepared, list[str]]:
+        """A batched row's conditioning (through the speaker cache, as ``_start``), and each
+        segment's text."""
         self._restore_conditioning(job)
-        prepared = batching.prepare(
-            self._model, kwargs, job.prompt_audio, job.text, lambda tokens: self._split(tokens, job, kwargs)
-        )
+        pieces: list[list[str]] = []
+
+        def split(tokens: list[str]) -> list[list[str]]:
+            pieces[:] = self._split(tokens, job, kwargs)
+            return pieces
+
+        prepared = batching.prepare(self._model, kwargs, job.prompt_audio, job.text, split)
         self._remember_conditioning(job)
-        return prepared
+        return prepared, [_segment_text(piece) for piece in pieces]
 
     def _restore_conditioning(self, job: SynthesisJob) -> None:
         """Put the job's prompt conditionings back into the model if they are remembered.
@@ -493,29 +507,36 @@ class IndexTTS2Engine:
 
     @contextmanager
     def _step(self, rng: list[_RngState | int | None]) -> Iterator[None]:
-        """Serialise, run under inference_mode, and swap in the job's private RNG state if seeded.
+        with engine_step(self._lock, self.device, rng):
+            yield
 
-        The swap happens with no other engine stepping (``_RNG_GATE``), so a seeded request's
-        sampling is its own on any number of engines.
-        """
-        with self._lock, torch.inference_mode():
-            state = rng[0]
-            if state is None:
-                with _RNG_GATE.shared():
-                    yield
-                return
-            with _RNG_GATE.alone():
-                cuda_too = self.device.startswith("cuda")
-                outer = _RngState.capture(cuda_too)
-                if isinstance(state, int):
-                    _seed_everything(state)
-                else:
-                    state.restore()
-                try:
-                    yield
-                finally:
-                    rng[0] = _RngState.capture(cuda_too)
-                    outer.restore()
+
+@contextmanager
+def engine_step(lock: threading.Lock, device: str, rng: list[_RngState | int | None]) -> Iterator[None]:
+    """Serialise on ``lock``, run under inference_mode, and swap in the job's private RNG state.
+
+    ``rng[0]`` is the job's seed before its first step, then the state its last step left. The
+    swap happens with no other engine stepping (``_RNG_GATE``), so a seeded request's sampling
+    is its own on any number of engines, of either family.
+    """
+    with lock, torch.inference_mode():
+        state = rng[0]
+        if state is None:
+            with _RNG_GATE.shared():
+                yield
+            return
+        with _RNG_GATE.alone():
+            cuda_too = device.startswith("cuda")
+            outer = _RngState.capture(cuda_too)
+            if isinstance(state, int):
+                _seed_everything(state)
+            else:
+                state.restore()
+            try:
+                yield
+            finally:
+                rng[0] = _RngState.capture(cuda_too)
+                outer.restore()
 
 
 _NOISE_SEED: Final = 20260
@@ -611,6 +632,25 @@ def _require_file(path: str, what: str) -> None:
         raise SynthesisError(f"{what} not found: {os.path.basename(path) or path}")
 
 
+def client_error(exc: Exception, model: str, where: str) -> SynthesisError:
+    """What a client is told of an exception inside the model (the cause stays chained)."""
+    if isinstance(exc, SynthesisError):
+        return exc
+    if isinstance(exc, torch.OutOfMemoryError):
+        return SynthesisError(f"out of GPU memory during {where}; try shorter segments (max_tokens)")
+    kind = type(exc).__name__
+    text = str(exc).strip()
+    detail = f"{kind}: {text.splitlines()[0]}" if text else kind
+    if type(exc).__module__.split(".")[0] in _AUDIO_READERS:
+        return SynthesisError(f"could not decode the prompt audio ({detail})")
+    return SynthesisError(f"{model} failed at {where}: {detail}")
+
+
+def _segment_text(tokens: Sequence[str]) -> str:
+    """A tokenizer segment's text as it reads (SentencePiece marks a word's start with ▁)."""
+    return "".join(tokens).replace("▁", " ").strip()
+
+
 class _Segments(Iterator[Segment]):
     """Yields one int16 segment per ``next()``; each call advances the model just one segment."""
 
@@ -620,6 +660,7 @@ class _Segments(Iterator[Segment]):
         self._kwargs = kwargs
         self._gen: _ModelGen | None = None
         self._count = 0
+        self._texts: list[str] = []
         self._index = 0
         self._pending: object = None  # a speech item read ahead (only if the segment count was off)
         self._done = False
@@ -639,13 +680,15 @@ class _Segments(Iterator[Segment]):
         if pcm is None:
             self.close()
             raise StopIteration
-        return Segment(pcm, self._done)
+        text = self._texts[self._index - 1] if self._index <= len(self._texts) else ""
+        return Segment(pcm, self._done, text)
 
     def _advance(self) -> PCM | None:
         """The next segment, or None when the model has no more."""
         first = self._gen is None
         if self._gen is None:
-            self._gen, self._count = self._engine._start(self._job, self._kwargs)
+            self._gen, self._texts = self._engine._start(self._job, self._kwargs)
+            self._count = len(self._texts)
         gen = self._gen
         speech = self._pending if self._pending is not None else next(gen, _END)
         self._pending = None
@@ -679,7 +722,7 @@ class _Segments(Iterator[Segment]):
         if self._done:
             return False
         if self._prepared is None:
-            self._prepared = self._engine._prepare(self._job, self._kwargs)
+            self._prepared, self._texts = self._engine._prepare(self._job, self._kwargs)
             self._count = len(self._prepared.segments)
         if self._index >= self._count:
             self._done = True
@@ -696,6 +739,7 @@ class _Segments(Iterator[Segment]):
     def deliver(self, wav: torch.Tensor) -> Segment:
         """The step's audio for this row, with the interval silence unless it is the last."""
         pcm = _to_int16(wav, True)
+        text = self._texts[self._index] if self._index < len(self._texts) else ""
         self._index += 1
         if self._index >= self._count:
             self._done = True
@@ -703,7 +747,7 @@ class _Segments(Iterator[Segment]):
         elif self._job.interval_silence > 0:
             pause = np.zeros(int(SAMPLE_RATE * self._job.interval_silence / 1000.0), dtype=np.int16)
             pcm = np.concatenate([pcm, pause])
-        return Segment(pcm, self._done)
+        return Segment(pcm, self._done, text)
 
     def fail(self, exc: BaseException) -> SynthesisError:
         """This row's error: the row is closed."""
@@ -714,17 +758,8 @@ class _Segments(Iterator[Segment]):
         return error
 
     def _error(self, exc: Exception) -> SynthesisError:
-        if isinstance(exc, SynthesisError):
-            return exc
         where = f"segment {self._index + 1}" + (f" of {self._count}" if self._count else "")
-        if isinstance(exc, torch.OutOfMemoryError):
-            return SynthesisError(f"out of GPU memory during {where}; try shorter segments (max_tokens)")
-        kind = type(exc).__name__
-        text = str(exc).strip()
-        detail = f"{kind}: {text.splitlines()[0]}" if text else kind
-        if type(exc).__module__.split(".")[0] in _AUDIO_READERS:
-            return SynthesisError(f"could not decode the prompt audio ({detail})")
-        return SynthesisError(f"IndexTTS2 failed at {where}: {detail}")
+        return client_error(exc, "IndexTTS2", where)
 
     def close(self) -> None:
         """Stop the model's generator (idempotent)."""

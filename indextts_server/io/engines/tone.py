@@ -12,6 +12,7 @@ import numpy as np
 
 from ...core.engine import PCM, SAMPLE_RATE, Segment, SynthesisJob, pause_samples
 from ...core.segment import speech_seconds, split_segments, tokens
+from .speed import stretched
 
 _EDGE = int(0.005 * SAMPLE_RATE)  # 5 ms fades keep notes click-free
 
@@ -42,6 +43,10 @@ class ToneEngine:
         pass
 
     def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
+        """One segment per text segment; ``job.speed`` by time-stretch (tones have no prosody)."""
+        return stretched(self._segments(job), job.speed)
+
+    def _segments(self, job: SynthesisJob) -> Iterator[Segment]:
         segments = split_segments(job.text, job.max_tokens, job.quick_first)
         silence = np.zeros(pause_samples(job.interval_silence), dtype=np.int16)
         base, brightness = self._voice(job)

@@ -194,8 +194,8 @@ class Speech:
     async def _respond(self, task_id: str, session: HttpSession, speech: SpeechRequest, wire: Wire) -> None:
         headers = [("x-task-id", task_id), ("cache-control", "no-store")]
         transcoder = Transcoder(
-            speech.format, speed=speech.speed or 1.0, streaming=speech.streaming, rate=speech.rate
-        )
+            speech.format, streaming=speech.streaming, rate=speech.rate
+        )  # speed: in the job
         content_type = SSE if speech.sse else media_type(speech.format, transcoder.rate)
         if not speech.streaming:
             await self._whole(session, transcoder, content_type, headers, wire)

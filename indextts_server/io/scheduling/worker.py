@@ -20,6 +20,7 @@ Theory of operation: who may change what.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -49,9 +50,14 @@ CLOSE_TIMEOUT: Final = 5.0
 
 
 def timeline(task: Task) -> Timeline:
-    """Where the task's segments fall in the audio its client receives."""
-    delivery = task.delivery
-    return Timeline(task.job.interval_silence, speed=delivery.speed, sample_rate=delivery.sample_rate)
+    """Where the task's segments fall in the audio its client receives.
+
+    A ``speed`` below 1 that the engine renders as a time-stretch lengthens its pauses too: they
+    may then last up to ``interval_silence / speed``.
+    """
+    delivery, job = task.delivery, task.job
+    longest_pause = math.ceil(job.interval_silence / min(1.0, job.speed))
+    return Timeline(longest_pause, speed=delivery.speed, sample_rate=delivery.sample_rate)
 
 
 def announce(task: Task, session: Session, cues: Timeline, segment: Segment, index: int) -> None:
