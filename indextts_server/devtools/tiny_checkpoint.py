@@ -19,15 +19,18 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import NamedTuple, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from transformers import Wav2Vec2BertConfig
+
 # transformers, huggingface_hub & co. are imported only inside the builders: huggingface_hub reads
 # HF_HUB_CACHE / HF_HUB_OFFLINE once, at import, so importing this module must not pull it in.
 
-__all__ = ["TinyCheckpoint", "build_tiny_checkpoint", "offline_env"]
+__all__ = ["TinyCheckpoint", "build_tiny_checkpoint", "count_on_meta", "offline_env", "parameter_counts"]
 
 _FORMAT_VERSION = 3
 _MARKER = ".tiny-checkpoint-complete"
@@ -115,16 +118,19 @@ def build_tiny_checkpoint(
     return ckpt
 
 
-def _stamp(seed: int, full_size: bool) -> str:
-    stamp: dict[str, object] = {"format": _FORMAT_VERSION, "seed": seed}
+def _stamp(seed: int, full_size: bool, version: int = _FORMAT_VERSION) -> str:
+    stamp: dict[str, object] = {"format": version, "seed": seed}
     if full_size:
         stamp["full_size"] = True
     return json.dumps(stamp)
 
 
-def _is_complete(root: Path, seed: int, full_size: bool = False) -> bool:
-    marker = root / _MARKER
-    return marker.is_file() and marker.read_text(encoding="utf-8") == _stamp(seed, full_size)
+def _is_complete(
+    root: Path, seed: int, full_size: bool = False, *, name: str = _MARKER, version: int = _FORMAT_VERSION
+) -> bool:
+    """Whether ``root`` holds a finished build of this seed, size and format (its marker file)."""
+    marker = root / name
+    return marker.is_file() and marker.read_text(encoding="utf-8") == _stamp(seed, full_size, version)
 
 
 def _build_in_child(root: Path, seed: int, ckpt: TinyCheckpoint, full_size: bool) -> None:
@@ -169,11 +175,8 @@ def _build(root: Path, seed: int, ckpt: TinyCheckpoint, full_size: bool = False)
     _seed(seed, 1)
     gpt_cls = _attr("indextts.gpt.model_v2", "UnifiedVoice")
     gpt = cast(nn.Module, gpt_cls(**cast(dict[str, object], cfg["gpt"])))
-    if full_size:  # the real codec's 8192 codes do not cover the start token: never sample it
-        with torch.no_grad():
-            cast(nn.Linear, gpt.mel_head).bias[
-                cast(int, cast(dict[str, object], cfg["gpt"])["start_mel_token"])
-            ] = -1e4
+    if full_size:
+        _never_sample_start_or_stop(gpt, cast(dict[str, object], cfg["gpt"]))
     torch.save({"model": _half(gpt.state_dict())}, ckpt.model_dir / "gpt.pth")
     del gpt
 
@@ -379,6 +382,56 @@ def _full_config() -> dict[str, object]:
     return cfg
 
 
+def _never_sample_start_or_stop(gpt: nn.Module, gpt_cfg: Mapping[str, object]) -> None:
+    """The real codec's 8192 codes do not cover the start token, and a stop would end a row before
+    the ``max_mel_tokens`` cap: with both logits at -1e4 every row decodes exactly the cap."""
+    bias = cast(nn.Linear, gpt.mel_head).bias
+    assert bias is not None
+    with torch.no_grad():
+        for key in ("start_mel_token", "stop_mel_token"):
+            bias[cast(int, gpt_cfg[key])] = -1e4
+
+
+def parameter_counts(full_size: bool = True) -> dict[str, int]:
+    """Parameters of each component the builder makes, counted on the meta device (no memory, a
+    few seconds): what a test compares with the real model's published sizes."""
+    from omegaconf import OmegaConf
+    from transformers import Wav2Vec2BertModel
+
+    cfg = _full_config() if full_size else _config()
+    omega = OmegaConf.create(cfg)
+    bigvgan = "indextts.s2mel.modules.bigvgan."
+    return count_on_meta(
+        {
+            "gpt": lambda: _attr("indextts.gpt.model_v2", "UnifiedVoice")(
+                **cast(dict[str, object], cfg["gpt"])
+            ),
+            "s2mel": lambda: _attr("indextts.s2mel.modules.commons", "MyModel")(
+                omega.s2mel, use_gpt_latent=True
+            ),
+            "semantic_codec": lambda: _attr("indextts.utils.maskgct_utils", "build_semantic_codec")(
+                omega.semantic_codec
+            ),
+            "w2v_bert": lambda: Wav2Vec2BertModel(_w2v_bert_config(full_size)),
+            "campplus": lambda: _attr("indextts.s2mel.modules.campplus.DTDNN", "CAMPPlus")(
+                feat_dim=80, embedding_size=192
+            ),
+            "bigvgan": lambda: _attr(bigvgan + "bigvgan", "BigVGAN")(
+                _attr(bigvgan + "env", "AttrDict")(_bigvgan_hparams(full_size)), use_cuda_kernel=False
+            ),
+        }
+    )
+
+
+def count_on_meta(builders: Mapping[str, Callable[[], object]]) -> dict[str, int]:
+    """Build each module on the meta device and count its parameters."""
+    counts: dict[str, int] = {}
+    with torch.device("meta"):
+        for name, build in builders.items():
+            counts[name] = sum(p.numel() for p in cast(nn.Module, build()).parameters())
+    return counts
+
+
 def _attr(module: str, name: str) -> Callable[..., object]:
     """A constructor from the untyped ``indextts`` package, imported lazily."""
     return cast(Callable[..., object], getattr(importlib.import_module(module), name))
@@ -439,9 +492,25 @@ def _write_bpe(path: Path) -> int:
 
 
 def _write_w2v_bert(snap: Path, full_size: bool = False) -> None:
-    from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
+    from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertModel
 
-    config = Wav2Vec2BertConfig(
+    config = _w2v_bert_config(full_size)
+    model = Wav2Vec2BertModel(config)
+    # Weights are stored as fp16; with dtype float32 in config.json, from_pretrained (dtype="auto")
+    # builds a float32 model and upcasts them. Without it the model would load as float16.
+    config.dtype = torch.float32
+    config.save_pretrained(str(snap))
+    _save_safetensors(model.state_dict(), snap / "model.safetensors")
+    SeamlessM4TFeatureExtractor(  # type: ignore[no-untyped-call]  # unannotated in transformers
+        feature_size=80, num_mel_bins=80, sampling_rate=16000, stride=2, padding_value=1.0
+    ).save_pretrained(str(snap))
+
+
+def _w2v_bert_config(full_size: bool) -> Wav2Vec2BertConfig:
+    """facebook/w2v-bert-2.0's shape at full size; tiny keeps only what the code hard-codes."""
+    from transformers import Wav2Vec2BertConfig
+
+    return Wav2Vec2BertConfig(
         hidden_size=1024,  # hard-coded: the GPT's conditioning encoders take 1024-wide features
         num_hidden_layers=24 if full_size else 17,  # hard-coded: IndexTTS2.get_emb reads hidden_states[17]
         num_attention_heads=16 if full_size else 1,
@@ -455,15 +524,6 @@ def _write_w2v_bert(snap: Path, full_size: bool = False) -> None:
         apply_spec_augment=False,
         layerdrop=0.0,
     )
-    model = Wav2Vec2BertModel(config)
-    # Weights are stored as fp16; with dtype float32 in config.json, from_pretrained (dtype="auto")
-    # builds a float32 model and upcasts them. Without it the model would load as float16.
-    config.dtype = torch.float32
-    config.save_pretrained(str(snap))
-    _save_safetensors(model.state_dict(), snap / "model.safetensors")
-    SeamlessM4TFeatureExtractor(  # type: ignore[no-untyped-call]  # unannotated in transformers
-        feature_size=80, num_mel_bins=80, sampling_rate=16000, stride=2, padding_value=1.0
-    ).save_pretrained(str(snap))
 
 
 def _write_qwen(qwen_dir: Path) -> None:
@@ -515,8 +575,17 @@ def _write_qwen(qwen_dir: Path) -> None:
 
 
 def _write_bigvgan(snap: Path, full_size: bool = False) -> None:
-    # Full size: nvidia/bigvgan_v2_22khz_80band_256x's generator.
-    hparams = {
+    config_path = snap / "config.json"
+    config_path.write_text(json.dumps(_bigvgan_hparams(full_size), indent=2) + "\n", encoding="utf-8")
+    module = "indextts.s2mel.modules.bigvgan.bigvgan"
+    h = _attr(module, "load_hparams_from_json")(str(config_path))
+    model = cast(nn.Module, _attr(module, "BigVGAN")(h, use_cuda_kernel=False))
+    torch.save({"generator": _half(model.state_dict())}, snap / "bigvgan_generator.pt")
+
+
+def _bigvgan_hparams(full_size: bool) -> dict[str, object]:
+    """The vocoder's config.json; full size is nvidia/bigvgan_v2_22khz_80band_256x's generator."""
+    return {
         "resblock": "1",
         "upsample_rates": [4, 4, 2, 2, 2, 2] if full_size else [4, 4, 4, 4],  # product: 256, the mel hop
         "upsample_kernel_sizes": [8, 8, 4, 4, 4, 4] if full_size else [8, 8, 8, 8],
@@ -535,12 +604,6 @@ def _write_bigvgan(snap: Path, full_size: bool = False) -> None:
         "fmin": 0,
         "fmax": None,
     }
-    config_path = snap / "config.json"
-    config_path.write_text(json.dumps(hparams, indent=2) + "\n", encoding="utf-8")
-    module = "indextts.s2mel.modules.bigvgan.bigvgan"
-    h = _attr(module, "load_hparams_from_json")(str(config_path))
-    model = cast(nn.Module, _attr(module, "BigVGAN")(h, use_cuda_kernel=False))
-    torch.save({"generator": _half(model.state_dict())}, snap / "bigvgan_generator.pt")
 
 
 def _tree_size(paths: Iterable[Path]) -> int:

@@ -1,4 +1,8 @@
-"""Build a complete tiny random-weight IndexTTS-2.5 model directory for offline tests."""
+"""Build a complete tiny random-weight IndexTTS-2.5 model directory for offline tests.
+
+With ``--full-size`` the same builder gives IndexTeam/IndexTTS-2.5's widths and depths (random
+values), for timings: speed depends on shapes, not values.
+"""
 
 from __future__ import annotations
 
@@ -20,18 +24,27 @@ from torch import nn
 from .tiny_checkpoint import (
     _EMO_NUM,
     _attr,
+    _bigvgan_hparams,
     _config,
+    _full_config,
     _half,
+    _never_sample_start_or_stop,
     _seed,
+    _stamp,
     _tree_size,
+    _w2v_bert_config,
     _write_qwen,
     _write_w2v_bert,
+    count_on_meta,
+)
+from .tiny_checkpoint import (
+    _is_complete as _is_built,
 )
 
 # transformers is imported only inside the builders (see tiny_checkpoint): importing this module
 # must not pull in huggingface_hub.
 
-__all__ = ["build_tiny_checkpoint25"]
+__all__ = ["build_tiny_checkpoint25", "parameter_counts25"]
 
 _FORMAT_VERSION = 3
 _MARKER = ".tiny-checkpoint25-complete"
@@ -43,13 +56,15 @@ _CODEBOOK_SIZE = 256
 _SPECIAL_TOKENS = 1673  # indextts25.utils.tokenizer.get_encoding appends these to the ranks
 
 
-def build_tiny_checkpoint25(root: Path, *, seed: int = 0, isolated: bool = True) -> Path:
+def build_tiny_checkpoint25(
+    root: Path, *, seed: int = 0, isolated: bool = True, full_size: bool = False
+) -> Path:
     """Build the model directory ``root/model`` (everything offline, ``hf_cache/`` included) and
     return it; reuse it when already complete. ``isolated`` builds in a child process, so this one
     never imports transformers."""
     root = Path(root).resolve()
     model_dir = root / "model"
-    if _is_complete(root, seed):
+    if _is_complete(root, seed, full_size):
         return model_dir
     if isolated:
         module = __spec__.name if __spec__ else "indextts_server.devtools.tiny_checkpoint25"
@@ -58,34 +73,32 @@ def build_tiny_checkpoint25(root: Path, *, seed: int = 0, isolated: bool = True)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
         env["HF_HUB_OFFLINE"] = "1"
         result = subprocess.run(
-            [sys.executable, "-m", module, str(root), "--seed", str(seed), "--in-process"],
+            [
+                *(sys.executable, "-m", module, str(root), "--seed", str(seed), "--in-process"),
+                *(["--full-size"] if full_size else []),
+            ],
             env=env,
             capture_output=True,
             text=True,
             check=False,
         )
-        if result.returncode != 0 or not _is_complete(root, seed):
+        if result.returncode != 0 or not _is_complete(root, seed, full_size):
             tail = (result.stdout + result.stderr)[-4000:]
             raise RuntimeError(f"tiny 2.5 checkpoint build failed (exit {result.returncode}):\n{tail}")
         return model_dir
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _is_complete(root, seed):
-            _build(root, seed, model_dir)
+        if not _is_complete(root, seed, full_size):
+            _build(root, seed, model_dir, full_size)
     return model_dir
 
 
-def _stamp(seed: int) -> str:
-    return json.dumps({"format": _FORMAT_VERSION, "seed": seed})
+def _is_complete(root: Path, seed: int, full_size: bool = False) -> bool:
+    return _is_built(root, seed, full_size, name=_MARKER, version=_FORMAT_VERSION)
 
 
-def _is_complete(root: Path, seed: int) -> bool:
-    marker = root / _MARKER
-    return marker.is_file() and marker.read_text(encoding="utf-8") == _stamp(seed)
-
-
-def _build(root: Path, seed: int, model_dir: Path) -> None:
+def _build(root: Path, seed: int, model_dir: Path, full_size: bool = False) -> None:
     from omegaconf import OmegaConf
 
     marker = root / _MARKER
@@ -103,25 +116,17 @@ def _build(root: Path, seed: int, model_dir: Path) -> None:
     (model_dir / _TIKTOKEN).write_text("\n".join(ranks) + "\n", encoding="utf-8")
     text_tokens = 256 + _SPECIAL_TOKENS
 
-    cfg = _config25(text_tokens)
+    cfg = _full_config25() if full_size else _config25(text_tokens)
     (model_dir / "config.yaml").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
     omega = OmegaConf.create(cfg)
 
     _seed(seed, 1)
-    gpt = cast(
-        nn.Module, _attr("indextts25.gpt.model_v2", "UnifiedVoice")(**cast(dict[str, object], cfg["gpt"]))
-    )
-    head = cast(nn.Linear, gpt.mel_head)
-    blocks = cast(nn.ModuleList, cast(nn.Module, gpt.gpt).h)
-    attention = cast(nn.Module, blocks[0].attn)
-    with torch.no_grad():
-        # Sharp logits, and attention (over the conditioning and the text) outweighing the code's
-        # own embedding, so every input (text, language, emotion) changes what is sampled; and no
-        # stop token, so each segment runs to --max-mel-tokens and lengths are predictable.
-        head.weight.mul_(8.0)
-        cast(nn.Linear, attention.c_proj).weight.mul_(40.0)
-        assert head.bias is not None
-        head.bias[_MEL_CODES - 1] = -1e4
+    gpt_cfg = cast(dict[str, object], cfg["gpt"])
+    gpt = cast(nn.Module, _attr("indextts25.gpt.model_v2", "UnifiedVoice")(**gpt_cfg))
+    if full_size:
+        _never_sample_start_or_stop(gpt, gpt_cfg)
+    else:
+        _sharpen(gpt)
     torch.save({"model": _half(gpt.state_dict())}, model_dir / "gpt.pth")
     del gpt
 
@@ -138,7 +143,8 @@ def _build(root: Path, seed: int, model_dir: Path) -> None:
 
     _seed(seed, 4)
     rows = sum(_EMO_NUM)
-    torch.save(torch.randn(rows, _GPT_DIM) * 0.02, model_dir / "feat2.pt")  # emotion matrix (GPT space)
+    width = cast(int, gpt_cfg["model_dim"])
+    torch.save(torch.randn(rows, width) * 0.02, model_dir / "feat2.pt")  # emotion matrix (GPT space)
     torch.save(torch.randn(rows, 192), model_dir / "feat1.pt")  # speaker matrix (CAMPPlus space)
     torch.save(
         {"mean": torch.randn(1024) * 0.1, "var": torch.rand(1024) + 0.5}, model_dir / "wav2vec2bert_stats.pt"
@@ -150,7 +156,7 @@ def _build(root: Path, seed: int, model_dir: Path) -> None:
     _seed(seed, 6)
     w2v = aux / "w2v-bert-2.0"
     w2v.mkdir()
-    _write_w2v_bert(w2v)
+    _write_w2v_bert(w2v, full_size)
 
     _seed(seed, 7)
     campplus_cls = _attr("indextts25.s2mel.modules.campplus.DTDNN", "CAMPPlus")
@@ -159,9 +165,24 @@ def _build(root: Path, seed: int, model_dir: Path) -> None:
     del campplus
 
     _seed(seed, 8)
-    _write_bigvgan25(aux / "bigvgan")
+    _write_bigvgan25(aux / "bigvgan", full_size)
 
-    marker.write_text(_stamp(seed), encoding="utf-8")
+    marker.write_text(_stamp(seed, full_size, _FORMAT_VERSION), encoding="utf-8")
+
+
+def _sharpen(gpt: nn.Module) -> None:
+    """The tiny GPT's sampling made to depend on every input, and never stopping."""
+    head = cast(nn.Linear, gpt.mel_head)
+    blocks = cast(nn.ModuleList, cast(nn.Module, gpt.gpt).h)
+    attention = cast(nn.Module, blocks[0].attn)
+    with torch.no_grad():
+        # Sharp logits, and attention (over the conditioning and the text) outweighing the code's
+        # own embedding, so every input (text, language, emotion) changes what is sampled; and no
+        # stop token, so each segment runs to --max-mel-tokens and lengths are predictable.
+        head.weight.mul_(8.0)
+        cast(nn.Linear, attention.c_proj).weight.mul_(40.0)
+        assert head.bias is not None
+        head.bias[_MEL_CODES - 1] = -1e4
 
 
 def _config25(text_tokens: int) -> dict[str, object]:
@@ -210,29 +231,59 @@ def _config25(text_tokens: int) -> dict[str, object]:
     }
 
 
-def _write_bigvgan25(directory: Path) -> None:
+def _full_config25() -> dict[str, object]:
+    """IndexTeam/IndexTTS-2.5's config.yaml (upstream configs/config_v2_5.yaml): its widths and
+    depths; the s2mel and codec sections are IndexTTS-2's."""
+    full = _full_config()
+    gpt = cast(dict[str, object], full["gpt"])
+    cfg = _config25(60509)
+    cast(dict[str, object], cfg["gpt"]).update(
+        model_dim=gpt["model_dim"],
+        heads=gpt["heads"],
+        layers=gpt["layers"],
+        number_mel_codes=gpt["number_mel_codes"],
+        start_mel_token=gpt["start_mel_token"],
+        stop_mel_token=gpt["stop_mel_token"],
+        stop_text_token=1,
+        emo_condition_module=gpt["emo_condition_module"],
+    )
+    cfg["semantic_codec"] = full["semantic_codec"]
+    cfg["s2mel"] = full["s2mel"]
+    return cfg
+
+
+def parameter_counts25(full_size: bool = True) -> dict[str, int]:
+    """Parameters of each 2.5 component the builder makes, counted on the meta device."""
+    from omegaconf import OmegaConf
+    from transformers import Wav2Vec2BertModel
+
+    cfg = _full_config25() if full_size else _config25(256 + _SPECIAL_TOKENS)
+    omega = OmegaConf.create(cfg)
+    bigvgan = "indextts25.s2mel.modules.bigvgan."
+    return count_on_meta(
+        {
+            "gpt": lambda: _attr("indextts25.gpt.model_v2", "UnifiedVoice")(
+                **cast(dict[str, object], cfg["gpt"])
+            ),
+            "s2mel": lambda: _attr("indextts25.s2mel.modules.commons", "MyModel")(omega.s2mel),
+            "semantic_codec": lambda: _attr("indextts25.codec.models", "EnhancedCodec")(
+                **cast(dict[str, object], cfg["semantic_codec"])
+            ),
+            "w2v_bert": lambda: Wav2Vec2BertModel(_w2v_bert_config(full_size)),
+            "campplus": lambda: _attr("indextts25.s2mel.modules.campplus.DTDNN", "CAMPPlus")(
+                feat_dim=80, embedding_size=192
+            ),
+            "bigvgan": lambda: _attr(bigvgan + "bigvgan", "BigVGAN")(
+                _attr(bigvgan + "env", "AttrDict")(_bigvgan_hparams(full_size))
+            ),
+        }
+    )
+
+
+def _write_bigvgan25(directory: Path, full_size: bool = False) -> None:
     directory.mkdir()
-    hparams = {
-        "resblock": "1",
-        "upsample_rates": [4, 4, 4, 4],  # product must stay 256 (the mel hop)
-        "upsample_kernel_sizes": [8, 8, 8, 8],
-        "upsample_initial_channel": 32,
-        "resblock_kernel_sizes": [3],
-        "resblock_dilation_sizes": [[1]],
-        "use_tanh_at_final": False,
-        "use_bias_at_final": False,
-        "activation": "snakebeta",
-        "snake_logscale": True,
-        "num_mels": 80,
-        "n_fft": 1024,
-        "hop_size": 256,
-        "win_size": 1024,
-        "sampling_rate": 22050,
-        "fmin": 0,
-        "fmax": None,
-    }
     config_path = directory / "config.json"
-    config_path.write_text(json.dumps(hparams, indent=2) + "\n", encoding="utf-8")
+    config_path.write_text(json.dumps(_bigvgan_hparams(full_size), indent=2) + "\n", encoding="utf-8")
     module = "indextts25.s2mel.modules.bigvgan.bigvgan"
     h = _attr(module, "load_hparams_from_json")(str(config_path))
     model = cast(nn.Module, _attr(module, "BigVGAN")(h))
@@ -240,13 +291,22 @@ def _write_bigvgan25(directory: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build a tiny random-weight IndexTTS-2.5 model directory.")
+    parser = argparse.ArgumentParser(
+        description="Build a random-weight IndexTTS-2.5 model directory (tiny or full size)."
+    )
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--in-process", action="store_true", help="build here, not in a child process")
+    parser.add_argument(
+        "--full-size",
+        action="store_true",
+        help="the real model's widths and depths (random values; several GB): for timings, not tests",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    model_dir = build_tiny_checkpoint25(args.outdir, seed=args.seed, isolated=not args.in_process)
+    model_dir = build_tiny_checkpoint25(
+        args.outdir, seed=args.seed, isolated=not args.in_process, full_size=args.full_size
+    )
     size = _tree_size([model_dir])
     print(f"model_dir={model_dir}")
     print(f"size_mb={size / 1e6:.1f} seconds={time.perf_counter() - start:.1f}")
