@@ -7,8 +7,12 @@ parameters counted against the real model's figure.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +119,18 @@ def test_a_full_size_gpt_never_samples_its_start_or_stop_code_so_every_row_decod
     logits = gpt.mel_head(torch.randn(64, 4))
     picked = set(torch.multinomial(torch.softmax(logits, -1), 50, replacement=True).flatten().tolist())
     assert picked <= set(range(8)) and len(picked) > 4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU this would run the whole benchmark")
+def test_the_gpu_benchmark_without_a_gpu_says_so_and_writes_what_machine_it_saw(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "indextts_server.bench.gpu", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "no CUDA device" in done.stderr and "--smoke" in done.stderr
+    report = json.loads((tmp_path / "gpu-bench.json").read_text())
+    assert report["machine"]["cuda"] is False and report["settings"]["sizes"] == [1, 2, 4, 8, 16]
+    assert "steps" not in report  # nothing was built or run
