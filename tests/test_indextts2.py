@@ -509,6 +509,7 @@ engine.deterministic = True
 alone = [run([job]) for job in jobs]
 together, codes, _ = run(jobs)
 report = {
+    "memo": [engine._memo.hits, engine._memo.misses],
     "codes_equal": [codes[i] == alone[i][1][0] for i in range(3)],
     "max_diff": [int(np.abs(together[i].astype(int) - alone[i][0][0].astype(int)).max()) for i in range(3)],
 }
@@ -556,6 +557,9 @@ def test_batched_rows_decode_the_codes_they_decode_alone_and_seeded_rows_stay_re
     tiny: TinyCheckpoint, tmp_path: Path
 ) -> None:
     report = run_probe(tiny, BATCH_PROBE, str(tmp_path))
+    # Alone, the rows computed their GPT conditioning (speaker latent, merged emotion vector)
+    # except the third row's latent (the first row's speaker); together, all six came from the memo.
+    assert report["memo"] == [1 + 6, 5]
     assert report["codes_equal"] == [True] * 3
     assert all(diff <= AUDIO_TOLERANCE for diff in report["max_diff"]), report["max_diff"]
     assert report["oom_split_equal"] == [True] * 3

@@ -3,7 +3,10 @@
 Theory of operation. A row is one task's utterance. Its conditioning (speaker and emotion
 latents, the s2mel prompt, the emotion vector) is computed once, alone, when it joins, exactly
 as ``IndexTTS2.infer_generator`` computes it for every segment (the values are the same each
-time). A step takes the next text segment of every row:
+time). The GPT's speaker latent and merged emotion vector depend only on the prompt files and
+the emotion weight, so a `Memo` keeps those of recent voices for the next task (the engine's
+speaker cache keeps the audio features they come from). A step takes the next text segment of
+every row:
 
 - The autoregressive GPT stage runs once for all rows: each row's ``[cond][text]`` prefix is
   left-padded to the longest (``UnifiedVoice.prepare_gpt_inputs`` builds the mask), and
@@ -22,7 +25,8 @@ RNG state swapped in, as at batch size 1), so its audio is the same as served on
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
 import torch
@@ -63,14 +67,51 @@ class Work(NamedTuple):
     noise: torch.Generator | None  # deterministic mode: the row's own; else the global RNG
 
 
+class Memo:
+    """Tensors computed from prompt files, kept for the ``size`` most recently used keys.
+
+    A key names its files by ``file_key`` (path, size, mtime, inode: an edited file is a new
+    key); a file without a key is never kept.
+    """
+
+    def __init__(self, size: int, file_key: Callable[[str], Hashable | None]) -> None:
+        self.size = size
+        self.file_key = file_key
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+
+    def get(
+        self, kind: str, paths: Sequence[str], extra: Hashable, compute: Callable[[], torch.Tensor]
+    ) -> torch.Tensor:
+        files = [self.file_key(path) for path in paths]
+        if any(key is None for key in files):
+            return compute()
+        key = (kind, *files, extra)
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return value
+        self.misses += 1
+        value = self._entries[key] = compute()
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
 def prepare(
     model: object,
     kwargs: dict[str, object],
     spk_audio: str,
     text: str,
     split: Callable[[list[str]], list[list[str]]],
+    memo: Memo | None = None,
 ) -> Prepared:
-    """A row's conditioning, computed as ``infer_generator`` does before its segment loop."""
+    """A row's conditioning, computed as ``infer_generator`` does before its segment loop; the
+    speaker latent and the merged emotion vector come from ``memo`` when it has them."""
     lib: Any = model  # the untyped indextts model: typed values leave as casts
     emo_audio = cast("str | None", kwargs.get("emo_audio_prompt"))
     emo_alpha = float(cast(float, kwargs.get("emo_alpha", 1.0)))
@@ -106,10 +147,20 @@ def prepare(
     with _autocast(lib):
         spk_len = torch.tensor([spk_cond.shape[-1]], device=device)
         emo_len = torch.tensor([emo_cond.shape[-1]], device=device)
-        emovec = gpt.merge_emovec(spk_cond, emo_cond, spk_len, emo_len, alpha=emo_alpha)
+
+        def merged() -> torch.Tensor:
+            return cast(torch.Tensor, gpt.merge_emovec(spk_cond, emo_cond, spk_len, emo_len, alpha=emo_alpha))
+
+        def speaker() -> torch.Tensor:
+            return cast(torch.Tensor, gpt.get_conditioning(spk_cond.transpose(1, 2), spk_len))
+
+        if memo is None:
+            emovec, latent = merged(), speaker()
+        else:
+            emovec = memo.get("emovec", (spk_audio, emo_audio), emo_alpha, merged)
+            latent = memo.get("latent", (spk_audio,), None, speaker)
         if emovec_mat is not None and weight is not None:
             emovec = emovec_mat + (1 - torch.sum(weight)) * emovec
-        latent = gpt.get_conditioning(spk_cond.transpose(1, 2), spk_len)
         zero = torch.zeros(1, device=device).long()
         durations = (gpt.speed_emb(zero + 1).unsqueeze(1), gpt.speed_emb(zero).unsqueeze(1))
         conds = torch.cat((latent + emovec.unsqueeze(1), *durations), 1)

@@ -252,6 +252,7 @@ class IndexTTS2Engine:
             raise EngineLoadError("speaker_cache must be >= 1")
         self.speaker_cache = speaker_cache
         self._conditioning: OrderedDict[tuple[object, ...], tuple[object, ...]] = OrderedDict()
+        self._memo = batching.Memo(2 * speaker_cache, _file_key)  # batched rows' GPT conditioning
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -424,6 +425,7 @@ class IndexTTS2Engine:
         """At shutdown, on the engine's thread: forget the remembered conditionings, free device memory."""
         with self._lock:
             self._conditioning.clear()
+            self._memo.clear()
             self._free_device_memory()
 
     # --- helpers used by _Segments ------------------------------------------------------------
@@ -457,7 +459,7 @@ class IndexTTS2Engine:
             pieces[:] = self._split(tokens, job, kwargs)
             return pieces
 
-        prepared = batching.prepare(self._model, kwargs, job.prompt_audio, job.text, split)
+        prepared = batching.prepare(self._model, kwargs, job.prompt_audio, job.text, split, self._memo)
         self._remember_conditioning(job)
         return prepared, [_segment_text(piece) for piece in pieces]
 
