@@ -226,6 +226,22 @@ def encode(value: object) -> str:
     return msgspec.json.encode(value).decode()
 
 
+class JobsEngine:
+    """A tone engine that keeps every job it was given."""
+
+    def __init__(self) -> None:
+        self.inner = ToneEngine()
+        self.name = "tone"
+        self.jobs: list[SynthesisJob] = []
+
+    def warm_up(self) -> None:
+        pass
+
+    def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
+        self.jobs.append(job)
+        return self.inner.synthesize(job)
+
+
 class GatedEngine(RecordingEngine):
     """A recording tone engine that holds every segment after a job's first until ``release``.
 

@@ -62,7 +62,7 @@ async def test_the_page_and_its_files_are_served_with_their_types(
 @pytest.mark.parametrize(
     "path",
     [
-        "/web/../secret.txt",
+        # httpx sends these as written; a literal ``..`` it would resolve first is sent raw below.
         "/web/%2e%2e/secret.txt",
         "/web/..%2fsecret.txt",
         "/web/",
@@ -148,7 +148,17 @@ async def test_an_unknown_api_path_and_a_wrong_method_are_openai_errors(api: Run
     assert (reply.status_code, reply.headers["allow"]) == (405, "POST")
 
 
-@pytest.mark.parametrize("target", ["/web/../secret.txt", "/web/sub/../../secret.txt", "/web/%2e%2e/secret.txt"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/web/../secret.txt",
+        "/web/sub/../../secret.txt",
+        "/web/%2e%2e/secret.txt",
+        "/web/..%2fsecret.txt",
+        "/web/..%5csecret.txt",
+        "/web/%2e%2e%2fsecret.txt",
+    ],
+)
 async def test_a_raw_traversal_is_404_too(api: Running, web: Path, target: str) -> None:
     from .test_http_ops import exchange
 

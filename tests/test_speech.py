@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import av
@@ -19,7 +21,7 @@ import trio
 from indextts_server.core.engine import SAMPLE_RATE, Segment, SynthesisJob
 from indextts_server.io.engines.tone import ToneEngine
 
-from .conftest import GatedEngine, Running, StartServer, decode_wav, tts, wait_until
+from .conftest import GatedEngine, JobsEngine, Running, StartServer, decode_wav, tts, wait_until
 from .test_voices import sample, upload
 
 TEXT = "大家好，我现在正在体验 AI 科技！今天天气很好。"
@@ -28,22 +30,6 @@ FORMATS: list[Any] = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
 RATE_ERROR = "sample_rate 必须是 8000/11025/12000/16000/22050/24000/32000/44100/48000 之一"
 PCM_RATE = 24000
 """What the openai SDK's player, pipecat, livekit and Home Assistant play ``pcm`` at."""
-
-
-class JobsEngine:
-    """A tone engine that keeps every job it was given."""
-
-    def __init__(self) -> None:
-        self.inner = ToneEngine()
-        self.name = "tone"
-        self.jobs: list[SynthesisJob] = []
-
-    def warm_up(self) -> None:
-        pass
-
-    def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
-        self.jobs.append(job)
-        return self.inner.synthesize(job)
 
 
 def sdk(api: Running, **options: Any) -> openai.OpenAI:
@@ -280,11 +266,36 @@ async def test_instructions_are_the_emotion_text_and_extra_fields_reach_the_mode
     assert (vector.emo_mode, vector.emo_vector) == ("vector", (0, 0.5, 0, 0, 0, 0, 0, 0))
 
 
-async def test_openai_stock_voice_names_and_default_mean_the_bundled_voice(api: Running) -> None:
+async def test_openai_stock_voice_names_and_default_mean_the_bundled_voice(start_http: StartServer) -> None:
+    engine = JobsEngine()
+    api = await start_http(engine)
     client = sdk(api)
-    for voice in ("alloy", "default"):
+    for voice in ("alloy", "nova", "default"):
         response = await in_thread(client.audio.speech.create, model="tts-1", voice=voice, input="你好。")
         assert seconds(response.content, "mp3") > 0.2
+    bundled = os.path.realpath(str(api.server.config.default_voice))
+    assert [job.prompt_audio for job in engine.jobs] == [bundled] * 3
+
+
+async def test_a_library_voice_shadows_the_stock_name_it_is_called(start_http: StartServer) -> None:
+    engine = JobsEngine()
+    api = await start_http(engine)
+    assert (await upload(api.http, "alloy", sample(1.5))).status_code == 201
+    await in_thread(sdk(api).audio.speech.create, model="tts-1", voice="alloy", input="你好。")
+    (job,) = engine.jobs
+    assert job.prompt_audio == os.path.realpath(Path(api.server.config.voices_dir) / "alloy.wav")
+
+
+async def test_a_voice_given_as_an_object_with_its_id_is_that_voice(start_http: StartServer) -> None:
+    engine = JobsEngine()
+    api = await start_http(engine)
+    await upload(api.http, "alice", sample(2.0))
+    body = {"input": "你好。", "voice": {"id": "alice"}, "response_format": "wav"}
+    response = await in_thread(httpx.post, f"{api.http}/v1/audio/speech", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    assert len(decode_wav(response.content)[0]) > 0
+    (job,) = engine.jobs
+    assert job.prompt_audio == os.path.realpath(Path(api.server.config.voices_dir) / "alice.wav")
 
 
 # --- the shared task board ------------------------------------------------------------------------

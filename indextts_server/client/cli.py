@@ -209,8 +209,9 @@ def _read_text(args: argparse.Namespace) -> str:
         raise UsageError(f"--text-file: cannot read {source}: {error.strerror}") from None
 
 
-def _say(args: argparse.Namespace) -> None:
-    options = SayOptions(
+def say_options(args: argparse.Namespace) -> SayOptions:
+    """What ``say``'s command line asks for."""
+    return SayOptions(
         text=_read_text(args),
         voice=args.voice,
         prompt=args.prompt,
@@ -229,6 +230,10 @@ def _say(args: argparse.Namespace) -> None:
         sample_rate=args.sample_rate,
         subtitles=args.subtitles,
     )
+
+
+def _say(args: argparse.Namespace) -> None:
+    options = say_options(args)
     request = build_request(options)
     wire, _ = wire_format(options)
     path = args.output or f"out.{options.format}"
