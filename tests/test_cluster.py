@@ -232,11 +232,12 @@ async def status(client: Client, task_id: str) -> Json:
 
 async def eventually(client: Client, task_id: str, state: str) -> Json:
     """Poll a task's status until it is ``state`` (the broker has no event a client could wait on)."""
-    while True:
-        reply = await status(client, task_id)
-        if reply.get("status") == state:
-            return reply
-        await trio.sleep(0.1)
+    with trio.fail_after(15):
+        while True:
+            reply = await status(client, task_id)
+            if reply.get("status") == state:
+                return reply
+            await trio.sleep(0.1)
 
 
 # --- the pure parts ------------------------------------------------------------------------
@@ -408,10 +409,11 @@ async def test_a_task_fails_for_good_after_max_deliveries(fleet: Callable[..., N
 
 
 async def test_a_killed_gateway_s_tasks_are_cancelled_and_their_slots_freed(
-    fleet: Callable[..., Node], broker: RedisServer
+    fleet: Callable[..., Node], broker: RedisServer, tmp_path: Path
 ) -> None:
     doomed, survivor = fleet("gateway", "--max-queue", "2"), fleet("gateway", "--max-queue", "2")
-    worker = fleet("worker", "--tone-rtf", "0.2")
+    gate = tmp_path / "gate"  # the running task holds after its first segment until this exists
+    worker = fleet("worker", "--tone-gate", str(gate))
     async with doomed.connect() as lost, survivor.connect() as client:
         running = await submit(lost, LONG, max_tokens=20, stream=True)
         assert (await lost.recv_json())["type"] == "start"
@@ -420,6 +422,12 @@ async def test_a_killed_gateway_s_tasks_are_cancelled_and_their_slots_freed(
         doomed.kill()
         for task_id in waiting:
             assert (await eventually(client, task_id, "cancelled"))["error_message"] == GATEWAY_GONE
+        # Whichever process swept asks the running task to stop; it stops at its next segment.
+        flagged = f"lost; task={running} cancelling"
+        with trio.fail_after(10):
+            while flagged not in survivor.text + worker.text:  # noqa: ASYNC110 - other processes' logs
+                await trio.sleep(0.02)
+        gate.touch()
         assert (await eventually(client, running, "cancelled"))["error_message"] == GATEWAY_GONE
         assert broker.client().zcard(PENDING) == 0
         for _ in range(2):
@@ -427,6 +435,53 @@ async def test_a_killed_gateway_s_tasks_are_cancelled_and_their_slots_freed(
             assert (await ends(client, {mine}))[mine] == client.reply("end", mine)
     for task_id in waiting:
         assert f"task running task={task_id}" not in worker.text
+
+
+async def test_cancelling_a_running_task_stops_it_on_its_worker(
+    fleet: Callable[..., Node], tmp_path: Path
+) -> None:
+    gateway = fleet("gateway")
+    gate = tmp_path / "gate"
+    worker = fleet("worker", "--tone-gate", str(gate))
+    async with gateway.connect() as client:
+        task_id = await submit(client, LONG, max_tokens=20)
+        assert await client.recv_json() == client.reply("start", task_id)
+        await client.send({"type": "cancel", "task_id": task_id})
+        assert await client.recv_json() == {
+            "type": "cancel",
+            "task_id": task_id,
+            "session_id": client.session_id,
+            "status": "cancelling",
+            "message": "任务将在当前段落完成后取消",
+        }
+        gate.touch()
+        assert await client.recv_json() == client.error_reply(CANCELLED, task_id)
+        reply = await status(client, task_id)
+        assert (reply["status"], reply["error_message"]) == ("cancelled", CANCELLED)
+        await nothing_more(client)
+    await worker.logged(f"task cancelled task={task_id}")
+
+
+async def test_sigterm_on_a_worker_ends_a_task_whose_audio_went_out_instead_of_handing_it_back(
+    fleet: Callable[..., Node], tmp_path: Path
+) -> None:
+    gateway = fleet("gateway")
+    gate = tmp_path / "gate"
+    worker = fleet("worker", "--tone-gate", str(gate), "--drain-timeout", "0.2")
+    async with gateway.connect() as client:
+        task_id = await submit(client, LONG, max_tokens=20, stream=True)
+        assert (await client.recv_json())["type"] == "start"
+        assert isinstance(await client.recv(), bytes)  # the first segment went out
+        worker.process.send_signal(signal.SIGTERM)
+        await worker.logged(f"drain timeout: stopping task={task_id}")
+        gate.touch()  # the engine reaches its next segment boundary, where the stop takes effect
+        while isinstance(message := await client.recv(), bytes):
+            pass
+        assert message == client.error_reply(texts.SHUTTING_DOWN, task_id)
+        assert (await status(client, task_id))["status"] == "cancelled"
+        await nothing_more(client)
+    assert await trio.to_thread.run_sync(worker.process.wait, 20) == 0
+    assert "task handed back" not in worker.text
 
 
 async def test_a_broker_restart_mid_load_ends_every_request_once_and_service_resumes(

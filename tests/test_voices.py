@@ -99,7 +99,9 @@ def encoded(seconds: float, container: str, codec: str, rate: int = 48000) -> by
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize(("container", "codec", "filename"), [("webm", "libopus", "v.webm"), ("ipod", "aac", "v.m4a")])
+@pytest.mark.parametrize(
+    ("container", "codec", "filename"), [("webm", "libopus", "v.webm"), ("ipod", "aac", "v.m4a")]
+)
 async def test_a_webm_or_m4a_recording_becomes_a_voice(
     api: Running, container: str, codec: str, filename: str
 ) -> None:

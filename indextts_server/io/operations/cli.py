@@ -53,7 +53,7 @@ def build_engines(options: EngineOptions, progress: Callable[[str], None]) -> li
         from ..engines.tone import ToneEngine
 
         return [
-            start_engine(partial(ToneEngine, options.tone_rtf), f"engine-tone-{index}")
+            start_engine(partial(ToneEngine, options.tone_rtf, gate=options.tone_gate), f"engine-tone-{index}")
             for index in range(options.workers)
         ]
     from ..engines.loading import LoadFailed, load_engines
