@@ -130,6 +130,14 @@ async def test_a_listed_origin_gets_cors_headers_and_its_preflight(start_http: S
     assert "X-Task-Id" in reply.headers["access-control-expose-headers"]
 
 
+async def test_allow_origin_star_lets_any_origin_in_with_cors_headers(start_http: StartServer) -> None:
+    api = await start_http(allowed_origins=("*",))
+    for origin in ("http://app.example", "https://elsewhere.example:8443"):
+        reply = await call("GET", f"{api.http}/v1/audio/voices", headers={"Origin": origin})
+        assert reply.status_code == 200
+        assert reply.headers["access-control-allow-origin"] == origin
+
+
 # --- models and unknown paths ---------------------------------------------------------------------
 
 

@@ -407,6 +407,14 @@ async def test_allowed_origins(start_server: Any) -> None:
         await stream.aclose()
 
 
+async def test_allow_origin_star_accepts_any_origin(start_server: Any) -> None:
+    server: Running = await start_server(allowed_origins=("*",))
+    for origin in ("https://app.example", "http://elsewhere.example:8080"):
+        stream, response = await raw_handshake(server.port, "/", f"Origin: {origin}\r\n")
+        assert response.split(b" ")[1] == b"101"
+        await stream.aclose()
+
+
 async def test_two_workers_run_two_tasks_at_once_in_fifo_order(start_server: Any) -> None:
     first, second = GatedEngine(), GatedEngine()
     server: Running = await start_server([first, second])

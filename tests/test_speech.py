@@ -8,7 +8,6 @@ import json
 import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import av
@@ -22,7 +21,7 @@ from indextts_server.core.engine import SAMPLE_RATE, Segment, SynthesisJob
 from indextts_server.io.engines.tone import ToneEngine
 
 from .conftest import GatedEngine, JobsEngine, Running, StartServer, decode_wav, tts, wait_until
-from .test_voices import sample, upload
+from .test_voices import sample, stored, upload
 
 TEXT = "大家好，我现在正在体验 AI 科技！今天天气很好。"
 THREE_SEGMENTS = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"
@@ -236,6 +235,22 @@ async def test_speed_changes_the_duration_and_keeps_the_pitch(api: Running, spee
     assert abs(peak_hz(faster) - peak_hz(normal)) < 0.03 * peak_hz(normal)
 
 
+async def test_speed_with_streaming_has_no_seams(api: Running) -> None:
+    """One time-stretch over the whole utterance: the streamed samples are the whole file's."""
+    client = sdk(api)
+
+    def speak(stream: bool) -> bytes:
+        with client.audio.speech.with_streaming_response.create(
+            model="indextts2", voice="alice", input=THREE_SEGMENTS, response_format="pcm", speed=1.5,
+            extra_body={"stream": stream, "max_tokens": 20},
+        ) as response:  # fmt: skip
+            return b"".join(response.iter_bytes())
+
+    whole, streamed = await in_thread(speak, False), await in_thread(speak, True)
+    assert len(whole) > 2 * SAMPLE_RATE  # three segments, sped up: still over a second
+    assert np.array_equal(np.frombuffer(streamed, "<i2"), np.frombuffer(whole, "<i2"))
+
+
 async def test_instructions_are_the_emotion_text_and_extra_fields_reach_the_model(
     start_http: StartServer,
 ) -> None:
@@ -273,7 +288,7 @@ async def test_openai_stock_voice_names_and_default_mean_the_bundled_voice(start
     for voice in ("alloy", "nova", "default"):
         response = await in_thread(client.audio.speech.create, model="tts-1", voice=voice, input="你好。")
         assert seconds(response.content, "mp3") > 0.2
-    bundled = os.path.realpath(str(api.server.config.default_voice))
+    bundled = await trio.to_thread.run_sync(os.path.realpath, str(api.server.config.default_voice))
     assert [job.prompt_audio for job in engine.jobs] == [bundled] * 3
 
 
@@ -283,7 +298,7 @@ async def test_a_library_voice_shadows_the_stock_name_it_is_called(start_http: S
     assert (await upload(api.http, "alloy", sample(1.5))).status_code == 201
     await in_thread(sdk(api).audio.speech.create, model="tts-1", voice="alloy", input="你好。")
     (job,) = engine.jobs
-    assert job.prompt_audio == os.path.realpath(Path(api.server.config.voices_dir) / "alloy.wav")
+    assert job.prompt_audio == stored(api, "alloy")
 
 
 async def test_a_voice_given_as_an_object_with_its_id_is_that_voice(start_http: StartServer) -> None:
@@ -295,7 +310,7 @@ async def test_a_voice_given_as_an_object_with_its_id_is_that_voice(start_http: 
     assert response.status_code == 200, response.text
     assert len(decode_wav(response.content)[0]) > 0
     (job,) = engine.jobs
-    assert job.prompt_audio == os.path.realpath(Path(api.server.config.voices_dir) / "alice.wav")
+    assert job.prompt_audio == stored(api, "alice")
 
 
 # --- the shared task board ------------------------------------------------------------------------
@@ -507,6 +522,16 @@ class FailsAfterFirstSegment:
         segments = ToneEngine().synthesize(job)
         yield next(segments)
         raise RuntimeError("boom")
+
+
+async def test_a_task_past_the_task_timeout_is_a_500_naming_it(start_http: StartServer) -> None:
+    engine = GatedEngine()
+    api = await start_http(engine, task_timeout=0.2)
+    body = {"input": THREE_SEGMENTS, "max_tokens": 20}
+    code, error, headers = await in_thread(error_of, api, body)
+    engine.release()
+    assert (code, error["type"], error["message"]) == (500, "server_error", "任务超时：超过 0.2 秒未完成")
+    assert headers["x-task-id"]
 
 
 async def test_an_engine_failure_before_any_audio_is_a_500_naming_it(start_http: StartServer) -> None:

@@ -65,6 +65,11 @@ def folder_of(api: Running) -> Path:
     return Path(api.server.config.voices_dir)
 
 
+def stored(api: Running, name: str) -> str:
+    """The resolved file of library voice ``name``: what a job that uses it names."""
+    return os.path.realpath(folder_of(api) / f"{name}.wav")
+
+
 # --- upload, list, delete -------------------------------------------------------------------------
 
 
@@ -92,6 +97,7 @@ def encoded(seconds: float, container: str, codec: str, rate: int = 48000) -> by
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=container) as output:
         stream = output.add_stream(codec, rate=rate, layout="mono")
+        assert isinstance(stream, av.AudioStream)
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = rate
         for packet in [*stream.encode(frame), *stream.encode(None)]:
@@ -271,8 +277,8 @@ async def test_a_voice_uploaded_over_http_speaks_over_the_websocket(start_http: 
     pcm, rate, _ = decode_wav(wav)
     assert rate == SR and len(pcm) > 0
     (job,) = engine.jobs
-    assert job.prompt_audio == os.path.realpath(folder_of(api) / "dave.wav")
-    assert (job.emo_mode, job.emo_audio) == ("audio", os.path.realpath(folder_of(api) / "erin.wav"))
+    assert job.prompt_audio == stored(api, "dave")
+    assert (job.emo_mode, job.emo_audio) == ("audio", stored(api, "erin"))
 
 
 @pytest.mark.parametrize(

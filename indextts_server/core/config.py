@@ -122,7 +122,7 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     allowed_origins: Annotated[
         tuple[str, ...],
         Flag(
-            "accept only handshakes from this Origin (repeatable; default: any)",
+            "accept only handshakes from this Origin (repeatable; *: any; default: any)",
             OPERATIONS,
             name="--allow-origin",
             metavar="ORIGIN",
@@ -197,7 +197,8 @@ class EngineOptions(msgspec.Struct, frozen=True, kw_only=True):
     tone_gate: Annotated[
         str | None,
         Flag(
-            "tone engine: hold every job after its first segment until this file exists (keeps a task running for a test)"
+            "tone engine: hold every job after its first segment until this file exists"
+            " (keeps a task running for a test)"
         ),
     ] = None
     workers: Annotated[

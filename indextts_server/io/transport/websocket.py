@@ -249,7 +249,7 @@ class Server:
         headers = {name.lower(): value for name, value in request.headers}
         if self.config.allowed_origins:
             origin = headers.get(b"origin", b"").decode("latin-1")
-            if origin not in self.config.allowed_origins:
+            if origin not in self.config.allowed_origins and "*" not in self.config.allowed_origins:
                 return 403, texts.ORIGIN_REFUSED + "\n"
         token = self.config.auth_token
         if token:
