@@ -21,7 +21,7 @@ from trio_websocket import open_websocket_url
 
 from indextts_server.core.engine import SAMPLE_RATE
 from indextts_server.io.engines.tone import ToneEngine
-from indextts_server.io.transport import session as session_module
+from indextts_server.io.service import session as session_module
 
 from .conftest import CLIENT_MAX_MESSAGE, CliServer, Running, Unread, tts, wait_until
 

@@ -29,8 +29,8 @@ from ...core.texts import SHUTTING_DOWN
 from ...core.voices import VoiceError
 from ..audio.encoding import Transcoder, media_type
 from ..audio.paths import AudioPathError
+from ..service.session import Close, OutboxBudget, Session
 from ..transport.http import CutResponse
-from ..transport.session import Close, OutboxBudget, Session
 from ..transport.websocket import Server
 from .asgi import BodyTooLarge, Request, chunk, encode_json, head
 

@@ -10,7 +10,7 @@ from ...core import texts
 from ...core.contract.protocol import Reply, TaskStatusReply
 from ...core.cues import SUBTITLE_TYPES, SubtitleFormat, subtitles
 from ...core.openai import ApiError
-from ..transport.session import Session
+from ..service.session import Session
 from ..transport.websocket import Server
 from .asgi import Request, respond, respond_json
 

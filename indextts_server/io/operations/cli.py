@@ -52,10 +52,8 @@ def build_engines(options: EngineOptions, progress: Callable[[str], None]) -> li
     if options.kind == "tone":
         from ..engines.tone import ToneEngine
 
-        return [
-            start_engine(partial(ToneEngine, options.tone_rtf, gate=options.tone_gate), f"engine-tone-{index}")
-            for index in range(options.workers)
-        ]
+        tone = partial(ToneEngine, options.tone_rtf, gate=options.tone_gate)
+        return [start_engine(tone, f"engine-tone-{index}") for index in range(options.workers)]
     from ..engines.loading import LoadFailed, load_engines
 
     try:

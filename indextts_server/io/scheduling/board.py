@@ -14,7 +14,7 @@ from ...core import texts
 from ...core.contract.protocol import TaskState
 from ...core.engine import SAMPLE_RATE, SynthesisJob
 from ...core.tasks import CONTRACT_DELIVERY, Delivery, Task, TaskRegistry
-from ..transport.session import Session
+from ..service.session import Session
 
 log = logging.getLogger("indextts_server")
 

@@ -13,7 +13,7 @@ from ...core.contract import replies
 from ...core.contract.protocol import Cue
 from ...core.engine import Engine, SynthesisJob
 from ...core.tasks import Delivery
-from ..transport.session import Session
+from ..service.session import Session
 from .board import TaskBoard, TaskObserver
 from .worker import InferenceWorker
 

@@ -35,7 +35,7 @@ from ...core.engine import PCM, Engine, Segment, SynthesisJob
 from ...core.tasks import Task
 from ..audio.encoding import SegmentFiles
 from ..engines.thread import home_thread
-from ..transport.session import Session
+from ..service.session import Session
 from .board import TaskBoard, Ticket
 
 log = logging.getLogger("indextts_server")

@@ -27,8 +27,8 @@ from ..audio.voices import VoiceLibrary
 from ..scheduling.board import TaskBoard, TaskObserver
 from ..scheduling.scheduler import EmbeddedScheduler, Scheduler
 from ..scheduling.worker import InferenceWorker
+from ..service.session import Close, OutboxBudget, Session
 from .containment import ContainedWebSocketServer, Containment
-from .session import Close, OutboxBudget, Session
 
 log = logging.getLogger("indextts_server")
 

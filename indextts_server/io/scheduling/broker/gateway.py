@@ -19,7 +19,7 @@ from ....core.contract.protocol import Cue, TaskState
 from ....core.engine import SynthesisJob
 from ....core.fleet import ReplyEvent, TaskOrder, decode_activity
 from ....core.tasks import Delivery, Task, iso
-from ...transport.session import Session
+from ...service.session import Session
 from ..board import TaskObserver, new_task, report_finished
 from .recovery import run_recovery
 from .store import BrokerDown, Store
