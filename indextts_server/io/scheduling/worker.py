@@ -8,7 +8,7 @@ Theory of operation: who may change what.
 - ``Task.stop_reason`` is set by the transport (a client's ``cancel``) and by the drain
   (``InferenceWorker.stop``); it is read only by the worker, between segments. Once set it is
   never cleared or replaced, and it becomes the task's final error message.
-- ``Session.open`` is cleared only by the session itself (closed, overflowed, dropped, or its
+- ``Recipient.open`` is cleared only by the session itself (closed, overflowed, dropped, or its
   connection gone). The worker reads it between segments: a task whose session is closed stops
   there, ending ``cancelled`` with the session's ``close_reason`` (or "disconnected").
 - The worker's cancel scope around a task is cancelled only by its deadline
@@ -35,8 +35,8 @@ from ...core.engine import PCM, Engine, Segment, SynthesisJob
 from ...core.tasks import Task
 from ..audio.encoding import SegmentFiles
 from ..engines.thread import home_thread
-from ..service.session import Session
 from .board import TaskBoard, Ticket
+from .recipient import Recipient
 
 log = logging.getLogger("indextts_server")
 
@@ -60,7 +60,7 @@ def timeline(task: Task) -> Timeline:
     return Timeline(longest_pause, speed=delivery.speed, sample_rate=delivery.sample_rate)
 
 
-def announce(task: Task, session: Session, cues: Timeline, segment: Segment, index: int) -> None:
+def announce(task: Task, session: Recipient, cues: Timeline, segment: Segment, index: int) -> None:
     """Keep the segment's cue with the task, and send it first when the request asked for cues."""
     cue = cues.add(index, segment.text, segment.pcm, last=segment.last)
     task.cues.append(cue)

@@ -19,8 +19,8 @@ from ....core.contract.protocol import Cue, TaskState
 from ....core.engine import SynthesisJob
 from ....core.fleet import ReplyEvent, TaskOrder, decode_activity
 from ....core.tasks import Delivery, Task, iso
-from ...service.session import Session
 from ..board import TaskObserver, new_task, report_finished
+from ..recipient import Recipient
 from .recovery import run_recovery
 from .store import BrokerDown, Store
 from .worker import BrokerWorker
@@ -33,7 +33,7 @@ class _Local:
     """A task this gateway admitted, as its client sees it (timings are this gateway's clock)."""
 
     task: Task
-    session: Session
+    session: Recipient
     announced: bool = False  # ``queued`` sent: replies before it wait in ``backlog``
     backlog: list[ReplyEvent] = field(default_factory=list)
     attempt: int = 0
@@ -127,7 +127,7 @@ class BrokerScheduler:
             await nursery.start(recovery)
             task_status.started()
 
-    async def submit(self, session: Session, job: SynthesisJob, delivery: Delivery) -> str | None:
+    async def submit(self, session: Recipient, job: SynthesisJob, delivery: Delivery) -> str | None:
         if not self.connected:
             return texts.BROKER_UNAVAILABLE
         task = new_task(session, job, delivery)
@@ -156,7 +156,7 @@ class BrokerScheduler:
         local.backlog.clear()
         return None
 
-    async def status(self, task_id: str, session: Session) -> None:
+    async def status(self, task_id: str, session: Recipient) -> None:
         try:
             record = await self.store.call(self.store.record, task_id)
         except BrokerDown as exc:
@@ -177,7 +177,7 @@ class BrokerScheduler:
             return None
         return None if record is None else []
 
-    async def cancel(self, task_id: str, session: Session) -> None:
+    async def cancel(self, task_id: str, session: Recipient) -> None:
         try:
             outcome = await self.store.call(
                 self.store.abandon, task_id, texts.CANCELLED, session=session.session_id
@@ -202,7 +202,7 @@ class BrokerScheduler:
         elif outcome == "cancelling":
             session.send(replies.cancelling(task_id, session.session_id))
 
-    async def session_closed(self, session: Session) -> None:
+    async def session_closed(self, session: Recipient) -> None:
         for task_id in list(session.tasks):
             local = self.local.get(task_id)
             if local is None:
