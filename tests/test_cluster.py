@@ -609,7 +609,7 @@ async def test_role_all_processes_share_one_queue(fleet: Callable[..., Node]) ->
 def test_the_embedded_default_does_not_import_the_cluster_client() -> None:
     probe = (
         "import sys; from indextts_server.io.operations import cli; "
-        "from indextts_server.io.transport.websocket import Server; "
+        "from indextts_server.io.transport.websocket import WebSocketTransport; "
         "cli.parse([], 'indextts-server', ''); "
         "assert 'redis' not in sys.modules, 'redis imported'"
     )

@@ -17,10 +17,10 @@ from indextts_server.core.engine import Engine
 from indextts_server.io.engines.tone import ToneEngine
 from indextts_server.io.http.app import HttpApi
 from indextts_server.io.operations.metrics import Metrics
+from indextts_server.io.service.service import Service, ServiceMetrics
 from indextts_server.io.transport.http import bound_port, serve_http
-from indextts_server.io.transport.websocket import Server, ServerMetrics
 
-from .conftest import GatedEngine, Running, decode_wav, tts
+from .conftest import GatedEngine, Running, decode_wav, serve_contract, tts
 
 THREE_SEGMENTS = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"
 
@@ -62,8 +62,8 @@ async def get(port: int, path: str, method: str = "GET") -> Reply:
 
 
 class Ops:
-    def __init__(self, server: Server, metrics: Metrics, port: int):
-        self.server = server
+    def __init__(self, service: Service, metrics: Metrics, port: int):
+        self.service = service
         self.metrics = metrics
         self.port = port
 
@@ -83,11 +83,11 @@ class Ops:
 @pytest.fixture
 async def ops(nursery: trio.Nursery) -> Ops:
     """A server and ``--metrics-port``'s application: the operations endpoints alone."""
-    server = Server(ServerConfig(host="127.0.0.1", port=0), ToneEngine())
+    service = Service(ServerConfig(host="127.0.0.1", port=0), ToneEngine())
     metrics = Metrics()
-    await nursery.start(server.run)
-    urls = await nursery.start(partial(serve_http, HttpApi(server, metrics, ops_only=True), "127.0.0.1", 0))
-    return Ops(server, metrics, bound_port(urls))
+    await serve_contract(nursery, service)
+    urls = await nursery.start(partial(serve_http, HttpApi(service, metrics, ops_only=True), "127.0.0.1", 0))
+    return Ops(service, metrics, bound_port(urls))
 
 
 # --- /healthz, /readyz ----------------------------------------------------------------------------
@@ -106,9 +106,9 @@ async def test_readyz_is_ready_while_listening_and_not_once_draining(ops: Ops) -
     reply = await get(ops.port, "/readyz")
     assert (reply.status, reply.body) == (200, b"ready\n")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(ops.server.drain)
+        nursery.start_soon(ops.service.drain)
         with trio.fail_after(10):
-            await ops.server.drain_started.wait()
+            await ops.service.drain_started.wait()
         reply = await get(ops.port, "/readyz")
         assert (reply.status, reply.body) == (503, b"not ready\n")
 
@@ -194,7 +194,7 @@ class Live(Ops):
     """A server whose metrics are wired as the command line wires them, and its operations port."""
 
     def __init__(self, running: Running, metrics: Metrics, port: int):
-        super().__init__(running.server, metrics, port)
+        super().__init__(running.service, metrics, port)
         self.running = running
 
     async def scrape_until(self, name: str, value: float) -> dict[str, float]:
@@ -214,12 +214,12 @@ def start_live(nursery: trio.Nursery) -> StartLive:
     async def start(engine: Engine | None = None, **config: Any) -> Live:
         metrics = Metrics(process_metrics=False)
         settings = ServerConfig(host="127.0.0.1", port=0, **config)
-        server = Server(settings, engine or ToneEngine(), metrics=metrics)
-        metrics.set_queue_depth_source(lambda: server.scheduler.queue_depth)
-        listening = await nursery.start(server.run)
-        app = HttpApi(server, metrics, ops_only=True)
+        service = Service(settings, engine or ToneEngine(), metrics=metrics)
+        metrics.set_queue_depth_source(lambda: service.scheduler.queue_depth)
+        port = await serve_contract(nursery, service)
+        app = HttpApi(service, metrics, ops_only=True)
         urls = await nursery.start(partial(serve_http, app, "127.0.0.1", 0))
-        return Live(Running(server, listening.port), metrics, bound_port(urls))
+        return Live(Running(service, port), metrics, bound_port(urls))
 
     return start
 
@@ -384,7 +384,7 @@ def test_each_metrics_object_has_its_own_registry() -> None:
 
 def test_metrics_fits_the_servers_metrics_port() -> None:
     metrics = Metrics(process_metrics=False)
-    port: ServerMetrics = metrics  # mypy checks the structural fit
+    port: ServiceMetrics = metrics  # mypy checks the structural fit
     port.task_finished("completed", latency=1.0, queue_wait=0.5, audio_seconds=2.0, compute_seconds=1.0)
     port.connection_opened()
     assert b"indextts_task_rtf_sum 0.5" in metrics.render()

@@ -288,7 +288,7 @@ async def test_openai_stock_voice_names_and_default_mean_the_bundled_voice(start
     for voice in ("alloy", "nova", "default"):
         response = await in_thread(client.audio.speech.create, model="tts-1", voice=voice, input="你好。")
         assert seconds(response.content, "mp3") > 0.2
-    bundled = await trio.to_thread.run_sync(os.path.realpath, str(api.server.config.default_voice))
+    bundled = await trio.to_thread.run_sync(os.path.realpath, str(api.service.config.default_voice))
     assert [job.prompt_audio for job in engine.jobs] == [bundled] * 3
 
 
@@ -340,7 +340,7 @@ async def test_a_client_that_disconnects_mid_stream_cancels_its_task(start_http:
                 return response.headers["x-task-id"]
 
     task_id = await in_thread(read_first_chunk_and_leave)
-    task = api.server.board.registry.get(task_id)
+    task = api.service.board.registry.get(task_id)
     assert task is not None
     engine.release()
     await wait_until(lambda: task.finished)
@@ -362,8 +362,8 @@ async def test_a_waiting_request_whose_client_leaves_is_never_computed(start_htt
                 client.post(f"{api.http}/v1/audio/speech", json={"input": "等待中的请求。"})
 
         await in_thread(give_up)
-        await wait_until(lambda: len(api.server.board.registry) == 2)
-        waiting = [task for task in api.server.board.registry if task.task_id != running]
+        await wait_until(lambda: len(api.service.board.registry) == 2)
+        waiting = [task for task in api.service.board.registry if task.task_id != running]
         await wait_until(lambda: waiting[0].finished)
         assert (waiting[0].state, waiting[0].error_message) == ("cancelled", "客户端已断开连接")
         engine.release()
@@ -471,7 +471,7 @@ async def test_a_full_queue_is_429_with_retry_after(start_http: StartServer) -> 
         await ws.send(tts(THREE_SEGMENTS, max_tokens=20))  # runs
         await engine.first_segment()
         await ws.send(tts())  # waits: the queue is full
-        await wait_until(lambda: api.server.scheduler.queue_depth == 1)
+        await wait_until(lambda: api.service.scheduler.queue_depth == 1)
         code, error, headers = await in_thread(error_of, api, {"input": "你好"})
         engine.release()
     assert (code, headers["retry-after"], error["type"], error["code"]) == (
@@ -500,8 +500,8 @@ async def test_draining_answers_503_to_waiting_and_new_requests(start_http: Star
         nursery.start_soon(in_thread, post, "running", THREE_SEGMENTS)
         await engine.first_segment()
         nursery.start_soon(in_thread, post, "waiting", "等待中的请求。")
-        await wait_until(lambda: api.server.scheduler.queue_depth == 1)
-        nursery.start_soon(api.server.drain)
+        await wait_until(lambda: api.service.scheduler.queue_depth == 1)
+        nursery.start_soon(api.service.drain)
         await wait_until(lambda: "waiting" in results)
         engine.release()
     assert results["waiting"][0] == 503

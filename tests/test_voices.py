@@ -62,7 +62,7 @@ async def api(start_http: StartServer) -> Running:
 
 
 def folder_of(api: Running) -> Path:
-    return Path(api.server.config.voices_dir)
+    return Path(api.service.config.voices_dir)
 
 
 def stored(api: Running, name: str) -> str:
@@ -205,7 +205,7 @@ async def test_a_bad_upload_is_refused_naming_the_limit_and_leaves_nothing(
     error = reply.json()["error"]
     assert (error["message"], error["param"], error["type"]) == (message, param, "invalid_request_error")
     assert files(folder_of(api)) == []
-    assert not list(Path(api.server.config.voices_dir).parent.glob("**/x*"))
+    assert not list(Path(api.service.config.voices_dir).parent.glob("**/x*"))
 
 
 async def test_an_upload_over_the_size_limit_is_413_and_leaves_nothing(start_http: StartServer) -> None:
