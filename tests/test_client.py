@@ -136,19 +136,8 @@ def test_a_terminal_gets_one_rewritten_progress_line(server: CliServer, tmp_path
     main, terminal = pty.openpty()
     try:
         process = subprocess.run(
-            [
-                *CLIENT,
-                "say",
-                TEXT,
-                "--url",
-                server.url,
-                "--prompt",
-                PROMPT,
-                "-o",
-                str(tmp_path / "t.wav"),
-                "--max-tokens",
-                "20",
-            ],
+            [*CLIENT, "say", TEXT, "--url", server.url, "--prompt", PROMPT, "-o", str(tmp_path / "t.wav"),
+             "--max-tokens", "20"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=terminal,
@@ -306,11 +295,7 @@ def test_status_prints_the_servers_reply(server: CliServer) -> None:
     status = client("status", task_id.group(1), "--url", server.url)
     assert status.returncode == 0, status.stderr.decode()
     reply = json.loads(status.stdout)
-    assert (reply["type"], reply["task_id"], reply["status"]) == (
-        "task_status",
-        task_id.group(1),
-        "completed",
-    )
+    assert (reply["type"], reply["task_id"], reply["status"]) == ("task_status", task_id.group(1), "completed")
     unknown = client("status", "no-such-task", "--url", server.url)
     assert unknown.returncode == 1
     assert unknown.stderr.decode().strip() == "error: 任务不存在或已过期: no-such-task"
@@ -327,13 +312,7 @@ def test_the_token_comes_from_the_option_or_the_environment(guarded: CliServer) 
     given = say(guarded, "你好。", "--prompt", PROMPT, "-o", "-", "--token", TOKEN)
     assert given.returncode == 0 and given.stdout[:4] == b"RIFF"
     from_env = client(
-        "say",
-        "你好。",
-        "--prompt",
-        PROMPT,
-        "-o",
-        "-",
-        env=_env(INDEXTTS_URL=guarded.url, INDEXTTS_TOKEN=TOKEN),
+        "say", "你好。", "--prompt", PROMPT, "-o", "-", env=_env(INDEXTTS_URL=guarded.url, INDEXTTS_TOKEN=TOKEN)
     )
     assert from_env.returncode == 0 and from_env.stdout == given.stdout
 
@@ -344,20 +323,7 @@ def test_connection_options_may_come_before_the_command(guarded: CliServer) -> N
     after = say(guarded, "你好。", "--prompt", PROMPT, "-o", "-", "--token", TOKEN)
     assert before.stdout == after.stdout and before.stdout[:4] == b"RIFF"
     # Given in both places, the command's own copy wins.
-    both = client(
-        "--token",
-        "nope",
-        "say",
-        "你好。",
-        "--prompt",
-        PROMPT,
-        "-o",
-        "-",
-        "--url",
-        guarded.url,
-        "--token",
-        TOKEN,
-    )
+    both = client("--token", "nope", "say", "你好。", "--prompt", PROMPT, "-o", "-", "--url", guarded.url, "--token", TOKEN)
     assert both.returncode == 0, both.stderr.decode()
 
 
@@ -372,20 +338,8 @@ def test_ctrl_c_cancels_the_task_on_the_server(tmp_path: Path) -> None:
     try:
         out = tmp_path / "cut.wav"
         process = subprocess.Popen(
-            [
-                *CLIENT,
-                "say",
-                LONG,
-                "--url",
-                slow.url,
-                "--prompt",
-                PROMPT,
-                "--max-tokens",
-                "20",
-                "--stream",
-                "-o",
-                str(out),
-            ],
+            [*CLIENT, "say", LONG, "--url", slow.url, "--prompt", PROMPT, "--max-tokens", "20",
+             "--stream", "-o", str(out)],
             stdin=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=REPO,
@@ -448,9 +402,7 @@ def test_voices_add_list_use_replace_and_remove(server: CliServer) -> None:
     gone = voices(server, "rm", "声音_1")
     assert gone.returncode == 1 and gone.stderr.decode().startswith("error: ")
     unknown = say(server, "你好。", "--voice", "声音_1", "-o", "-")
-    assert (
-        unknown.returncode == 1 and unknown.stderr.decode().splitlines()[-1] == "error: voice 不存在: 声音_1"
-    )
+    assert unknown.returncode == 1 and unknown.stderr.decode().splitlines()[-1] == "error: voice 不存在: 声音_1"
 
 
 def test_a_refused_upload_exits_1_with_the_servers_message(server: CliServer, tmp_path: Path) -> None:
@@ -458,10 +410,7 @@ def test_a_refused_upload_exits_1_with_the_servers_message(server: CliServer, tm
     fake.write_bytes(b"RIFF but not really audio")
     refused = voices(server, "add", "fake", str(fake))
     assert refused.returncode == 1
-    assert (
-        refused.stderr.decode().strip()
-        == "error: audio_sample 无法解码为音频（支持 wav/flac/mp3/ogg/webm/m4a）"
-    )
+    assert refused.stderr.decode().strip() == "error: audio_sample 无法解码为音频（支持 wav/flac/mp3/ogg/webm/m4a）"
     evil = voices(server, "add", "../x", str(REPO / PROMPT))
     assert evil.returncode == 1 and "name 只能包含" in evil.stderr.decode()
     missing = voices(server, "add", "x", str(tmp_path / "nope.wav"))

@@ -120,9 +120,7 @@ def test_emo_vector_is_damped_per_emotion_then_capped_at_0_8_in_sum() -> None:
     from indextts_server.io.engines.indextts2 import EMO_BIAS, normalize_emo_vector
 
     # Below the cap only the per-emotion bias applies (happy 0.9375, calm 0.5625).
-    assert normalize_emo_vector([0.4, 0, 0, 0, 0, 0, 0, 0.4]) == pytest.approx(
-        [0.375, 0, 0, 0, 0, 0, 0, 0.225]
-    )
+    assert normalize_emo_vector([0.4, 0, 0, 0, 0, 0, 0, 0.4]) == pytest.approx([0.375, 0, 0, 0, 0, 0, 0, 0.225])
     # Above it, everything is scaled so the weights sum to 0.8, in proportion.
     capped = normalize_emo_vector([1.0] * 8)
     assert sum(capped) == pytest.approx(0.8)
