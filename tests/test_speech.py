@@ -527,7 +527,7 @@ class FailsAfterFirstSegment:
 async def test_a_task_past_the_task_timeout_is_a_500_naming_it(start_http: StartServer) -> None:
     engine = GatedEngine()
     api = await start_http(engine, task_timeout=0.2)
-    body = {"input": THREE_SEGMENTS, "max_tokens": 20}
+    body = {"input": THREE_SEGMENTS, "max_tokens": 20, "stream": False}  # a whole file: the status tells
     code, error, headers = await in_thread(error_of, api, body)
     engine.release()
     assert (code, error["type"], error["message"]) == (500, "server_error", "任务超时：超过 0.2 秒未完成")
