@@ -107,3 +107,24 @@ def test_the_cluster_benchmark_runs_scaling_and_latency_on_its_own_redis(tmp_pat
     assert [row["target"] for row in report["latency"]] == ["embedded", "broker"]
     assert all(row["completed"] == 4 for row in report["latency"])
     assert report["added_p50_ms"] is not None
+
+
+def test_batch_sizes_run_the_same_load_on_a_server_each_and_report_their_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    command = [
+        sys.executable, "-m", "indextts_server.bench",
+        "-c", "2", "-n", "4", "--warmup", "1", "--no-floor", "--batch-size", "1,2",
+        "--server-args", "--engine tone --log-level WARNING", "--field", "max_tokens=20",
+        "--corpus", str(REPO / "bench" / "corpus-segments.txt"), "--json", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "the same load at each --batch-size" in done.stdout
+    report = json.loads(out.read_text())
+    scaling = report["scaling"]
+    assert [row["batch_size"] for row in scaling] == [1, 2]
+    for row in scaling:
+        assert (row["summary"]["completed"], row["summary"]["errors"], row["summary"]["lost"]) == (4, 0, 0)
+        assert row["ratios"]["throughput"] > 0
+    assert scaling[0]["ratios"]["throughput"] == 1.0
+    assert report["server"]["completed"] == 4

@@ -46,11 +46,12 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-@pytest.fixture
-def cli_server() -> Iterator[CliServer]:
-    """``python -m indextts_server --engine tone`` on the contract's port (any free port if taken)."""
+@pytest.fixture(params=["1", "8"], ids=["batch-1", "batch-8"])
+def cli_server(request: pytest.FixtureRequest) -> Iterator[CliServer]:
+    """``python -m indextts_server --engine tone`` on the contract's port (any free port if taken),
+    serving one task at a time (the contract's way) and, unchanged for clients, eight together."""
     port = CONTRACT_PORT if port_is_free(CONTRACT_PORT) else 0
-    server = CliServer(["--engine", "tone", "--port", str(port)])
+    server = CliServer(["--engine", "tone", "--port", str(port), "--batch-size", request.param])
     try:
         yield server
     finally:

@@ -82,6 +82,17 @@ def engine_server(tiny: TinyCheckpoint, tmp_path_factory: pytest.TempPathFactory
         server.stop(timeout=60)
 
 
+@pytest.fixture(scope="session")
+def batch_server(tiny: TinyCheckpoint) -> Iterator[CliServer]:
+    """The same model served with ``--batch-size 8``."""
+    args = cli_args(tiny, "--device", "cpu", "--max-mel-tokens", str(MAX_MEL_TOKENS), "--batch-size", "8")
+    server = CliServer(args[2:], env={**os.environ, **offline_env(tiny)})
+    try:
+        yield server
+    finally:
+        server.stop(timeout=60)
+
+
 @asynccontextmanager
 async def connect(server: CliServer) -> AsyncIterator[Client]:
     async with open_websocket_url(server.url, max_message_size=CLIENT_MAX_MESSAGE) as ws:
@@ -120,7 +131,9 @@ def test_emo_vector_is_damped_per_emotion_then_capped_at_0_8_in_sum() -> None:
     from indextts_server.io.engines.indextts2 import EMO_BIAS, normalize_emo_vector
 
     # Below the cap only the per-emotion bias applies (happy 0.9375, calm 0.5625).
-    assert normalize_emo_vector([0.4, 0, 0, 0, 0, 0, 0, 0.4]) == pytest.approx([0.375, 0, 0, 0, 0, 0, 0, 0.225])
+    assert normalize_emo_vector([0.4, 0, 0, 0, 0, 0, 0, 0.4]) == pytest.approx(
+        [0.375, 0, 0, 0, 0, 0, 0, 0.225]
+    )
     # Above it, everything is scaled so the weights sum to 0.8, in proportion.
     capped = normalize_emo_vector([1.0] * 8)
     assert sum(capped) == pytest.approx(0.8)
@@ -176,8 +189,9 @@ async def test_cues_match_the_real_models_segments_within_10_ms(engine_server: C
     async with httpx.AsyncClient(timeout=30) as http:
         response = await http.get(f"{engine_server.http}/v1/tasks/{task_id}/subtitles.srt")
     assert response.status_code == 200
-    written = [(cue["start"], cue["start"] + cue["duration"]) for cue in cues if cue["text"].strip()]
-    read = [(start, end) for start, end, _ in srt_spans(response.text)]
+    written = [edge for cue in cues if cue["text"].strip() for edge in (cue["start"], cue["start"] + cue["duration"])]
+    read = [edge for start, end, _ in srt_spans(response.text) for edge in (start, end)]
+    assert len(written) == 2 * len(cues)  # every real segment says what it read
     assert read == pytest.approx(written, abs=0.001)
 
 
@@ -284,6 +298,20 @@ def test_download_offline_fails_with_the_same_clear_error(tiny: TinyCheckpoint, 
     assert "模型加载失败: 下载 IndexTeam/IndexTTS-2 失败" in stderr
 
 
+def run_probe(tiny: TinyCheckpoint, script: str, *args: str) -> Any:
+    """Run ``script`` with the checkpoint's model_dir, cfg_path and ``args``; its last line as JSON."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tiny.model_dir), str(tiny.cfg_path), *args],
+        cwd=REPO,
+        env={**os.environ, **offline_env(tiny)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 CACHE_PROBE = r"""
 import json, shutil, sys
 import numpy as np
@@ -320,16 +348,7 @@ print(json.dumps({
 def test_speaker_cache_restores_alternating_voices_and_never_serves_an_edited_file_stale(
     tiny: TinyCheckpoint, tmp_path: Path
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", CACHE_PROBE, str(tiny.model_dir), str(tiny.cfg_path), str(tmp_path)],
-        cwd=REPO,
-        env={**os.environ, **offline_env(tiny)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_probe(tiny, CACHE_PROBE, str(tmp_path))
     # A, B, A, B: the second A and B restore both conditionings (speaker and emotion) = 4 hits.
     assert report == {
         "hits_after_alternating": 4,
@@ -381,16 +400,7 @@ print(json.dumps({
 def test_seeded_requests_are_reproducible_on_two_engines_stepping_at_once(tiny: TinyCheckpoint) -> None:
     # Two engines in two threads, as --device cuda:0,cuda:1 runs them: the RNG state a seeded
     # request uses must be its own, whatever the other engine does meanwhile.
-    result = subprocess.run(
-        [sys.executable, "-c", TWO_ENGINES_PROBE, str(tiny.model_dir), str(tiny.cfg_path)],
-        cwd=REPO,
-        env={**os.environ, **offline_env(tiny)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_probe(tiny, TWO_ENGINES_PROBE)
     assert report == {"seeded": [True] * 4, "other": [True] * 2}
 
 
@@ -443,6 +453,152 @@ async def test_an_uploaded_voice_speaks_over_http_and_websocket_and_a_replacemen
         _, other_by_path = await ws.request(tts("大家好。", prompt_audio=EMO_PROMPT, seed=3))
     assert not np.array_equal(replaced, pcm)  # not the cached conditioning of the old file
     assert np.array_equal(replaced, decode_wav(other_by_path)[0])
+
+
+BATCH_PROBE = r"""
+import json, os, shutil, sys
+import numpy as np, torch
+from indextts_server.core.config import EngineOptions
+from indextts_server.core.engine import SynthesisJob
+from indextts_server.io.engines import batching
+from indextts_server.io.engines.indextts2 import IndexTTS2Engine
+
+model_dir, cfg_path, tmp = sys.argv[1:4]
+engine = IndexTTS2Engine(EngineOptions(model_dir=model_dir, cfg_path=cfg_path, max_mel_tokens=8), "cpu")
+decoded = []  # the codes of every decode call, per row
+real_decode = batching.decode
+def spy(model, works, **kwargs):
+    codes = real_decode(model, works, **kwargs)
+    decoded.append([c.tolist() for c in codes])
+    return codes
+batching.decode = spy
+voice = os.path.join(tmp, "voice.wav")
+shutil.copy("asset/emo_prompt.wav", voice)
+jobs = [  # different speakers, emotion inputs and languages; one of two segments
+    SynthesisJob(text="今天天气很好。我们去公园吧。", prompt_audio="asset/zero_shot_prompt.wav", max_tokens=12),
+    SynthesisJob(text="春眠不觉晓。", prompt_audio=voice, emo_mode="vector", emo_vector=(0, .5, 0, 0, 0, 0, .3, 0)),
+    SynthesisJob(text="Hello there.", prompt_audio="asset/zero_shot_prompt.wav", emo_mode="audio",
+                 emo_audio="asset/emo_prompt.wav", emo_alpha=0.6),
+]
+
+def run(batch):
+    # Every row to its end, advanced together; each row's audio and, per step, its codes.
+    rows = [engine.synthesize(job) for job in batch]
+    audio, codes, errors = [[] for _ in rows], [[] for _ in rows], [None] * len(rows)
+    live = list(range(len(rows)))
+    while live:
+        before = len(decoded)
+        outcomes = engine.advance([rows[i] for i in live])
+        step = [code for call in decoded[before:] for code in call]
+        keep = []
+        for i, outcome in zip(live, outcomes):
+            if isinstance(outcome, BaseException):
+                errors[i] = str(outcome)
+                continue
+            if outcome is None:
+                continue
+            audio[i].append(outcome.pcm)
+            if len(step) == len(live):
+                codes[i].append(step[live.index(i)])
+            if not outcome.last:
+                keep.append(i)
+        live = keep
+    return [np.concatenate(a) if a else None for a in audio], codes, errors
+
+engine.deterministic = True
+alone = [run([job]) for job in jobs]
+together, codes, _ = run(jobs)
+report = {
+    "codes_equal": [codes[i] == alone[i][1][0] for i in range(3)],
+    "max_diff": [int(np.abs(together[i].astype(int) - alone[i][0][0].astype(int)).max()) for i in range(3)],
+}
+
+# Out of memory in the batched decode: split until it fits, never failed.
+def oom_over_one(model, works, **kwargs):
+    if len(works) > 1:
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+    return spy(model, works, **kwargs)
+batching.decode = oom_over_one
+split, _, split_errors = run(jobs)
+report["oom_split_equal"] = [bool(np.array_equal(split[i], alone[i][0][0])) for i in range(3)]
+batching.decode = spy
+
+# A batched stage that fails: each row alone, before failing any; a broken prompt fails only its row.
+def fails_batched(model, works, **kwargs):
+    if len(works) > 1:
+        raise RuntimeError("a batched stage failed")
+    return spy(model, works, **kwargs)
+batching.decode = fails_batched
+broken = [engine.synthesize(job) for job in jobs[:2]]
+with open(voice, "wb") as f:
+    f.write(b"not audio at all")
+outcomes = engine.advance(broken)
+report["retried"] = [type(o).__name__ for o in outcomes]
+report["retried_first_equal"] = bool(np.array_equal(outcomes[0].pcm, alone[0][0][0][: len(outcomes[0].pcm)]))
+batching.decode = spy
+
+# A seeded row in a batch of sampled rows: advanced alone, as at batch size 1.
+engine.deterministic = False
+seeded = SynthesisJob(text="今天天气很好。我们去公园吧。", prompt_audio="asset/zero_shot_prompt.wav", max_tokens=12, seed=7)
+reference = np.concatenate([segment.pcm for segment in engine.synthesize(seeded)])
+mixed, _, _ = run([jobs[2], seeded, jobs[0]])
+report["seeded_equal"] = bool(np.array_equal(mixed[1], reference))
+print(json.dumps(report))
+"""
+
+AUDIO_TOLERANCE = 64
+"""int16 steps (2^-9 of full scale, -54 dBFS) by which a row's samples may differ from the row
+run alone with the same codes and noise: rows of one shape share the latent pass, s2mel and
+BigVGAN, whose batched matrix products sum in another order (measured: at most 5)."""
+
+
+def test_batched_rows_decode_the_codes_they_decode_alone_and_seeded_rows_stay_reproducible(
+    tiny: TinyCheckpoint, tmp_path: Path
+) -> None:
+    report = run_probe(tiny, BATCH_PROBE, str(tmp_path))
+    assert report["codes_equal"] == [True] * 3
+    assert all(diff <= AUDIO_TOLERANCE for diff in report["max_diff"]), report["max_diff"]
+    assert report["oom_split_equal"] == [True] * 3
+    # The batch failed; alone, the first row spoke and the row whose prompt broke failed by itself.
+    assert report["retried"] == ["Segment", "SynthesisError"]
+    assert report["retried_first_equal"]
+    assert report["seeded_equal"]
+
+
+async def test_at_batch_size_8_concurrent_clients_are_served_a_cancel_stops_its_own_task_and_a_seed_repeats(
+    engine_server: CliServer, batch_server: CliServer
+) -> None:
+    seeded = tts(SEGMENTS, max_tokens=20, seed=11)
+    async with connect(engine_server) as client:
+        _, reference = await client.request(seeded)  # served one at a time
+    wavs: dict[str, bytes] = {}
+
+    async def speak(name: str, request: dict[str, Any]) -> None:
+        async with connect(batch_server) as client:
+            wavs[name] = (await client.request(request))[1]
+
+    async def cancel_mid_task() -> None:
+        async with connect(batch_server) as client:
+            await client.send(tts(SEGMENTS * 2, max_tokens=20))
+            task_id = (await client.recv_json())["task_id"]
+            assert await client.recv_json() == client.reply("start", task_id)
+            await client.send({"type": "cancel", "task_id": task_id})
+            assert (await client.recv_json())["status"] == "cancelling"
+            assert await client.recv_json() == client.error_reply("任务已取消", task_id)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(speak, "seeded", seeded)
+        nursery.start_soon(
+            speak,
+            "vector",
+            tts(SEGMENTS, max_tokens=20, emo_mode="vector", emo_vector=[0, 0.6, 0, 0, 0, 0, 0, 0]),
+        )
+        nursery.start_soon(speak, "other voice", tts("Hello there, a second voice.", prompt_audio=EMO_PROMPT))
+        nursery.start_soon(cancel_mid_task)
+    assert wavs["seeded"] == reference  # a seeded row runs alone: the same audio at any batch size
+    for name in ("vector", "other voice"):
+        pcm, rate, _ = decode_wav(wavs[name])
+        assert rate == SAMPLE_RATE and np.abs(pcm).max() > 0, name
 
 
 def test_the_served_against_direct_probe_times_the_same_requests_both_ways(

@@ -19,7 +19,7 @@ from .drive.http import run_http_load, speech_bodies
 from .drive.load import LoadPlan, LoadResult, run_load
 from .drive.progress import Progress
 from .drive.spawn import SpawnError, free_port, is_loopback_url, raise_open_file_limit, spawn
-from .results.report import Report, Settings, Summary, ratios, render, summarise
+from .results.report import Report, Scaling, Settings, Summary, ratios, render, summarise
 
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
@@ -73,6 +73,13 @@ def parser() -> argparse.ArgumentParser:
         "HTTP/WebSocket ratios",
     )
     p.add_argument(
+        "--batch-size",
+        type=_batch_sizes,
+        metavar="N[,N...]",
+        help="start the server with --batch-size N; several values run the same load once per value, "
+        "each on a server of its own, and report each value's throughput and latency against the first's",
+    )
+    p.add_argument(
         "--floor",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -86,6 +93,13 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be >= 1")
     return value
+
+
+def _batch_sizes(text: str) -> list[int]:
+    values = [_positive(part) for part in text.split(",")]
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError("each batch size once")
+    return values
 
 
 def _positive_float(text: str) -> float:
@@ -114,6 +128,7 @@ class Options:
     duration_limit: float
     floor_sizes: Path | None
     http: bool = False
+    batch_sizes: tuple[int, ...] = ()
 
     def plan(self, url: str) -> LoadPlan:
         return LoadPlan(
@@ -162,6 +177,12 @@ async def measure_server(options: Options) -> tuple[Summary, LoadResult, Summary
     return summarise("server", result, command=command, peak_rss_kib=peak), result, http
 
 
+async def measure_batch(options: Options, size: int) -> tuple[Summary, LoadResult]:
+    """The load on a server of its own started with ``--batch-size size``."""
+    command = [*options.server_command, "--batch-size", str(size), "--http-port", "off"]
+    return await measure_spawned(f"batch-{size}", command, options)
+
+
 async def bench(options: Options) -> tuple[Summary, Summary | None, dict[str, LoadResult], Summary | None]:
     """The server first, then the floor, one at a time so that each has the machine to itself."""
     results: dict[str, LoadResult] = {}
@@ -169,6 +190,12 @@ async def bench(options: Options) -> tuple[Summary, Summary | None, dict[str, Lo
     if options.url is not None:
         result = await run_load(options.plan(options.url), Progress("server", options.requests))
         server = summarise("server", result)
+    elif len(options.batch_sizes) > 1:
+        scaled = [await measure_batch(options, size) for size in options.batch_sizes]
+        server, result = scaled[0]
+        results.update(
+            (f"batch-{size}", run) for size, (_, run) in zip(options.batch_sizes, scaled, strict=True)
+        )
     else:
         server, result, http = await measure_server(options)
     results["server"] = result
@@ -178,6 +205,14 @@ async def bench(options: Options) -> tuple[Summary, Summary | None, dict[str, Lo
         command = [sys.executable, "-m", floor_module, "--sizes", str(options.floor_sizes)]
         floor, results["floor"] = await measure_spawned("floor", command, options)
     return server, floor, results, http
+
+
+def _scaling(batch_sizes: list[int], results: dict[str, LoadResult]) -> list[Scaling]:
+    summaries = [summarise(f"batch-{size}", results[f"batch-{size}"]) for size in batch_sizes]
+    return [
+        Scaling(batch_size=size, summary=summary, ratios=ratios(summary, summaries[0]))
+        for size, summary in zip(batch_sizes, summaries, strict=True)
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -191,7 +226,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         frames = request_frames(load_corpus(args.corpus), fields)
     except (ValueError, OSError) as exc:
         raise SystemExit(str(exc)) from None
+    batch_sizes: list[int] = args.batch_size or []
+    if batch_sizes and args.url is not None:
+        raise SystemExit("--batch-size needs a server the benchmark starts itself (no --url)")
+    if len(batch_sizes) > 1 and args.http:
+        raise SystemExit("--http takes one --batch-size")
     server_args = shlex.split(args.server_args)
+    if len(batch_sizes) == 1:
+        server_args += ["--batch-size", str(batch_sizes[0])]
     soft, raised_from = raise_open_file_limit(args.connections + args.idle + SPARE_FILES)
     if raised_from is not None:
         print(f"open-file limit raised from {raised_from} to {soft}", file=sys.stderr)
@@ -213,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             duration_limit=args.duration_limit,
             floor_sizes=sizes_path,
             http=args.http,
+            batch_sizes=tuple(batch_sizes),
         )
         try:
             server, floor, results, http = trio.run(bench, options)
@@ -237,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ratios=ratios(server, floor) if floor is not None else None,
         http=http,
         http_ratios=ratios(http, server) if http is not None else None,
+        scaling=_scaling(batch_sizes, results) if len(batch_sizes) > 1 else None,
     )
     print(render(report))
     if args.json is not None:

@@ -85,6 +85,13 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_pending_per_session: Annotated[
         NonNegativeInt, Flag("tasks one connection may have waiting or running (0: no limit)", OPERATIONS)
     ] = 16
+    batch_size: Annotated[
+        PositiveInt,
+        Flag(
+            "running tasks one engine advances together, a segment each per step (1: one task at a "
+            "time, the contract's behaviour; embedded board only)",
+        ),
+    ] = 1
     task_timeout: Annotated[
         NonNegative, Flag("seconds a task may run before it fails (0: no limit)", OPERATIONS)
     ] = 600.0

@@ -1,4 +1,8 @@
-"""Build a complete tiny random-weight IndexTTS2 checkpoint (plus a hub cache) for offline tests."""
+"""Build a complete tiny random-weight IndexTTS2 checkpoint (plus a hub cache) for offline tests.
+
+With ``--full-size`` the same builder gives the real model's widths and depths (random values):
+speed depends on shapes, not values, so timings on it stand for IndexTeam/IndexTTS-2's.
+"""
 
 from __future__ import annotations
 
@@ -86,7 +90,9 @@ def offline_env(ckpt: TinyCheckpoint) -> dict[str, str]:
     }
 
 
-def build_tiny_checkpoint(root: Path, *, seed: int = 0, isolated: bool = True) -> TinyCheckpoint:
+def build_tiny_checkpoint(
+    root: Path, *, seed: int = 0, isolated: bool = True, full_size: bool = False
+) -> TinyCheckpoint:
     """Build the checkpoint under ``root`` (``root/model``, ``root/hub``); reuse it if already complete.
 
     With ``isolated`` (the default) the build runs in a child Python process, so this process never
@@ -94,38 +100,41 @@ def build_tiny_checkpoint(root: Path, *, seed: int = 0, isolated: bool = True) -
     """
     root = Path(root).resolve()
     ckpt = TinyCheckpoint(root / "model", root / "model" / "config.yaml", root / "hub")
-    if _is_complete(root, seed):
+    if _is_complete(root, seed, full_size):
         return ckpt
     if isolated:
-        _build_in_child(root, seed, ckpt)
-        if not _is_complete(root, seed):
+        _build_in_child(root, seed, ckpt, full_size)
+        if not _is_complete(root, seed, full_size):
             raise RuntimeError(f"tiny checkpoint build in {root} did not complete")
         return ckpt
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent builders (e.g. pytest-xdist workers) take turns
-        if not _is_complete(root, seed):
-            _build(root, seed, ckpt)
+        if not _is_complete(root, seed, full_size):
+            _build(root, seed, ckpt, full_size)
     return ckpt
 
 
-def _stamp(seed: int) -> str:
-    return json.dumps({"format": _FORMAT_VERSION, "seed": seed})
+def _stamp(seed: int, full_size: bool) -> str:
+    stamp: dict[str, object] = {"format": _FORMAT_VERSION, "seed": seed}
+    if full_size:
+        stamp["full_size"] = True
+    return json.dumps(stamp)
 
 
-def _is_complete(root: Path, seed: int) -> bool:
+def _is_complete(root: Path, seed: int, full_size: bool = False) -> bool:
     marker = root / _MARKER
-    return marker.is_file() and marker.read_text(encoding="utf-8") == _stamp(seed)
+    return marker.is_file() and marker.read_text(encoding="utf-8") == _stamp(seed, full_size)
 
 
-def _build_in_child(root: Path, seed: int, ckpt: TinyCheckpoint) -> None:
+def _build_in_child(root: Path, seed: int, ckpt: TinyCheckpoint, full_size: bool) -> None:
     package_parent = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env.update(offline_env(ckpt))  # the build itself needs no network either
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", __spec__.name if __spec__ else "indextts_server.devtools.tiny_checkpoint"]
     result = subprocess.run(
-        [*cmd, str(root), "--seed", str(seed), "--in-process"],
+        [*cmd, str(root), "--seed", str(seed), "--in-process", *(["--full-size"] if full_size else [])],
         env=env,
         capture_output=True,
         text=True,
@@ -136,7 +145,7 @@ def _build_in_child(root: Path, seed: int, ckpt: TinyCheckpoint) -> None:
         raise RuntimeError(f"tiny checkpoint build failed (exit {result.returncode}):\n{tail}")
 
 
-def _build(root: Path, seed: int, ckpt: TinyCheckpoint) -> None:
+def _build(root: Path, seed: int, ckpt: TinyCheckpoint, full_size: bool = False) -> None:
     from omegaconf import OmegaConf
 
     marker = root / _MARKER
@@ -148,7 +157,7 @@ def _build(root: Path, seed: int, ckpt: TinyCheckpoint) -> None:
     ckpt.model_dir.mkdir(parents=True)
     ckpt.hub_cache.mkdir(parents=True)
 
-    cfg = _config()
+    cfg = _full_config() if full_size else _config()
     # JSON is valid YAML; OmegaConf.load reads it as such.
     ckpt.cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     omega = OmegaConf.create(cfg)
@@ -160,6 +169,11 @@ def _build(root: Path, seed: int, ckpt: TinyCheckpoint) -> None:
     _seed(seed, 1)
     gpt_cls = _attr("indextts.gpt.model_v2", "UnifiedVoice")
     gpt = cast(nn.Module, gpt_cls(**cast(dict[str, object], cfg["gpt"])))
+    if full_size:  # the real codec's 8192 codes do not cover the start token: never sample it
+        with torch.no_grad():
+            cast(nn.Linear, gpt.mel_head).bias[
+                cast(int, cast(dict[str, object], cfg["gpt"])["start_mel_token"])
+            ] = -1e4
     torch.save({"model": _half(gpt.state_dict())}, ckpt.model_dir / "gpt.pth")
     del gpt
 
@@ -185,7 +199,7 @@ def _build(root: Path, seed: int, ckpt: TinyCheckpoint) -> None:
 
     hub = ckpt.hub_cache
     _seed(seed, 5)
-    _write_w2v_bert(_snapshot(hub, _W2V_REPO, seed))
+    _write_w2v_bert(_snapshot(hub, _W2V_REPO, seed), full_size)
 
     _seed(seed, 6)
     codec = cast(
@@ -203,9 +217,9 @@ def _build(root: Path, seed: int, ckpt: TinyCheckpoint) -> None:
     del campplus
 
     _seed(seed, 8)
-    _write_bigvgan(_snapshot(hub, _BIGVGAN_REPO, seed))
+    _write_bigvgan(_snapshot(hub, _BIGVGAN_REPO, seed), full_size)
 
-    marker.write_text(_stamp(seed), encoding="utf-8")
+    marker.write_text(_stamp(seed, full_size), encoding="utf-8")
 
 
 def _config() -> dict[str, object]:
@@ -319,6 +333,52 @@ def _config() -> dict[str, object]:
     }
 
 
+def _full_config() -> dict[str, object]:
+    """IndexTeam/IndexTTS-2's config.yaml: its widths and depths (the tiny one's file layout)."""
+    cfg = _config()
+    gpt = cast(dict[str, object], cfg["gpt"])
+    gpt.update(
+        layers=24,
+        number_text_tokens=12000,
+        number_mel_codes=8194,
+        start_mel_token=8192,
+        stop_mel_token=8193,
+        condition_module={
+            "output_size": 512,
+            "linear_units": 2048,
+            "attention_heads": 8,
+            "num_blocks": 6,
+            "input_layer": "conv2d2",
+            "perceiver_mult": 2,
+        },
+        emo_condition_module={
+            "output_size": 512,
+            "linear_units": 1024,
+            "attention_heads": 4,
+            "num_blocks": 4,
+            "input_layer": "conv2d2",
+            "perceiver_mult": 2,
+        },
+    )
+    cfg["semantic_codec"] = {
+        "codebook_size": 8192,
+        "hidden_size": 1024,
+        "codebook_dim": 8,
+        "vocos_dim": 384,
+        "vocos_intermediate_dim": 2048,
+        "vocos_num_layers": 12,
+    }
+    s2mel = cast(dict[str, dict[str, object]], cfg["s2mel"])
+    s2mel["length_regulator"].update(
+        channels=512, content_codebook_size=2048, sampling_ratios=[1, 1, 1, 1], n_f0_bins=512
+    )
+    s2mel["DiT"].update(
+        hidden_dim=512, num_heads=8, depth=13, content_dim=512, content_codebook_size=1024, n_f0_bins=512
+    )
+    s2mel["wavenet"].update(hidden_dim=512, num_layers=8, kernel_size=5)
+    return cfg
+
+
 def _attr(module: str, name: str) -> Callable[..., object]:
     """A constructor from the untyped ``indextts`` package, imported lazily."""
     return cast(Callable[..., object], getattr(importlib.import_module(module), name))
@@ -378,18 +438,18 @@ def _write_bpe(path: Path) -> int:
     return processor.GetPieceSize()
 
 
-def _write_w2v_bert(snap: Path) -> None:
+def _write_w2v_bert(snap: Path, full_size: bool = False) -> None:
     from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
 
     config = Wav2Vec2BertConfig(
         hidden_size=1024,  # hard-coded: the GPT's conditioning encoders take 1024-wide features
-        num_hidden_layers=17,  # hard-coded: IndexTTS2.get_emb reads hidden_states[17]
-        num_attention_heads=1,
-        intermediate_size=8,
-        conv_depthwise_kernel_size=3,
+        num_hidden_layers=24 if full_size else 17,  # hard-coded: IndexTTS2.get_emb reads hidden_states[17]
+        num_attention_heads=16 if full_size else 1,
+        intermediate_size=4096 if full_size else 8,
+        conv_depthwise_kernel_size=31 if full_size else 3,
         position_embeddings_type="relative_key",
-        left_max_position_embeddings=8,
-        right_max_position_embeddings=2,
+        left_max_position_embeddings=64 if full_size else 8,
+        right_max_position_embeddings=8 if full_size else 2,
         feature_projection_input_dim=160,
         add_adapter=False,
         apply_spec_augment=False,
@@ -454,14 +514,15 @@ def _write_qwen(qwen_dir: Path) -> None:
     model.save_pretrained(str(qwen_dir))
 
 
-def _write_bigvgan(snap: Path) -> None:
+def _write_bigvgan(snap: Path, full_size: bool = False) -> None:
+    # Full size: nvidia/bigvgan_v2_22khz_80band_256x's generator.
     hparams = {
         "resblock": "1",
-        "upsample_rates": [4, 4, 4, 4],  # product must stay 256 (the mel hop)
-        "upsample_kernel_sizes": [8, 8, 8, 8],
-        "upsample_initial_channel": 32,
-        "resblock_kernel_sizes": [3],
-        "resblock_dilation_sizes": [[1]],
+        "upsample_rates": [4, 4, 2, 2, 2, 2] if full_size else [4, 4, 4, 4],  # product: 256, the mel hop
+        "upsample_kernel_sizes": [8, 8, 4, 4, 4, 4] if full_size else [8, 8, 8, 8],
+        "upsample_initial_channel": 1536 if full_size else 32,
+        "resblock_kernel_sizes": [3, 7, 11] if full_size else [3],
+        "resblock_dilation_sizes": [[1, 3, 5]] * 3 if full_size else [[1]],
         "use_tanh_at_final": False,
         "use_bias_at_final": False,
         "activation": "snakebeta",
@@ -487,13 +548,22 @@ def _tree_size(paths: Iterable[Path]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build a tiny random-weight IndexTTS2 checkpoint.")
+    parser = argparse.ArgumentParser(
+        description="Build a random-weight IndexTTS2 checkpoint (tiny or full size)."
+    )
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--in-process", action="store_true", help="build here, not in a child process")
+    parser.add_argument(
+        "--full-size",
+        action="store_true",
+        help="the real model's widths and depths (random values; several GB): for timings, not tests",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    ckpt = build_tiny_checkpoint(args.outdir, seed=args.seed, isolated=not args.in_process)
+    ckpt = build_tiny_checkpoint(
+        args.outdir, seed=args.seed, isolated=not args.in_process, full_size=args.full_size
+    )
     elapsed = time.perf_counter() - start
     size = _tree_size([ckpt.model_dir, ckpt.hub_cache])
     print(f"model_dir={ckpt.model_dir}")

@@ -18,7 +18,9 @@ from urllib.parse import urlsplit
 
 import trio
 
-READY_TIMEOUT: Final = 60.0
+READY_TIMEOUT: Final = 600.0
+"""Seconds a started target may take to listen: a real model loads and warms up first (minutes on a
+slow CPU)."""
 STOP_TIMEOUT: Final = 10.0
 
 

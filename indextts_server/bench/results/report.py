@@ -79,6 +79,15 @@ class Settings(msgspec.Struct, kw_only=True):
     nofile_raised_from: int | None
 
 
+class Scaling(msgspec.Struct, kw_only=True):
+    """``--batch-size`` with several values: one server per value, the same load on each."""
+
+    batch_size: int
+    summary: Summary
+    ratios: Ratios
+    """This value's figure over the first value's."""
+
+
 class Report(msgspec.Struct, kw_only=True):
     settings: Settings
     server: Summary
@@ -88,6 +97,8 @@ class Report(msgspec.Struct, kw_only=True):
     """``--http``: the same load over the HTTP port of the same server, right after the WebSocket's."""
     http_ratios: Ratios | None = None
     """HTTP figure over WebSocket figure."""
+    scaling: list[Scaling] | None = None
+    """``--batch-size N,M,…``: each value's run, the first of which is ``server``."""
 
 
 def distribution(values: Sequence[float]) -> Distribution:
@@ -244,11 +255,7 @@ def render(report: Report) -> str:
         ratio_value = getattr(ratio, ratio_name) if ratio and ratio_name else None
         shown = "" if ratio_value is None else f"{ratio_value:.2f}x"
         table.append((label, cell(server, figure, in_ms), cell(floor, figure, in_ms), shown))
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    lines = [
-        "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
-        for row in table
-    ]
+    lines = _align(table)
     settings = report.settings
     plural = "" if settings.connections == 1 else "s"
     idle = f" (+{settings.idle} idle)" if settings.idle else ""
@@ -259,7 +266,7 @@ def render(report: Report) -> str:
         if summary is not None
         for message, count in [*summary.error_messages.items(), *summary.connection_error_messages.items()]
     ]
-    return "\n".join([title, *lines, *_http_table(report), *notes])
+    return "\n".join([title, *lines, *_http_table(report), *_scaling_table(report), *notes])
 
 
 _HTTP_ROWS: Final = (
@@ -287,12 +294,53 @@ def _http_table(report: Report) -> list[str]:
             cells.append(_ms(value) if in_ms else _num(value))
         ratio_value = getattr(ratio, ratio_name) if ratio and ratio_name else None
         table.append((label, cells[0], cells[1], "" if ratio_value is None else f"{ratio_value:.2f}x"))
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    lines = [
+    lines = _align(table)
+    return ["", f"the same load over HTTP ({http.url}):", *lines]
+
+
+def _align(table: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as lines: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return [
         "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
         for row in table
     ]
-    return ["", f"the same load over HTTP ({http.url}):", *lines]
+
+
+def _scaling_table(report: Report) -> list[str]:
+    """With ``--batch-size N,M,…``: each batch size's throughput and latency, and their ratios."""
+    if not report.scaling:
+        return []
+    first = report.scaling[0].batch_size
+    table = [
+        (
+            "batch size",
+            "completed",
+            "errors",
+            "tasks/s",
+            f"vs {first}",
+            "latency p50 (ms)",
+            f"vs {first}",
+            "latency p95 (ms)",
+            "binaries / request",
+        )
+    ]
+    for row in report.scaling:
+        summary, ratio = row.summary, row.ratios
+        table.append(
+            (
+                str(row.batch_size),
+                str(summary.completed),
+                str(summary.errors + summary.lost),
+                _num(summary.throughput_rps),
+                "-" if ratio.throughput is None else f"{ratio.throughput:.2f}x",
+                _ms(summary.latency_s.p50),
+                "-" if ratio.p50_latency is None else f"{ratio.p50_latency:.2f}x",
+                _ms(summary.latency_s.p95),
+                _num(summary.binaries_per_request),
+            )
+        )
+    return ["", "the same load at each --batch-size (one server each, in this order):", *_align(table)]
 
 
 def _lookup(summary: Summary, path: str) -> float | int | None:

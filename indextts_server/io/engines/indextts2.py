@@ -12,7 +12,7 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol, TypeVar, cast
@@ -23,6 +23,7 @@ import torch
 from ...core import texts
 from ...core.config import EngineOptions
 from ...core.engine import PCM, SAMPLE_RATE, Lang, Segment, SynthesisJob
+from . import batching
 from .speed import close_segments, stretched
 
 __all__ = ["EMO_BIAS", "EngineLoadError", "IndexTTS2Engine", "SynthesisError", "normalize_emo_vector"]
@@ -229,6 +230,7 @@ class IndexTTS2Engine:
         device: str = "cpu",
         *,
         warmup_prompt: str | os.PathLike[str] | None = None,
+        deterministic: bool = False,
     ) -> None:
         model_path = Path(options.model_dir)
         config_path = Path(options.cfg_path)
@@ -240,6 +242,9 @@ class IndexTTS2Engine:
         if max_mel_tokens < 1:
             raise EngineLoadError("max_mel_tokens must be >= 1")
         self.device = _check_device(device)
+        # Test-only: batched rows decode greedily (beam search without sampling) and draw their
+        # s2mel noise from a generator of their own, so a row's output is independent of its batch.
+        self.deterministic = deterministic
         self.max_mel_tokens = max_mel_tokens
         self.warmup_prompt = None if warmup_prompt is None else str(warmup_prompt)
         self._lock = threading.Lock()
@@ -327,6 +332,81 @@ class IndexTTS2Engine:
             kwargs.update(use_emo_text=True, emo_text=job.emo_text, emo_alpha=job.emo_alpha)
         return stretched(_Segments(self, job, kwargs), job.speed)
 
+    def advance(self, rows: Sequence[Iterator[Segment]]) -> list[Segment | BaseException | None]:
+        """Advance every row by one segment, together (see `batching`); ``None`` for a finished row.
+
+        Rows from ``synthesize`` that have not started alone and carry no seed share one batched
+        step; a seeded row, a row already advanced with ``next()`` and any other iterator are
+        advanced alone, in order. An exception belongs to its row: the row is closed and its
+        error returned in its place.
+        """
+        results: list[Segment | BaseException | None] = [None] * len(rows)
+        together: list[tuple[int, _Segments]] = []
+        for index, row in enumerate(rows):
+            if isinstance(row, _Segments) and row._engine is self and row.batchable:
+                together.append((index, row))
+            else:
+                results[index] = _next_or_error(row)
+        if together:
+            outcomes = self._advance_together([row for _, row in together])
+            for (index, _), outcome in zip(together, outcomes, strict=True):
+                results[index] = outcome
+        return results
+
+    def _advance_together(self, rows: list[_Segments]) -> list[Segment | BaseException | None]:
+        outcomes: dict[int, Segment | BaseException | None] = {}
+        with self._lock, torch.inference_mode(), _RNG_GATE.shared():
+            ready: list[_Segments] = []
+            for row in rows:
+                try:
+                    if row.prepare():
+                        ready.append(row)
+                    else:
+                        outcomes[id(row)] = None
+                except Exception as exc:
+                    outcomes[id(row)] = row.fail(exc)
+            works = [row.work() for row in ready]
+            wavs: list[torch.Tensor | BaseException]
+            try:
+                wavs = [*batching.split_on_oom(works, self._run_works, self._free_device_memory)]
+            except Exception:  # whose it is cannot be known: each row alone, before failing any
+                log.warning("batched step of %d rows failed; retrying each alone", len(works), exc_info=True)
+                self._free_device_memory()
+                wavs = [self._run_alone(work) for work in works]
+            for row, wav in zip(ready, wavs, strict=True):
+                outcomes[id(row)] = row.fail(wav) if isinstance(wav, BaseException) else row.deliver(wav)
+        return [outcomes[id(row)] for row in rows]
+
+    def _run_alone(self, work: batching.Work) -> torch.Tensor | BaseException:
+        try:
+            return self._run_works([work])[0]
+        except Exception as exc:
+            return exc
+
+    def _run_works(self, works: Sequence[batching.Work]) -> list[torch.Tensor]:
+        """Decode all rows together, then run each later stage on the rows whose shapes agree."""
+        model = self._model
+        codes = batching.decode(
+            model, works, max_mel_tokens=self.max_mel_tokens, sample=not self.deterministic
+        )
+        latent: list[torch.Tensor | None] = [None] * len(works)
+        for rows in _groups(works, codes, batching.latent_key):
+            for index, value in zip(
+                rows, batching.latents(model, [works[i] for i in rows], [codes[i] for i in rows]), strict=True
+            ):
+                latent[index] = value
+        wavs: list[torch.Tensor | None] = [None] * len(works)
+        for rows in _groups(works, codes, batching.mel_key):
+            spoken = batching.speak(
+                model,
+                [works[i] for i in rows],
+                [codes[i] for i in rows],
+                [cast(torch.Tensor, latent[i]) for i in rows],
+            )
+            for index, wav in zip(rows, spoken, strict=True):
+                wavs[index] = wav
+        return [cast(torch.Tensor, wav) for wav in wavs]
+
     def warm_up(self) -> None:
         """One short synthesis with the bundled prompt, so the first request pays no start-up cost."""
         if self.warmup_prompt is None:
@@ -351,19 +431,35 @@ class IndexTTS2Engine:
     def _start(self, job: SynthesisJob, kwargs: dict[str, object]) -> tuple[_ModelGen, list[str]]:
         """The model's generator and the text of each segment it will yield (split as infer does)."""
         self._restore_conditioning(job)
-        tokenizer = self._model.tokenizer
-        tokens = tokenizer.tokenize(job.text)
-        if self._split_takes_quick:
-            quick = int(cast(int, kwargs.get("quick_streaming_tokens", 0)))
-            segments = tokenizer.split_segments(tokens, job.max_tokens, quick_streaming_tokens=quick)
-        else:
-            segments = tokenizer.split_segments(tokens, job.max_tokens)
+        segments = self._split(self._model.tokenizer.tokenize(job.text), job, kwargs)
         gen = self._model.infer(job.prompt_audio, job.text, None, **kwargs)
         if not isinstance(gen, Generator):
             raise TypeError(
                 f"IndexTTS2.infer(stream_return=True) returned {type(gen).__name__}, not a generator"
             )
-        return cast(_ModelGen, gen), ["".join(piece).replace("▁", " ").strip() for piece in segments]
+        return cast(_ModelGen, gen), [_segment_text(piece) for piece in segments]
+
+    def _split(self, tokens: list[str], job: SynthesisJob, kwargs: dict[str, object]) -> list[list[str]]:
+        """The text's segments, as ``infer`` splits them."""
+        tokenizer = self._model.tokenizer
+        if self._split_takes_quick:
+            quick = int(cast(int, kwargs.get("quick_streaming_tokens", 0)))
+            return tokenizer.split_segments(tokens, job.max_tokens, quick_streaming_tokens=quick)
+        return tokenizer.split_segments(tokens, job.max_tokens)
+
+    def _prepare(self, job: SynthesisJob, kwargs: dict[str, object]) -> tuple[batching.Prepared, list[str]]:
+        """A batched row's conditioning (through the speaker cache, as ``_start``), and each
+        segment's text."""
+        self._restore_conditioning(job)
+        pieces: list[list[str]] = []
+
+        def split(tokens: list[str]) -> list[list[str]]:
+            pieces[:] = self._split(tokens, job, kwargs)
+            return pieces
+
+        prepared = batching.prepare(self._model, kwargs, job.prompt_audio, job.text, split)
+        self._remember_conditioning(job)
+        return prepared, [_segment_text(piece) for piece in pieces]
 
     def _restore_conditioning(self, job: SynthesisJob) -> None:
         """Put the job's prompt conditionings back into the model if they are remembered.
@@ -441,6 +537,33 @@ def engine_step(lock: threading.Lock, device: str, rng: list[_RngState | int | N
             finally:
                 rng[0] = _RngState.capture(cuda_too)
                 outer.restore()
+
+
+_NOISE_SEED: Final = 20260
+"""Deterministic mode: segment i of every row draws its s2mel noise from a generator seeded
+``_NOISE_SEED + i``."""
+
+
+def _groups(
+    works: Sequence[batching.Work],
+    codes: Sequence[torch.Tensor],
+    key: Callable[[batching.Work, torch.Tensor], Hashable],
+) -> list[list[int]]:
+    """The rows' indices, grouped by ``key`` (first appearance first)."""
+    groups: dict[Hashable, list[int]] = {}
+    for index, (work, code) in enumerate(zip(works, codes, strict=True)):
+        groups.setdefault(key(work, code), []).append(index)
+    return list(groups.values())
+
+
+def _next_or_error(row: Iterator[Segment]) -> Segment | BaseException | None:
+    """``next(row)``: the segment, ``None`` at the end, or the exception it raised."""
+    try:
+        return next(row)
+    except StopIteration:
+        return None
+    except Exception as exc:
+        return exc
 
 
 def _make_rng_neutral(module: object) -> None:
@@ -523,6 +646,11 @@ def client_error(exc: Exception, model: str, where: str) -> SynthesisError:
     return SynthesisError(f"{model} failed at {where}: {detail}")
 
 
+def _segment_text(tokens: Sequence[str]) -> str:
+    """A tokenizer segment's text as it reads (SentencePiece marks a word's start with ▁)."""
+    return "".join(tokens).replace("▁", " ").strip()
+
+
 class _Segments(Iterator[Segment]):
     """Yields one int16 segment per ``next()``; each call advances the model just one segment."""
 
@@ -537,6 +665,7 @@ class _Segments(Iterator[Segment]):
         self._pending: object = None  # a speech item read ahead (only if the segment count was off)
         self._done = False
         self._rng: list[_RngState | int | None] = [job.seed]
+        self._prepared: batching.Prepared | None = None
 
     def __next__(self) -> Segment:
         if self._done:
@@ -581,6 +710,53 @@ class _Segments(Iterator[Segment]):
             pcm = np.concatenate([pcm, np.zeros(silence.shape[-1], dtype=np.int16)])
         return pcm
 
+    # --- batched mode (IndexTTS2Engine.advance), under the engine's lock -------------------
+
+    @property
+    def batchable(self) -> bool:
+        """Unseeded and not started alone: may share a batched step."""
+        return self._rng[0] is None and self._gen is None
+
+    def prepare(self) -> bool:
+        """Compute the conditioning on the first step; False when there is nothing (more) to say."""
+        if self._done:
+            return False
+        if self._prepared is None:
+            self._prepared, self._texts = self._engine._prepare(self._job, self._kwargs)
+            self._count = len(self._prepared.segments)
+        if self._index >= self._count:
+            self._done = True
+            return False
+        return True
+
+    def work(self) -> batching.Work:
+        prepared = cast(batching.Prepared, self._prepared)
+        noise = None
+        if self._engine.deterministic:  # the same noise alone or in any batch
+            noise = torch.Generator().manual_seed(_NOISE_SEED + self._index)
+        return batching.Work(prepared, prepared.segments[self._index], noise)
+
+    def deliver(self, wav: torch.Tensor) -> Segment:
+        """The step's audio for this row, with the interval silence unless it is the last."""
+        pcm = _to_int16(wav, True)
+        text = self._texts[self._index] if self._index < len(self._texts) else ""
+        self._index += 1
+        if self._index >= self._count:
+            self._done = True
+            self._prepared = None
+        elif self._job.interval_silence > 0:
+            pause = np.zeros(int(SAMPLE_RATE * self._job.interval_silence / 1000.0), dtype=np.int16)
+            pcm = np.concatenate([pcm, pause])
+        return Segment(pcm, self._done, text)
+
+    def fail(self, exc: BaseException) -> SynthesisError:
+        """This row's error: the row is closed."""
+        error = self._error(exc) if isinstance(exc, Exception) else SynthesisError(repr(exc))
+        self._done = True
+        self._prepared = None
+        self._engine._free_device_memory()
+        return error
+
     def _error(self, exc: Exception) -> SynthesisError:
         where = f"segment {self._index + 1}" + (f" of {self._count}" if self._count else "")
         return client_error(exc, "IndexTTS2", where)
@@ -589,6 +765,7 @@ class _Segments(Iterator[Segment]):
         """Stop the model's generator (idempotent)."""
         self._done = True
         self._pending = None
+        self._prepared = None
         gen, self._gen = self._gen, None
         if gen is not None:
             with self._engine._lock, torch.inference_mode():

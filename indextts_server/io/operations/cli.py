@@ -262,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     scheduler: Scheduler | None = None
     close: Callable[[], None] = lambda: None  # noqa: E731
     if cluster.broker is not None:
+        if config.batch_size > 1:
+            log.warning("--batch-size applies to the embedded board: --broker workers run one task at a time")
         scheduler, close = _cluster(cluster, config, engines, metrics)
 
     async def start() -> None:

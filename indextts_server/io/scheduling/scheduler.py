@@ -13,6 +13,7 @@ from ...core.contract import replies
 from ...core.contract.protocol import Cue
 from ...core.engine import Engine, SynthesisJob
 from ...core.tasks import Delivery
+from .batch import BatchWorker
 from .board import TaskBoard, TaskObserver
 from .recipient import Recipient
 from .worker import InferenceWorker
@@ -76,7 +77,11 @@ class Scheduler(Protocol):
 
 
 class EmbeddedScheduler:
-    """The default: one process, the in-memory FIFO (`TaskBoard`) and its inference tasks."""
+    """The default: one process, the in-memory FIFO (`TaskBoard`) and its inference tasks.
+
+    ``batch_size`` 1 (the contract's behaviour) runs one task at a time per engine
+    (`InferenceWorker`); more advances up to that many together (`BatchWorker`).
+    """
 
     def __init__(
         self,
@@ -86,17 +91,27 @@ class EmbeddedScheduler:
         max_queue: int,
         task_timeout: float,
         metrics: TaskObserver | None = None,
+        batch_size: int = 1,
     ):
         if not engines:
             raise ValueError("at least one engine is needed")
         self.engine_name = engines[0].name
         self.board = TaskBoard(ttl=ttl, max_queue=max_queue)
         self.board.metrics = metrics
-        self.workers = [
+        self.workers: list[InferenceWorker | BatchWorker] = [
             InferenceWorker(
                 engine,
                 self.board,
                 self.board.receive.clone(),
+                task_timeout=task_timeout,
+                name=f"worker-{index}",
+            )
+            if batch_size == 1
+            else BatchWorker(
+                engine,
+                self.board,
+                self.board.receive.clone(),
+                batch_size=batch_size,
                 task_timeout=task_timeout,
                 name=f"worker-{index}",
             )
@@ -111,7 +126,7 @@ class EmbeddedScheduler:
 
     @property
     def busy(self) -> int:
-        return sum(worker.current is not None for worker in self.workers)
+        return sum(len(worker.tasks) for worker in self.workers)
 
     @property
     def ready(self) -> bool:
@@ -184,17 +199,18 @@ class EmbeddedScheduler:
         with trio.move_on_after(grace):
             await self._idle()
         for worker in self.workers:
-            if worker.current is not None:
-                log.warning("drain timeout: stopping task=%s", worker.current.task.task_id)
-                worker.stop(texts.SHUTTING_DOWN)
+            for ticket in worker.tasks:
+                log.warning("drain timeout: stopping task=%s", ticket.task.task_id)
+            worker.stop(texts.SHUTTING_DOWN)
         # A task inside one long (or stuck) segment gets ``stop_grace`` more, then fails: the drain
         # ends even with --task-timeout 0.
         with trio.move_on_after(self.stop_grace):
             await self._idle()
         for worker in self.workers:
-            if worker.current is not None:
-                task_id = worker.current.task.task_id
+            for ticket in worker.tasks:
+                task_id = ticket.task.task_id
                 log.warning("task did not stop in %gs: failing task=%s", self.stop_grace, task_id)
+            if worker.tasks:
                 worker.abort(texts.STUCK_AT_SHUTDOWN)
         await self._idle()
 

@@ -68,6 +68,18 @@ def announce(task: Task, session: Recipient, cues: Timeline, segment: Segment, i
         session.send(replies.cue(task.task_id, session.session_id, cue))
 
 
+async def deliver(ticket: Ticket, files: SegmentFiles, chunks: list[PCM], *, last: bool) -> None:
+    """Encode ``chunks`` as one file of the task's format and hand it to its session."""
+    task, session = ticket
+    if files.cheap and sum(len(chunk) for chunk in chunks) <= INLINE_SAMPLES:
+        data = files.file(chunks, last=last)
+    else:
+        data = await trio.to_thread.run_sync(partial(files.file, chunks, last=last), abandon_on_cancel=True)
+    if task.first_audio_at is None:
+        task.first_audio_at = trio.current_time()
+    session.deliver(data, len(data))
+
+
 class EngineRun:
     """One task's pass through the engine, shared by the event loop and the thread inside it.
 
@@ -116,19 +128,9 @@ class EngineRun:
             close()
 
 
-class InferenceWorker:
-    """Runs one task at a time, in queue order, whoever sent it.
-
-    The engine is blocking, so every call into it goes through ``trio.to_thread.run_sync``
-    under a ``CapacityLimiter(1)``, and that pool thread hands the call to the engine's own
-    thread (`home_thread`): one thread, always the same one, ever touches the model. The engine is
-    advanced one segment per call, so a task that is cancelled, or whose client has gone, stops
-    at the next segment boundary.
-
-    A task that outlives ``task_timeout`` fails at once; the thread still inside the engine is
-    abandoned but keeps the limiter until it returns, and the worker takes the next task only
-    then, so the next task's time starts when it holds the engine.
-    """
+class EngineTask:
+    """What every inference task shares: its engine behind a ``CapacityLimiter(1)`` and its own
+    thread (`home_thread`), the FIFO it takes tickets from, and the liveness the watchdog reads."""
 
     def __init__(
         self,
@@ -146,17 +148,9 @@ class InferenceWorker:
         self.task_timeout = task_timeout
         self.name = name
         self.limiter = trio.CapacityLimiter(1)
-        self.current: Ticket | None = None
         self.last_progress = 0.0
         self.running = False
         self.waiting_for_engine = False  # an abandoned thread is still inside the engine
-        self._scope: trio.CancelScope | None = None
-        self._abort_reason: str | None = None
-
-    @property
-    def busy(self) -> bool:
-        """Running a task, or waiting for an abandoned one to leave the engine."""
-        return self.current is not None or self.waiting_for_engine
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.last_progress = trio.current_time()
@@ -166,6 +160,57 @@ class InferenceWorker:
             await self._serve()
         finally:
             self.running = False
+
+    async def _serve(self) -> None:
+        raise NotImplementedError
+
+    async def _engine_free(self) -> None:
+        """Wait until no abandoned thread is inside the engine."""
+        if not self.limiter.borrowed_tokens:
+            return
+        self.waiting_for_engine = True
+        try:
+            async with self.limiter:
+                pass
+        finally:
+            self.waiting_for_engine = False
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on the engine's thread, waited for in a worker thread holding the limiter;
+        abandoned if the caller is cancelled (the call still finishes on the engine's thread)."""
+        return await trio.to_thread.run_sync(
+            self.thread.call, fn, *args, limiter=self.limiter, abandon_on_cancel=True
+        )
+
+
+class InferenceWorker(EngineTask):
+    """Runs one task at a time, in queue order, whoever sent it.
+
+    The engine is blocking, so every call into it goes through ``trio.to_thread.run_sync``
+    under a ``CapacityLimiter(1)``, and that pool thread hands the call to the engine's own
+    thread (`home_thread`): one thread, always the same one, ever touches the model. The engine is
+    advanced one segment per call, so a task that is cancelled, or whose client has gone, stops
+    at the next segment boundary.
+
+    A task that outlives ``task_timeout`` fails at once; the thread still inside the engine is
+    abandoned but keeps the limiter until it returns, and the worker takes the next task only
+    then, so the next task's time starts when it holds the engine.
+    """
+
+    # Set per task (class-level defaults: none yet).
+    current: Ticket | None = None
+    _scope: trio.CancelScope | None = None
+    _abort_reason: str | None = None
+
+    @property
+    def tasks(self) -> list[Ticket]:
+        """The running task, if any."""
+        return [] if self.current is None else [self.current]
+
+    @property
+    def busy(self) -> bool:
+        """Running a task, or waiting for an abandoned one to leave the engine."""
+        return self.current is not None or self.waiting_for_engine
 
     def stop(self, reason: str) -> None:
         """Ask the running task (if any) to stop at its next segment boundary with ``reason``."""
@@ -194,17 +239,6 @@ class InferenceWorker:
                 finally:
                     self.current = None
                     self.last_progress = trio.current_time()
-
-    async def _engine_free(self) -> None:
-        """Wait until no abandoned thread is inside the engine."""
-        if not self.limiter.borrowed_tokens:
-            return
-        self.waiting_for_engine = True
-        try:
-            async with self.limiter:
-                pass
-        finally:
-            self.waiting_for_engine = False
 
     async def _process(self, ticket: Ticket) -> None:
         task, session = ticket
@@ -276,7 +310,7 @@ class InferenceWorker:
                 announce(task, session, cues, segment, len(task.cues))
                 samples += len(segment.pcm)
                 if stream:
-                    await self._deliver(ticket, files, [segment.pcm], last=finished)
+                    await deliver(ticket, files, [segment.pcm], last=finished)
                 else:
                     chunks.append(segment.pcm)
         finally:
@@ -284,24 +318,5 @@ class InferenceWorker:
                 with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
                     await self._call(run.close)
         if not stream:
-            await self._deliver(ticket, files, chunks, last=True)
+            await deliver(ticket, files, chunks, last=True)
         return samples, compute
-
-    async def _deliver(self, ticket: Ticket, files: SegmentFiles, chunks: list[PCM], *, last: bool) -> None:
-        task, session = ticket
-        if files.cheap and sum(len(chunk) for chunk in chunks) <= INLINE_SAMPLES:
-            data = files.file(chunks, last=last)
-        else:
-            data = await trio.to_thread.run_sync(
-                partial(files.file, chunks, last=last), abandon_on_cancel=True
-            )
-        if task.first_audio_at is None:
-            task.first_audio_at = trio.current_time()
-        session.deliver(data, len(data))
-
-    async def _call(self, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` on the engine's thread, waited for in a worker thread holding the limiter;
-        abandoned if this task is cancelled (the call still finishes on the engine's thread)."""
-        return await trio.to_thread.run_sync(
-            self.thread.call, fn, *args, limiter=self.limiter, abandon_on_cancel=True
-        )

@@ -16,6 +16,7 @@ from ...core.tasks import Delivery
 from ..audio.paths import AudioPaths, resolve_roots
 from ..audio.sources import AudioSources
 from ..audio.voices import VoiceLibrary
+from ..scheduling.batch import BatchWorker
 from ..scheduling.board import TaskBoard, TaskObserver
 from ..scheduling.scheduler import EmbeddedScheduler, Scheduler
 from ..scheduling.worker import InferenceWorker
@@ -74,6 +75,7 @@ class Service:
                 max_queue=config.max_queue,
                 task_timeout=config.task_timeout,
                 metrics=metrics,
+                batch_size=config.batch_size,
             )
         self.scheduler = scheduler
         self.metrics = metrics
@@ -106,7 +108,7 @@ class Service:
         return self.scheduler.board
 
     @property
-    def workers(self) -> list[InferenceWorker]:
+    def workers(self) -> list[InferenceWorker | BatchWorker]:
         """This process's inference tasks (embedded scheduling only)."""
         assert isinstance(self.scheduler, EmbeddedScheduler)
         return self.scheduler.workers

@@ -1,0 +1,298 @@
+"""IndexTTS2 rows advanced together: one padded GPT decode per step, later stages grouped by shape.
+
+Theory of operation. A row is one task's utterance. Its conditioning (speaker and emotion
+latents, the s2mel prompt, the emotion vector) is computed once, alone, when it joins, exactly
+as ``IndexTTS2.infer_generator`` computes it for every segment (the values are the same each
+time). A step takes the next text segment of every row:
+
+- The autoregressive GPT stage runs once for all rows: each row's ``[cond][text]`` prefix is
+  left-padded to the longest (``UnifiedVoice.prepare_gpt_inputs`` builds the mask), and
+  ``generate`` decodes with the model's own settings (3 beams, top-p 0.8, top-k 30, temperature
+  0.8, repetition penalty 10). Every row stops on its own stop token; a finished row idles until
+  the longest is done, then each row's codes are cut at its first stop token.
+- The latent pass (one causal GPT pass over ``[cond][text][codes]``) has no padding mask: rows
+  share it when their text and code lengths agree. s2mel (length regulator, 25 CFM steps) and
+  BigVGAN are convolutional along time: rows share them when their code and prompt lengths
+  agree. Otherwise a row runs them alone.
+
+The library's own path is never changed: a seeded row is advanced alone through it (its private
+RNG state swapped in, as at batch size 1), so its audio is the same as served one at a time.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NamedTuple, TypeVar, cast
+
+import torch
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+DIFFUSION_STEPS: Final = 25
+CFG_RATE: Final = 0.7
+"""s2mel settings hard-coded in ``infer_generator``."""
+
+# The decoding settings ``infer_generator`` uses when a caller passes none.
+TOP_P: Final = 0.8
+TOP_K: Final = 30
+TEMPERATURE: Final = 0.8
+NUM_BEAMS: Final = 3
+LENGTH_PENALTY: Final = 0.0
+REPETITION_PENALTY: Final = 10.0
+
+
+class Prepared(NamedTuple):
+    """One row's conditioning, computed once when it joins."""
+
+    latent: torch.Tensor  # (1, 32, D): the speaker conditioning latent
+    emovec: torch.Tensor  # (1, D): the emotion vector after mixing
+    conds: torch.Tensor  # (1, 34, D): latent + emovec, then the two duration embeddings
+    style: torch.Tensor  # (1, 192)
+    prompt_condition: torch.Tensor  # (1, P, C)
+    ref_mel: torch.Tensor  # (1, 80, R)
+    segments: list[list[int]]  # text token ids per segment
+
+
+class Work(NamedTuple):
+    """One row's part in a step: its conditioning, the segment to speak and its noise source."""
+
+    prepared: Prepared
+    tokens: list[int]
+    noise: torch.Generator | None  # deterministic mode: the row's own; else the global RNG
+
+
+def prepare(
+    model: object,
+    kwargs: dict[str, object],
+    spk_audio: str,
+    text: str,
+    split: Callable[[list[str]], list[list[str]]],
+) -> Prepared:
+    """A row's conditioning, computed as ``infer_generator`` does before its segment loop."""
+    lib: Any = model  # the untyped indextts model: typed values leave as casts
+    emo_audio = cast("str | None", kwargs.get("emo_audio_prompt"))
+    emo_alpha = float(cast(float, kwargs.get("emo_alpha", 1.0)))
+    emo_vector = cast("list[float] | None", kwargs.get("emo_vector"))
+    use_emo_text = bool(kwargs.get("use_emo_text", False))
+    if use_emo_text or emo_vector is not None:
+        emo_audio = None
+    if use_emo_text:
+        emo_text = cast("str | None", kwargs.get("emo_text")) or text
+        emo_vector = list(lib.qwen_emo.inference(emo_text).values())
+    if emo_vector is not None:
+        scale = max(0.0, min(1.0, emo_alpha))
+        if scale != 1.0:
+            emo_vector = [int(x * scale * 10000) / 10000 for x in emo_vector]
+    if emo_audio is None:
+        emo_audio = spk_audio
+        emo_alpha = 1.0
+    spk_cond, style, prompt_condition, ref_mel = lib._get_speaker_conditioning(spk_audio, False)
+    emovec_mat = weight = None
+    if emo_vector is not None:
+        from indextts.emotion import find_most_similar_cosine  # type: ignore[import-untyped]
+
+        weight = torch.tensor(emo_vector, device=lib.device)
+        if kwargs.get("use_random"):
+            index = [random.randint(0, x - 1) for x in lib.emo_num]
+        else:
+            index = [find_most_similar_cosine(style, tmp) for tmp in lib.spk_matrix]
+        matrix = torch.cat([tmp[i].unsqueeze(0) for i, tmp in zip(index, lib.emo_matrix, strict=True)], 0)
+        emovec_mat = torch.sum(weight.unsqueeze(1) * matrix, 0).unsqueeze(0)
+    emo_cond = lib._get_emotion_conditioning(emo_audio, False)
+    gpt = lib.gpt
+    device = spk_cond.device
+    with _autocast(lib):
+        spk_len = torch.tensor([spk_cond.shape[-1]], device=device)
+        emo_len = torch.tensor([emo_cond.shape[-1]], device=device)
+        emovec = gpt.merge_emovec(spk_cond, emo_cond, spk_len, emo_len, alpha=emo_alpha)
+        if emovec_mat is not None and weight is not None:
+            emovec = emovec_mat + (1 - torch.sum(weight)) * emovec
+        latent = gpt.get_conditioning(spk_cond.transpose(1, 2), spk_len)
+        zero = torch.zeros(1, device=device).long()
+        durations = (gpt.speed_emb(zero + 1).unsqueeze(1), gpt.speed_emb(zero).unsqueeze(1))
+        conds = torch.cat((latent + emovec.unsqueeze(1), *durations), 1)
+    tokenizer = lib.tokenizer
+    segments = [tokenizer.convert_tokens_to_ids(sent) for sent in split(tokenizer.tokenize(text))]
+    return Prepared(latent, emovec, conds, style, prompt_condition, ref_mel, cast(list[list[int]], segments))
+
+
+def _autocast(lib: Any) -> torch.autocast:
+    dtype = cast("torch.dtype | None", lib.dtype)
+    device_type = torch.device(cast(str, lib.device)).type
+    return torch.autocast(device_type, enabled=dtype is not None, dtype=dtype)
+
+
+def decode(model: object, works: Sequence[Work], *, max_mel_tokens: int, sample: bool) -> list[torch.Tensor]:
+    """The GPT stage for every row at once: each row's codes, cut at its first stop token."""
+    from transformers import LogitsProcessorList
+
+    lib: Any = model  # the untyped indextts model: typed values leave as casts
+    gpt = lib.gpt
+    stop_text = int(cast(int, gpt.stop_text_token))
+    device = works[0].prepared.conds.device
+    width = max(len(work.tokens) for work in works)
+    # prepare_gpt_inputs drops stop/start text tokens and left-pads each row itself.
+    text = torch.full((len(works), width), stop_text, dtype=torch.int32, device=device)
+    for row, work in enumerate(works):
+        text[row, width - len(work.tokens) :] = torch.tensor(work.tokens, dtype=torch.int32, device=device)
+    conds = torch.cat([work.prepared.conds for work in works], 0)
+    stop = int(cast(int, lib.stop_mel_token))
+    with _autocast(lib):
+        input_ids, embeds, mask = gpt.prepare_gpt_inputs(conds, text)
+        gpt.inference_model.store_mel_emb(embeds)
+        start = int(cast(torch.Tensor, input_ids).shape[1])
+        output = cast(
+            torch.Tensor,
+            gpt.inference_model.generate(
+                input_ids,
+                bos_token_id=int(cast(int, gpt.start_mel_token)),
+                pad_token_id=stop,
+                eos_token_id=stop,
+                attention_mask=mask,
+                max_length=start + max_mel_tokens,
+                logits_processor=LogitsProcessorList(),
+                num_return_sequences=1,
+                do_sample=sample,
+                top_p=TOP_P,
+                top_k=TOP_K,
+                temperature=TEMPERATURE,
+                length_penalty=LENGTH_PENALTY,
+                num_beams=NUM_BEAMS,
+                repetition_penalty=REPETITION_PENALTY,
+            ),
+        )
+    codes = []
+    for row in output[:, start:]:
+        stops = (row == stop).nonzero(as_tuple=False)
+        codes.append(row[: int(stops[0, 0]) if stops.numel() else len(row)])
+    return codes
+
+
+def latent_key(work: Work, codes: torch.Tensor) -> tuple[int, int]:
+    """Rows that may share the latent pass (a causal GPT pass over ``[cond][text][codes]`` with no
+    padding mask): equal text and code lengths."""
+    return (len(work.tokens), len(codes))
+
+
+def mel_key(work: Work, codes: torch.Tensor) -> tuple[int, int, int]:
+    """Rows that may share s2mel and BigVGAN: equal code and prompt lengths (the CFM's convolutions
+    see past a padded end, and the length regulator interpolates every row to the longest)."""
+    prepared = work.prepared
+    return (len(codes), prepared.ref_mel.shape[-1], prepared.prompt_condition.shape[1])
+
+
+def latents(model: object, works: Sequence[Work], codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The GPT's latent pass for rows of one `latent_key`: each row's ``(1, codes, D)`` latent."""
+    lib: Any = model  # the untyped indextts model: typed values leave as casts
+    n = len(works)
+    device = works[0].prepared.conds.device
+    text = torch.tensor([work.tokens for work in works], dtype=torch.int32, device=device)
+    with _autocast(lib):
+        latent = lib.gpt(
+            torch.cat([work.prepared.latent for work in works], 0),
+            text,
+            torch.full((n,), text.shape[-1], device=device),
+            torch.stack(list(codes), 0),
+            torch.full((n,), len(codes[0]), device=device),
+            None,
+            emo_vec=torch.cat([work.prepared.emovec for work in works], 0),
+            use_speed=torch.zeros(n, device=device).long(),
+        )
+    out = cast(torch.Tensor, latent)
+    return [out[row : row + 1] for row in range(n)]
+
+
+def speak(
+    model: object, works: Sequence[Work], codes: Sequence[torch.Tensor], latent: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """s2mel and BigVGAN for rows of one `mel_key`: each row's wav, ``(1, samples)`` in [-1, 1]."""
+    lib: Any = model
+    n = len(works)
+    device = works[0].prepared.conds.device
+    code_len = len(codes[0])
+    stacked = torch.stack(list(codes), 0)
+    models = lib.s2mel.models
+    hidden = models["gpt_layer"](torch.cat(list(latent), 0))
+    semantic = lib.semantic_codec.quantizer.vq2emb(stacked.unsqueeze(1)).transpose(1, 2) + hidden
+    target = (torch.full((n,), code_len, dtype=torch.long, device=device) * 1.72).long()
+    cond = models["length_regulator"](semantic, ylens=target, n_quantizers=3, f0=None)[0]
+    prompt = torch.cat([work.prepared.prompt_condition for work in works], 0)
+    condition = torch.cat([prompt, cond], dim=1)
+    ref_mel = torch.cat([work.prepared.ref_mel for work in works], 0)
+    style = torch.cat([work.prepared.style for work in works], 0)
+    cfm = models["cfm"]
+    frames = condition.size(1)
+    channels = int(cast(int, cfm.in_channels))
+    noise = torch.cat([_noise(work.noise, channels, frames, device) for work in works], 0)
+    t_span = torch.linspace(0, 1, DIFFUSION_STEPS + 1, device=device)
+    # The estimator gets the CFG-stacked batch (2n rows); at n = 1 one length broadcasts, as upstream.
+    lens = torch.full((1 if n == 1 else 2 * n,), frames, dtype=torch.long, device=device)
+    mel = _solve_euler(cfm, noise, lens, ref_mel, condition, style, t_span)
+    mel = mel[:, :, ref_mel.size(-1) :]
+    wav = cast(torch.Tensor, lib.bigvgan(mel.float()))
+    return [torch.clamp(wav[row].reshape(1, -1), -1.0, 1.0) for row in range(n)]
+
+
+def _solve_euler(
+    cfm: Any,
+    x: torch.Tensor,
+    lens: torch.Tensor,
+    prompt: torch.Tensor,
+    mu: torch.Tensor,
+    style: torch.Tensor,
+    t_span: torch.Tensor,
+) -> torch.Tensor:
+    """The CFM's fixed-step Euler solve with classifier-free guidance, for ``n`` rows at once.
+
+    The same arithmetic as the library's ``solve_euler``, whose time input is one row per CFG
+    half (so it only runs one row): here each of the ``2n`` stacked rows gets its own.
+    """
+    prompt_len = prompt.size(-1)
+    prompt_x = torch.zeros_like(x)
+    prompt_x[..., :prompt_len] = prompt[..., :prompt_len]
+    x[..., :prompt_len] = 0
+    if getattr(cfm, "zero_prompt_speech_token", False):
+        mu[..., :prompt_len] = 0
+    rows = x.size(0)
+    stacked_prompt = torch.cat([prompt_x, torch.zeros_like(prompt_x)], dim=0)
+    stacked_style = torch.cat([style, torch.zeros_like(style)], dim=0)
+    stacked_mu = torch.cat([mu, torch.zeros_like(mu)], dim=0)
+    t = t_span[0]
+    for step in range(1, len(t_span)):
+        dt = t_span[step] - t_span[step - 1]
+        stacked_t = t.unsqueeze(0).expand(2 * rows).contiguous()
+        both = torch.cat([x, x], dim=0)
+        out = cfm.estimator(both, stacked_prompt, lens, stacked_t, stacked_style, stacked_mu)
+        dphi_dt, cfg_dphi_dt = cast(torch.Tensor, out).chunk(2, dim=0)
+        dphi_dt = (1.0 + CFG_RATE) * dphi_dt - CFG_RATE * cfg_dphi_dt
+        x = x + dt * dphi_dt
+        t = t + dt
+        x[:, :, :prompt_len] = 0
+    return x
+
+
+def _noise(
+    generator: torch.Generator | None, channels: int, frames: int, device: torch.device
+) -> torch.Tensor:
+    if generator is None:
+        return torch.randn([1, channels, frames], device=device)
+    return torch.randn([1, channels, frames], generator=generator, device=generator.device).to(device)
+
+
+def split_on_oom(
+    items: Sequence[_T], run: Callable[[Sequence[_T]], list[_R]], on_split: Callable[[], None]
+) -> list[_R]:
+    """``run(items)``; when it runs out of device memory, in two halves (recursively), never whole.
+
+    A single item that still does not fit raises the error.
+    """
+    try:
+        return run(items)
+    except torch.OutOfMemoryError:
+        if len(items) < 2:
+            raise
+    on_split()
+    half = len(items) // 2
+    return split_on_oom(items[:half], run, on_split) + split_on_oom(items[half:], run, on_split)
