@@ -268,6 +268,17 @@ def test_each_emotion_option_fills_its_own_request_fields(
     assert request["prompt_audio"] == PROMPT and "voice" not in request
 
 
+def test_lang_and_speed_reach_the_server(server: CliServer, tmp_path: Path) -> None:
+    out = tmp_path / "fast.wav"
+    done = say(server, "Hello there.", "--prompt", PROMPT, "--seed", "2", "--lang", "en", "--speed", "2", "-o", str(out))
+    assert done.returncode == 0, done.stderr.decode()
+    assert out.read_bytes() == direct_wav(server.url, tts("Hello there.", seed=2, lang="en", speed=2.0))
+    plain = say(server, "Hello there.", "--prompt", PROMPT, "--seed", "2", "--lang", "en", "-o", "-", "-q").stdout
+    assert len(decode_wav(plain)[0]) > 1.5 * len(decode_wav(out.read_bytes())[0])
+    bad = say(server, "Hello there.", "--prompt", PROMPT, "--speed", "9", "-o", str(tmp_path / "never.wav"))
+    assert bad.returncode == 1 and "error: speed " in bad.stderr.decode()
+
+
 def test_a_refused_request_exits_1_with_the_servers_message(server: CliServer, tmp_path: Path) -> None:
     out = tmp_path / "never.wav"
     done = say(server, "你好。", "--prompt", "asset/missing.wav", "-o", str(out))
