@@ -32,7 +32,7 @@ from ...core import texts
 from ...core.contract import replies
 from ...core.cues import Timeline
 from ...core.engine import PCM, Engine, Segment, SynthesisJob
-from ...core.tasks import Task
+from ...core.tasks import Delivery, Task
 from ..audio.encoding import SegmentFiles
 from ..engines.thread import home_thread
 from .board import TaskBoard, Ticket
@@ -49,13 +49,12 @@ CLOSE_TIMEOUT: Final = 5.0
 """Seconds the worker waits for an engine iterator to close before leaving it to its thread."""
 
 
-def timeline(task: Task) -> Timeline:
-    """Where the task's segments fall in the audio its client receives.
+def timeline(job: SynthesisJob, delivery: Delivery) -> Timeline:
+    """Where a task's segments fall in the audio its client receives.
 
     A ``speed`` below 1 that the engine renders as a time-stretch lengthens its pauses too: they
     may then last up to ``interval_silence / speed``.
     """
-    delivery, job = task.delivery, task.job
     longest_pause = math.ceil(job.interval_silence / min(1.0, job.speed))
     return Timeline(longest_pause, speed=delivery.speed, sample_rate=delivery.sample_rate)
 
@@ -291,7 +290,7 @@ class InferenceWorker(EngineTask):
         stream = task.delivery.stream
         run = EngineRun(self.engine, task.job)
         files = SegmentFiles(task.delivery.format, task.delivery.sample_rate)
-        cues = timeline(task)
+        cues = timeline(task.job, task.delivery)
         chunks: list[PCM] = []
         samples, compute = 0, 0.0
         finished = False

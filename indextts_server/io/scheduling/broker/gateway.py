@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 
+import msgspec
 import trio
 
 from ....core import texts
@@ -169,13 +170,12 @@ class BrokerScheduler:
             session.send(record.status_reply(session.session_id))
 
     async def cues(self, task_id: str) -> list[Cue] | None:
-        """Cluster mode keeps no cues: a known task has none, an unknown one is ``None``."""
+        """A task's cues so far, as its worker keeps them with the task; ``None`` if unknown."""
         try:
-            record = await self.store.call(self.store.record, task_id)
+            return await self.store.call(self.store.cues, task_id)
         except BrokerDown as exc:
             self._lost_contact(exc)
             return None
-        return None if record is None else []
 
     async def cancel(self, task_id: str, session: Recipient) -> None:
         try:
@@ -285,8 +285,10 @@ class BrokerScheduler:
             return
         if (event.attempt, event.seq) <= (local.attempt, local.seq):
             return  # a re-sent event, or one of an attempt that was taken over
-        local.attempt, local.seq = event.attempt, event.seq
         task, session = local.task, local.session
+        if event.attempt != local.attempt:
+            task.cues.clear()  # a lost worker's task runs again from its first segment
+        local.attempt, local.seq = event.attempt, event.seq
         now = trio.current_time()
         match event.kind:
             case "start":
@@ -295,6 +297,11 @@ class BrokerScheduler:
                 task.state = "running"
                 task.started_at = now
                 session.send(replies.start(task.task_id, session.session_id, task.delivery))
+            case "cue":
+                cue = msgspec.json.decode(event.data, type=Cue)
+                task.cues.append(cue)
+                if task.delivery.timestamps:
+                    session.send(replies.cue(task.task_id, session.session_id, cue))
             case "audio":
                 if task.first_audio_at is None:
                     task.first_audio_at = now
