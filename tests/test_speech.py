@@ -430,6 +430,12 @@ def error_of(api: Running, body: Any, **kwargs: Any) -> tuple[int, dict[str, Any
             "model",
             "模型不存在: whisper-1（可用: indextts2/tts-1/tts-1-hd/gpt-4o-mini-tts）",
         ),
+        (
+            {"input": "你好", "model": "indextts-2.5"},  # listed only by a server that runs it
+            404,
+            "model",
+            "模型不存在: indextts-2.5（可用: indextts2/tts-1/tts-1-hd/gpt-4o-mini-tts）",
+        ),
         ({"input": "好" * 2001}, 400, "input", "input 过长：最多 2000 个字符"),
         *(
             ({"input": "你好", "sample_rate": rate}, 400, "sample_rate", RATE_ERROR)

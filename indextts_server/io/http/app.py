@@ -16,7 +16,7 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 from ...core import texts
 from ...core.cues import SubtitleFormat
-from ...core.openai import ApiError, model_list
+from ...core.openai import ApiError, model_ids, model_list
 from ..operations.metrics import CONTENT_TYPE, Metrics
 from ..service.service import Service
 from .asgi import TEXT, Request, respond, respond_error, respond_json, serve_lifespan
@@ -237,7 +237,7 @@ class HttpApi:
         return routes.get(path)
 
     async def _models(self, request: Request, send: ASGISendCallable) -> None:
-        await respond_json(send, 200, model_list())
+        await respond_json(send, 200, model_list(model_ids(self.service.scheduler.engine_name)))
 
     async def _web_config(self, request: Request, send: ASGISendCallable) -> None:
         """What the demo page cannot guess: the WebSocket port, and whether a token is needed."""

@@ -21,6 +21,7 @@ from ...core.openai import (
     SpeechRequest,
     decode_speech,
     error_body,
+    model_ids,
     speech_audio_fields,
     speech_delivery,
     speech_job,
@@ -146,7 +147,8 @@ class Speech:
             raise ApiError(
                 413, texts.body_too_large(config.max_message_bytes), code="request_too_large"
             ) from None
-        speech = decode_speech(raw, max_text_chars=config.max_text_chars)
+        models = model_ids(self.service.scheduler.engine_name)
+        speech = decode_speech(raw, max_text_chars=config.max_text_chars, models=models)
         if self.service.draining:
             raise ApiError(503, SHUTTING_DOWN, code="shutting_down")
         try:
