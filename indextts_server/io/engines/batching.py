@@ -13,10 +13,10 @@ every row:
   ``generate`` decodes with the model's own settings (3 beams, top-p 0.8, top-k 30, temperature
   0.8, repetition penalty 10). Every row stops on its own stop token; a finished row idles until
   the longest is done, then each row's codes are cut at its first stop token.
-- The latent pass (one causal GPT pass over ``[cond][text][codes]``) has no padding mask: rows
-  share it when their text and code lengths agree. s2mel (length regulator, 25 CFM steps) and
-  BigVGAN are convolutional along time: rows share them when their code and prompt lengths
-  agree. Otherwise a row runs them alone.
+- The latent pass (one causal GPT pass over ``[cond][text][codes]``) runs once for all rows,
+  left-padded and masked like the decode. s2mel (length regulator, 25 CFM steps) and BigVGAN
+  are convolutional along time: rows share them when their code and prompt lengths agree.
+  Otherwise a row runs them alone.
 
 The library's own path is never changed: a seeded row is advanced alone through it (its private
 RNG state swapped in, as at batch size 1), so its audio is the same as served one at a time.
@@ -221,12 +221,6 @@ def decode(model: object, works: Sequence[Work], *, max_mel_tokens: int, sample:
     return codes
 
 
-def latent_key(work: Work, codes: torch.Tensor) -> tuple[int, int]:
-    """Rows that may share the latent pass (a causal GPT pass over ``[cond][text][codes]`` with no
-    padding mask): equal text and code lengths."""
-    return (len(work.tokens), len(codes))
-
-
 def mel_key(work: Work, codes: torch.Tensor) -> tuple[int, int, int]:
     """Rows that may share s2mel and BigVGAN: equal code and prompt lengths (the CFM's convolutions
     see past a padded end, and the length regulator interpolates every row to the longest)."""
@@ -235,24 +229,44 @@ def mel_key(work: Work, codes: torch.Tensor) -> tuple[int, int, int]:
 
 
 def latents(model: object, works: Sequence[Work], codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The GPT's latent pass for rows of one `latent_key`: each row's ``(1, codes, D)`` latent."""
+    """The GPT's latent pass for every row at once: each row's ``(1, codes, D)`` latent.
+
+    Each row's ``[cond][text][codes]`` embedding is composed as ``UnifiedVoice.forward`` composes
+    it; rows of different lengths are left-padded and masked. The GPT has no position embedding of
+    its own (the text and code positions are in the embeddings), so where a row starts changes
+    nothing but the summation order. Rows of one length go through unpadded, as the library's
+    forward would run them together.
+    """
     lib: Any = model  # the untyped indextts model: typed values leave as casts
-    n = len(works)
+    gpt = lib.gpt
     device = works[0].prepared.conds.device
-    text = torch.tensor([work.tokens for work in works], dtype=torch.int32, device=device)
+    embeds: list[torch.Tensor] = []
     with _autocast(lib):
-        latent = lib.gpt(
-            torch.cat([work.prepared.latent for work in works], 0),
-            text,
-            torch.full((n,), text.shape[-1], device=device),
-            torch.stack(list(codes), 0),
-            torch.full((n,), len(codes[0]), device=device),
-            None,
-            emo_vec=torch.cat([work.prepared.emovec for work in works], 0),
-            use_speed=torch.zeros(n, device=device).long(),
-        )
-    out = cast(torch.Tensor, latent)
-    return [out[row : row + 1] for row in range(n)]
+        for work, row_codes in zip(works, codes, strict=True):
+            text = torch.tensor([work.tokens], dtype=torch.int32, device=device)
+            text = torch.nn.functional.pad(text, (0, 1), value=int(gpt.stop_text_token))
+            text = gpt.build_aligned_inputs_and_targets(text, gpt.start_text_token, gpt.stop_text_token)[0]
+            mel = torch.nn.functional.pad(row_codes.unsqueeze(0), (0, 1), value=int(gpt.stop_mel_token))
+            mel = gpt.build_aligned_inputs_and_targets(mel, gpt.start_mel_token, gpt.stop_mel_token)[0]
+            text_emb = gpt.text_embedding(text) + gpt.text_pos_embedding(text)
+            mel_emb = gpt.mel_embedding(mel) + gpt.mel_pos_embedding(mel)
+            embeds.append(torch.cat([work.prepared.conds, text_emb, mel_emb], dim=1))
+        width = max(embed.shape[1] for embed in embeds)
+        mask = None
+        if any(embed.shape[1] != width for embed in embeds):
+            mask = torch.zeros((len(embeds), width), dtype=torch.long, device=device)
+            for row, embed in enumerate(embeds):
+                mask[row, width - embed.shape[1] :] = 1
+                embeds[row] = torch.nn.functional.pad(embed, (0, 0, width - embed.shape[1], 0))
+        hidden = gpt.gpt(inputs_embeds=torch.cat(embeds, 0), attention_mask=mask, return_dict=True)
+        out = cast(torch.Tensor, hidden.last_hidden_state)
+        # The last len(codes) + 2 positions are the codes' (start and stop added); forward drops two.
+        return [
+            cast(torch.Tensor, gpt.final_norm(out[row : row + 1, width - len(row_codes) - 2 :]))[
+                :, : len(row_codes)
+            ]
+            for row, row_codes in enumerate(codes)
+        ]
 
 
 def speak(

@@ -385,24 +385,20 @@ class IndexTTS2Engine:
             return exc
 
     def _run_works(self, works: Sequence[batching.Work]) -> list[torch.Tensor]:
-        """Decode all rows together, then run each later stage on the rows whose shapes agree."""
+        """Decode and run the latent pass for all rows together, then s2mel and BigVGAN on the rows
+        whose shapes agree."""
         model = self._model
         codes = batching.decode(
             model, works, max_mel_tokens=self.max_mel_tokens, sample=not self.deterministic
         )
-        latent: list[torch.Tensor | None] = [None] * len(works)
-        for rows in _groups(works, codes, batching.latent_key):
-            for index, value in zip(
-                rows, batching.latents(model, [works[i] for i in rows], [codes[i] for i in rows]), strict=True
-            ):
-                latent[index] = value
+        latent = batching.latents(model, works, codes)
         wavs: list[torch.Tensor | None] = [None] * len(works)
         for rows in _groups(works, codes, batching.mel_key):
             spoken = batching.speak(
                 model,
                 [works[i] for i in rows],
                 [codes[i] for i in rows],
-                [cast(torch.Tensor, latent[i]) for i in rows],
+                [latent[i] for i in rows],
             )
             for index, wav in zip(rows, spoken, strict=True):
                 wavs[index] = wav
