@@ -292,8 +292,9 @@ def speak(
     channels = int(cast(int, cfm.in_channels))
     noise = torch.cat([_noise(work.noise, channels, frames, device) for work in works], 0)
     t_span = torch.linspace(0, 1, DIFFUSION_STEPS + 1, device=device)
-    # The estimator gets the CFG-stacked batch (2n rows); at n = 1 one length broadcasts, as upstream.
-    lens = torch.full((1 if n == 1 else 2 * n,), frames, dtype=torch.long, device=device)
+    # Every row of a group has the same length: one length broadcasts over the 2n CFG-stacked rows,
+    # as upstream's one row does (a length per row would build and apply 2n equal T x T masks).
+    lens = torch.full((1,), frames, dtype=torch.long, device=device)
     mel = _solve_euler(cfm, noise, lens, ref_mel, condition, style, t_span)
     mel = mel[:, :, ref_mel.size(-1) :]
     wav = cast(torch.Tensor, lib.bigvgan(mel.float()))
