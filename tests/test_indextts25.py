@@ -42,8 +42,8 @@ import indextts25  # type: ignore[import-untyped]  # noqa: F401 - untyped packag
 import torch  # noqa: F401
 from trio_websocket import open_websocket_url
 
-from indextts_server.core.texts import task_timed_out
 from indextts_server.core.engine import SAMPLE_RATE
+from indextts_server.core.texts import task_timed_out
 from indextts_server.devtools.tiny_checkpoint25 import build_tiny_checkpoint25
 
 from .conftest import (
