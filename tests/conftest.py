@@ -34,8 +34,9 @@ from indextts_server.core.engine import PCM, Engine, Segment, SynthesisJob
 from indextts_server.io.engines.tone import ToneEngine
 from indextts_server.io.http.app import HttpApi
 from indextts_server.io.operations.metrics import Metrics
+from indextts_server.io.service.service import Service
 from indextts_server.io.transport.http import bound_port, serve_http
-from indextts_server.io.transport.websocket import Server
+from indextts_server.io.transport.websocket import WebSocketTransport
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "asset/zero_shot_prompt.wav"
@@ -122,11 +123,19 @@ class Client:
         }
 
 
+async def serve_contract(nursery: trio.Nursery, service: Service) -> int:
+    """Run ``service`` and the contract's WebSocket port on it, as the command line does; the port."""
+    await nursery.start(service.run)
+    transport = WebSocketTransport(service)
+    await nursery.start(transport.run)
+    return transport.port
+
+
 class Running:
     """A server started in-process for one test (with its HTTP port once ``http_port`` is set)."""
 
-    def __init__(self, server: Server, port: int):
-        self.server = server
+    def __init__(self, service: Service, port: int):
+        self.service = service
         self.port = port
         self.url = f"ws://127.0.0.1:{port}"
         self.http_port = 0
@@ -149,10 +158,8 @@ StartServer = Callable[..., Awaitable[Running]]
 @pytest.fixture
 def start_server(nursery: trio.Nursery) -> StartServer:
     async def start(engine: Engine | None = None, **config: Any) -> Running:
-        settings = ServerConfig(host="127.0.0.1", port=0, **config)
-        server = Server(settings, engine or ToneEngine())
-        listening = await nursery.start(server.run)
-        return Running(server, listening.port)
+        service = Service(ServerConfig(host="127.0.0.1", port=0, **config), engine or ToneEngine())
+        return Running(service, await serve_contract(nursery, service))
 
     return start
 
@@ -164,9 +171,9 @@ def start_http(nursery: trio.Nursery, start_server: StartServer, tmp_path: Path)
     async def start(engine: Engine | None = None, **config: Any) -> Running:
         config.setdefault("voices_dir", str(tmp_path / "voices"))
         running = await start_server(engine, **config)
-        app = HttpApi(running.server, Metrics(process_metrics=False))
+        app = HttpApi(running.service, Metrics(process_metrics=False), ws_port=running.port)
         running.app = app
-        serving = partial(serve_http, app, "127.0.0.1", 0, shutdown=running.server.drain_started.wait)
+        serving = partial(serve_http, app, "127.0.0.1", 0, shutdown=running.service.drain_started.wait)
         running.http_port = bound_port(await nursery.start(serving))
         return running
 
@@ -224,6 +231,22 @@ class RecordingEngine:
 
 def encode(value: object) -> str:
     return msgspec.json.encode(value).decode()
+
+
+class JobsEngine:
+    """A tone engine that keeps every job it was given."""
+
+    def __init__(self) -> None:
+        self.inner = ToneEngine()
+        self.name = "tone"
+        self.jobs: list[SynthesisJob] = []
+
+    def warm_up(self) -> None:
+        pass
+
+    def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
+        self.jobs.append(job)
+        return self.inner.synthesize(job)
 
 
 class GatedEngine(RecordingEngine):

@@ -170,7 +170,7 @@ async def test_a_disconnect_ends_only_its_row(start_server: Any) -> None:
         async with server.connect() as leaver:
             gone, kept = await two_running(engine, leaver, stays)
             session = leaver.session_id
-        await wait_until(lambda: session not in server.server.sessions)
+        await wait_until(lambda: session not in server.service.sessions)
         engine.run_freely()
         await finish(stays, kept)
         await stays.send({"type": "task_status", "task_id": gone})
@@ -239,7 +239,7 @@ async def test_drain_finishes_running_rows_and_cancels_the_waiting(start_server:
         await engine.step()
         assert await client.recv_json() == client.reply("start", running[1])
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(server.server.drain)
+            nursery.start_soon(server.service.drain)
             assert await client.recv_json() == client.error_reply(SHUTDOWN, waiting)
             engine.run_freely()
             seen = [await client.recv() for _ in range(4)]
@@ -251,9 +251,9 @@ async def test_drain_timeout_stops_every_running_row_at_the_next_step(start_serv
     server: Running = await start_server(engine, batch_size=8, drain_timeout=0.2)
     async with server.connect() as client:
         first, second = await two_running(engine, client, client)
-        tasks = [server.server.board.registry.get(task_id) for task_id in (first, second)]
+        tasks = [server.service.board.registry.get(task_id) for task_id in (first, second)]
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(server.server.drain)
+            nursery.start_soon(server.service.drain)
             await wait_until(lambda: all(task is not None and task.stop_reason for task in tasks))
             engine.run_freely()
             errors = [await client.recv() for _ in range(2)]

@@ -19,6 +19,8 @@ import pytest
 import soundfile
 from websockets.sync.client import connect
 
+from indextts_server.client.cli import parser, say_options
+from indextts_server.client.request import build_request
 from indextts_server.client.voices import http_base
 from indextts_server.core.segment import split_segments
 
@@ -225,6 +227,56 @@ def test_emotion_options_reach_the_server(server: CliServer) -> None:
         done = say(server, "你好。", "--prompt", PROMPT, "--seed", "1", "-o", "-", "-q", *emotion)
         assert done.returncode == 0, (emotion, done.stderr.decode())
         assert done.stdout != plain, emotion
+
+
+@pytest.mark.parametrize(
+    ("emotion", "fields"),
+    [
+        (["--emo-voice", "bob"], {"emo_mode": "audio", "emo_voice": "bob"}),
+        (
+            ["--emo-audio", EMO_PROMPT, "--emo-alpha", "0.6"],
+            {"emo_mode": "audio", "emo_audio": EMO_PROMPT, "emo_alpha": 0.6},
+        ),
+        # Named emotions land in the contract's slots: happy, angry, sad, afraid, disgusted,
+        # melancholic, surprised, calm.
+        (
+            ["--emo-vector", "happy=0.8,surprised=0.2"],
+            {"emo_mode": "vector", "emo_vector": [0.8, 0, 0, 0, 0, 0, 0.2, 0]},
+        ),
+        (
+            ["--emo-vector", "calm=0.5,angry=0.1"],
+            {"emo_mode": "vector", "emo_vector": [0, 0.1, 0, 0, 0, 0, 0, 0.5]},
+        ),
+        (
+            ["--emo-vector", "0,0,0.9,0,0,0,0,0"],
+            {"emo_mode": "vector", "emo_vector": [0, 0, 0.9, 0, 0, 0, 0, 0]},
+        ),
+        (
+            ["--emo-text", "我太开心了", "--emo-alpha", "0.9"],
+            {"emo_mode": "text", "emo_text": "我太开心了", "emo_alpha": 0.9},
+        ),
+        ([], {"emo_mode": "none"}),
+    ],
+)
+def test_each_emotion_option_fills_its_own_request_fields(
+    emotion: list[str], fields: dict[str, object]
+) -> None:
+    args = parser().parse_args(["say", "你好。", "--prompt", PROMPT, *emotion])
+    request = build_request(say_options(args))
+    sent = {name: value for name, value in request.items() if name.startswith("emo_")}
+    assert sent == fields
+    assert request["prompt_audio"] == PROMPT and "voice" not in request
+
+
+def test_lang_and_speed_reach_the_server(server: CliServer, tmp_path: Path) -> None:
+    out = tmp_path / "fast.wav"
+    done = say(server, "Hello there.", "--prompt", PROMPT, "--seed", "2", "--lang", "en", "--speed", "2", "-o", str(out))
+    assert done.returncode == 0, done.stderr.decode()
+    assert out.read_bytes() == direct_wav(server.url, tts("Hello there.", seed=2, lang="en", speed=2.0))
+    plain = say(server, "Hello there.", "--prompt", PROMPT, "--seed", "2", "--lang", "en", "-o", "-", "-q").stdout
+    assert len(decode_wav(plain)[0]) > 1.5 * len(decode_wav(out.read_bytes())[0])
+    bad = say(server, "Hello there.", "--prompt", PROMPT, "--speed", "9", "-o", str(tmp_path / "never.wav"))
+    assert bad.returncode == 1 and "error: speed " in bad.stderr.decode()
 
 
 def test_a_refused_request_exits_1_with_the_servers_message(server: CliServer, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import srt
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
@@ -41,7 +42,7 @@ from indextts_server.core.texts import (
 )
 from indextts_server.io.scheduling.broker.store import PENDING, QUEUE, RETRY, WORKERS, key, task_key
 
-from .conftest import CLIENT_MAX_MESSAGE, REPO, Client, Json, tts
+from .conftest import CLIENT_MAX_MESSAGE, REPO, Client, CliServer, Json, tts
 
 LEASE = "1"
 LONG = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"  # 3 segments of 3 s
@@ -232,11 +233,12 @@ async def status(client: Client, task_id: str) -> Json:
 
 async def eventually(client: Client, task_id: str, state: str) -> Json:
     """Poll a task's status until it is ``state`` (the broker has no event a client could wait on)."""
-    while True:
-        reply = await status(client, task_id)
-        if reply.get("status") == state:
-            return reply
-        await trio.sleep(0.1)
+    with trio.fail_after(15):
+        while True:
+            reply = await status(client, task_id)
+            if reply.get("status") == state:
+                return reply
+            await trio.sleep(0.1)
 
 
 # --- the pure parts ------------------------------------------------------------------------
@@ -352,6 +354,12 @@ async def test_a_disconnect_cancels_waiting_tasks_and_stops_the_running_one_on_i
     assert f"task running task={waiting}" not in worker.text
 
 
+@pytest.fixture
+def two_workers(fleet: Callable[..., Node]) -> tuple[Node, list[Node]]:
+    """A gateway and two workers slow enough (tone RTF 0.5) for one to be killed mid-task."""
+    return fleet("gateway"), [fleet("worker", "--tone-rtf", "0.5") for _ in range(2)]
+
+
 def running_on(broker: RedisServer, task_id: str, workers: list[Node]) -> tuple[Node, Node]:
     """The worker running the task, and the other one."""
     name = broker.client().hget(task_key(task_id), "worker")
@@ -362,10 +370,9 @@ def running_on(broker: RedisServer, task_id: str, workers: list[Node]) -> tuple[
 
 
 async def test_a_killed_worker_s_task_completes_on_another_worker(
-    fleet: Callable[..., Node], broker: RedisServer
+    two_workers: tuple[Node, list[Node]], broker: RedisServer
 ) -> None:
-    gateway = fleet("gateway")
-    workers = [fleet("worker", "--tone-rtf", "0.5"), fleet("worker", "--tone-rtf", "0.5")]
+    gateway, workers = two_workers
     async with gateway.connect() as client:
         task_id = await submit(client, LONG, max_tokens=20)  # one WAV at the end: no audio before
         assert (await client.recv_json())["type"] == "start"
@@ -377,11 +384,30 @@ async def test_a_killed_worker_s_task_completes_on_another_worker(
     await survivor.logged(f"task running task={task_id}")
 
 
-async def test_a_killed_worker_s_task_fails_clearly_once_its_audio_reached_the_client(
-    fleet: Callable[..., Node], broker: RedisServer
+async def test_a_task_run_again_sends_its_cues_again_and_ends_with_the_last_runs(
+    two_workers: tuple[Node, list[Node]], broker: RedisServer
 ) -> None:
-    gateway = fleet("gateway")
-    workers = [fleet("worker", "--tone-rtf", "0.5"), fleet("worker", "--tone-rtf", "0.5")]
+    gateway, workers = two_workers
+    async with gateway.connect() as client:
+        task_id = await submit(client, LONG, max_tokens=20, timestamps=True)  # one WAV at the end
+        assert (await client.recv_json())["type"] == "start"
+        first = await client.recv_json()
+        assert (first["type"], first["index"]) == ("cue", 0)
+        doomed, _ = running_on(broker, task_id, workers)
+        doomed.kill()
+        again = [await client.recv_json() for _ in range(3)]
+        assert [(cue["type"], cue["index"]) for cue in again] == [("cue", 0), ("cue", 1), ("cue", 2)]
+        assert again[0] == first
+        assert isinstance(await client.recv(), bytes)
+        end = await client.recv_json()
+        assert end["cues"] == [{key: cue[key] for key in ("index", "text", "start", "duration")} for cue in again]
+        await nothing_more(client)
+
+
+async def test_a_killed_worker_s_task_fails_clearly_once_its_audio_reached_the_client(
+    two_workers: tuple[Node, list[Node]], broker: RedisServer
+) -> None:
+    gateway, workers = two_workers
     async with gateway.connect() as client:
         task_id = await submit(client, LONG, max_tokens=20, stream=True)
         assert (await client.recv_json())["type"] == "start"
@@ -408,10 +434,11 @@ async def test_a_task_fails_for_good_after_max_deliveries(fleet: Callable[..., N
 
 
 async def test_a_killed_gateway_s_tasks_are_cancelled_and_their_slots_freed(
-    fleet: Callable[..., Node], broker: RedisServer
+    fleet: Callable[..., Node], broker: RedisServer, tmp_path: Path
 ) -> None:
     doomed, survivor = fleet("gateway", "--max-queue", "2"), fleet("gateway", "--max-queue", "2")
-    worker = fleet("worker", "--tone-rtf", "0.2")
+    gate = tmp_path / "gate"  # the running task holds after its first segment until this exists
+    worker = fleet("worker", "--tone-gate", str(gate))
     async with doomed.connect() as lost, survivor.connect() as client:
         running = await submit(lost, LONG, max_tokens=20, stream=True)
         assert (await lost.recv_json())["type"] == "start"
@@ -420,6 +447,12 @@ async def test_a_killed_gateway_s_tasks_are_cancelled_and_their_slots_freed(
         doomed.kill()
         for task_id in waiting:
             assert (await eventually(client, task_id, "cancelled"))["error_message"] == GATEWAY_GONE
+        # Whichever process swept asks the running task to stop; it stops at its next segment.
+        flagged = f"lost; task={running} cancelling"
+        with trio.fail_after(10):
+            while flagged not in survivor.text + worker.text:  # noqa: ASYNC110 - other processes' logs
+                await trio.sleep(0.02)
+        gate.touch()
         assert (await eventually(client, running, "cancelled"))["error_message"] == GATEWAY_GONE
         assert broker.client().zcard(PENDING) == 0
         for _ in range(2):
@@ -427,6 +460,49 @@ async def test_a_killed_gateway_s_tasks_are_cancelled_and_their_slots_freed(
             assert (await ends(client, {mine}))[mine] == client.reply("end", mine)
     for task_id in waiting:
         assert f"task running task={task_id}" not in worker.text
+
+
+async def test_cancelling_a_running_task_stops_it_on_its_worker(
+    fleet: Callable[..., Node], tmp_path: Path
+) -> None:
+    gateway = fleet("gateway")
+    gate = tmp_path / "gate"
+    worker = fleet("worker", "--tone-gate", str(gate))
+    async with gateway.connect() as client:
+        task_id = await submit(client, LONG, max_tokens=20)
+        assert await client.recv_json() == client.reply("start", task_id)
+        await client.send({"type": "cancel", "task_id": task_id})
+        cancelling = {"type": "cancel", "task_id": task_id, "session_id": client.session_id}
+        cancelling.update(status="cancelling", message="任务将在当前段落完成后取消")
+        assert await client.recv_json() == cancelling
+        gate.touch()
+        assert await client.recv_json() == client.error_reply(CANCELLED, task_id)
+        reply = await status(client, task_id)
+        assert (reply["status"], reply["error_message"]) == ("cancelled", CANCELLED)
+        await nothing_more(client)
+    await worker.logged(f"task cancelled task={task_id}")
+
+
+async def test_sigterm_on_a_worker_ends_a_task_whose_audio_went_out_instead_of_handing_it_back(
+    fleet: Callable[..., Node], tmp_path: Path
+) -> None:
+    gateway = fleet("gateway")
+    gate = tmp_path / "gate"
+    worker = fleet("worker", "--tone-gate", str(gate), "--drain-timeout", "0.2")
+    async with gateway.connect() as client:
+        task_id = await submit(client, LONG, max_tokens=20, stream=True)
+        assert (await client.recv_json())["type"] == "start"
+        assert isinstance(await client.recv(), bytes)  # the first segment went out
+        worker.process.send_signal(signal.SIGTERM)
+        await worker.logged(f"drain timeout: stopping task={task_id}")
+        gate.touch()  # the engine reaches its next segment boundary, where the stop takes effect
+        while isinstance(message := await client.recv(), bytes):
+            pass
+        assert message == client.error_reply(texts.SHUTTING_DOWN, task_id)
+        assert (await status(client, task_id))["status"] == "cancelled"
+        await nothing_more(client)
+    assert await trio.to_thread.run_sync(worker.process.wait, 20) == 0
+    assert "task handed back" not in worker.text
 
 
 async def test_a_broker_restart_mid_load_ends_every_request_once_and_service_resumes(
@@ -541,6 +617,52 @@ async def test_the_http_speech_endpoint_of_a_gateway_runs_on_the_fleet(fleet: Ca
     await worker.logged(r"task completed task=")
 
 
+async def timed_run(client: Client, text: str) -> tuple[list[Any], Json]:
+    """Submit ``text`` asking for cues, streamed; what came before ``end`` (cue messages less their
+    session, and ``"audio"`` for each file), and the ``end``."""
+    await submit(client, text, timestamps=True, stream=True, max_tokens=20)
+    assert (await client.recv_json())["type"] == "start"
+    seen: list[Any] = []
+    while not isinstance(message := await client.recv(), dict) or message["type"] != "end":
+        seen.append("audio" if isinstance(message, bytes) else {**message, "session_id": None})
+    return seen, message
+
+
+async def test_cues_in_cluster_mode_are_those_of_one_process(fleet: Callable[..., Node]) -> None:
+    gateway = fleet("gateway", "--http-port", "0")
+    fleet("worker")
+    async with gateway.connect() as client:
+        seen, end = await timed_run(client, LONG)
+    kinds = ["audio" if item == "audio" else item["type"] for item in seen]
+    assert kinds == ["cue", "audio"] * 3
+    assert [item["index"] for item in seen if item != "audio"] == [0, 1, 2]
+    assert end["cues"] == [
+        {key: item[key] for key in ("index", "text", "start", "duration")} for item in seen if item != "audio"
+    ]
+
+    one = CliServer(["--engine", "tone", "--port", "0", "--http-port", "off"])
+    try:
+        async with open_websocket_url(one.url, max_message_size=CLIENT_MAX_MESSAGE) as ws:
+            alone = Client(ws, json.loads(await ws.get_message()))
+            alone_seen, alone_end = await timed_run(alone, LONG)
+    finally:
+        one.stop()
+    assert [{**item, "task_id": None} if item != "audio" else item for item in seen] == [
+        {**item, "task_id": None} if item != "audio" else item for item in alone_seen
+    ]
+    assert end["cues"] == alone_end["cues"]
+
+    def subtitles() -> httpx.Response:
+        return httpx.get(f"{gateway.http}/v1/tasks/{end['task_id']}/subtitles.srt", timeout=10)
+
+    response = await trio.to_thread.run_sync(subtitles)
+    assert response.status_code == 200, response.text
+    parsed = list(srt.parse(response.text))
+    assert [(round(item.start.total_seconds(), 3), item.content) for item in parsed] == [
+        (cue["start"], cue["text"]) for cue in end["cues"]
+    ]
+
+
 async def test_role_all_processes_share_one_queue(fleet: Callable[..., Node]) -> None:
     one, two = fleet("all"), fleet("all")
     async with one.connect() as client, two.connect() as other:
@@ -554,7 +676,7 @@ async def test_role_all_processes_share_one_queue(fleet: Callable[..., Node]) ->
 def test_the_embedded_default_does_not_import_the_cluster_client() -> None:
     probe = (
         "import sys; from indextts_server.io.operations import cli; "
-        "from indextts_server.io.transport.websocket import Server; "
+        "from indextts_server.io.transport.websocket import WebSocketTransport; "
         "cli.parse([], 'indextts-server', ''); "
         "assert 'redis' not in sys.modules, 'redis imported'"
     )

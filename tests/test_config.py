@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 
 import pytest
 
@@ -11,8 +10,6 @@ from indextts_server.core.config import EngineOptions, OpsOptions, ServerConfig,
 from indextts_server.io.engines.loading import resolve_device
 from indextts_server.io.operations.cli import DESCRIPTION
 from indextts_server.io.operations.flags import options, parse, parser
-
-from .conftest import REPO
 
 
 def settings(*argv: str) -> Settings:
@@ -143,13 +140,6 @@ def test_help_shows_each_default_once_and_names_the_contract() -> None:
     assert "the contract's flags" in text and "seed" not in text
     assert "(default: 1500)" in text  # --max-mel-tokens, from EngineOptions
     assert "(default: None)" not in text
-
-
-def test_every_flag_is_in_the_readmes_command_line_table() -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    documented = set(re.findall(r"`(--[a-z0-9-]+)", readme))
-    missing = [option.name for option in options() if option.name not in documented]
-    assert not missing, f"README.md does not document {missing}"
 
 
 def test_device_auto_is_cuda_when_present_else_cpu_and_cuda_stays_cuda() -> None:

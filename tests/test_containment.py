@@ -13,8 +13,9 @@ from trio_websocket import ConnectionClosed
 from indextts_server.core.config import ServerConfig
 from indextts_server.io.engines.tone import ToneEngine
 from indextts_server.io.operations.metrics import Metrics
+from indextts_server.io.service.service import Service
 from indextts_server.io.transport.containment import Containment
-from indextts_server.io.transport.websocket import Server
+from indextts_server.io.transport.websocket import WebSocketTransport
 
 from .conftest import Running, StartServer, tts, wait_until
 
@@ -23,22 +24,25 @@ async def test_an_exception_in_one_connection_closes_it_and_the_server_serves_th
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     metrics = Metrics(process_metrics=False)
-    service = Server(ServerConfig(host="127.0.0.1", port=0), ToneEngine(), metrics=metrics)
-    server = Running(service, (await nursery.start(service.run)).port)
+    service = Service(ServerConfig(host="127.0.0.1", port=0), ToneEngine(), metrics=metrics)
+    await nursery.start(service.run)
+    transport = WebSocketTransport(service)
+    await nursery.start(transport.run)
+    server = Running(service, transport.port)
 
     async def broken_status(task_id: str, session: Any) -> None:
         raise RuntimeError("a bug in the status query")
 
-    monkeypatch.setattr(server.server.scheduler, "status", broken_status)
+    monkeypatch.setattr(server.service.scheduler, "status", broken_status)
     caplog.set_level(logging.INFO, "indextts_server")
     for _ in range(2):
-        caught = service.containment.caught
+        caught = transport.containment.caught
         async with server.connect() as doomed:
             await doomed.send({"type": "task_status", "task_id": "x"})
             with pytest.raises(ConnectionClosed):
                 while True:
                     await doomed.recv()
-        await wait_until(lambda: service.containment.caught > caught)  # noqa: B023 - awaited here
+        await wait_until(lambda: transport.containment.caught > caught)  # noqa: B023 - awaited here
     lines = [r for r in caplog.records if r.getMessage().startswith("unexpected error on session")]
     assert [r.getMessage().split(": ")[-1] for r in lines] == ["RuntimeError; connection closed"] * 2
     assert lines[0].exc_info is not None and lines[1].exc_info is None  # one traceback a minute

@@ -62,7 +62,7 @@ async def test_the_page_and_its_files_are_served_with_their_types(
 @pytest.mark.parametrize(
     "path",
     [
-        "/web/../secret.txt",
+        # httpx sends these as written; a literal ``..`` it would resolve first is sent raw below.
         "/web/%2e%2e/secret.txt",
         "/web/..%2fsecret.txt",
         "/web/",
@@ -130,6 +130,14 @@ async def test_a_listed_origin_gets_cors_headers_and_its_preflight(start_http: S
     assert "X-Task-Id" in reply.headers["access-control-expose-headers"]
 
 
+async def test_allow_origin_star_lets_any_origin_in_with_cors_headers(start_http: StartServer) -> None:
+    api = await start_http(allowed_origins=("*",))
+    for origin in ("http://app.example", "https://elsewhere.example:8443"):
+        reply = await call("GET", f"{api.http}/v1/audio/voices", headers={"Origin": origin})
+        assert reply.status_code == 200
+        assert reply.headers["access-control-allow-origin"] == origin
+
+
 # --- models and unknown paths ---------------------------------------------------------------------
 
 
@@ -148,7 +156,17 @@ async def test_an_unknown_api_path_and_a_wrong_method_are_openai_errors(api: Run
     assert (reply.status_code, reply.headers["allow"]) == (405, "POST")
 
 
-@pytest.mark.parametrize("target", ["/web/../secret.txt", "/web/sub/../../secret.txt", "/web/%2e%2e/secret.txt"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/web/../secret.txt",
+        "/web/sub/../../secret.txt",
+        "/web/%2e%2e/secret.txt",
+        "/web/..%2fsecret.txt",
+        "/web/..%5csecret.txt",
+        "/web/%2e%2e%2fsecret.txt",
+    ],
+)
 async def test_a_raw_traversal_is_404_too(api: Running, web: Path, target: str) -> None:
     from .test_http_ops import exchange
 

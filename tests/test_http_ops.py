@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
 import h11
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from indextts_server.core import texts
 from indextts_server.core.config import ServerConfig
+from indextts_server.core.engine import Engine
 from indextts_server.io.engines.tone import ToneEngine
 from indextts_server.io.http.app import HttpApi
 from indextts_server.io.operations.metrics import Metrics
+from indextts_server.io.service.service import Service, ServiceMetrics
 from indextts_server.io.transport.http import bound_port, serve_http
-from indextts_server.io.transport.websocket import Server, ServerMetrics
+
+from .conftest import GatedEngine, Running, decode_wav, serve_contract, tts
+
+THREE_SEGMENTS = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"
 
 
 class Reply:
@@ -54,8 +62,8 @@ async def get(port: int, path: str, method: str = "GET") -> Reply:
 
 
 class Ops:
-    def __init__(self, server: Server, metrics: Metrics, port: int):
-        self.server = server
+    def __init__(self, service: Service, metrics: Metrics, port: int):
+        self.service = service
         self.metrics = metrics
         self.port = port
 
@@ -75,11 +83,11 @@ class Ops:
 @pytest.fixture
 async def ops(nursery: trio.Nursery) -> Ops:
     """A server and ``--metrics-port``'s application: the operations endpoints alone."""
-    server = Server(ServerConfig(host="127.0.0.1", port=0), ToneEngine())
+    service = Service(ServerConfig(host="127.0.0.1", port=0), ToneEngine())
     metrics = Metrics()
-    await nursery.start(server.run)
-    urls = await nursery.start(partial(serve_http, HttpApi(server, metrics, ops_only=True), "127.0.0.1", 0))
-    return Ops(server, metrics, bound_port(urls))
+    await serve_contract(nursery, service)
+    urls = await nursery.start(partial(serve_http, HttpApi(service, metrics, ops_only=True), "127.0.0.1", 0))
+    return Ops(service, metrics, bound_port(urls))
 
 
 # --- /healthz, /readyz ----------------------------------------------------------------------------
@@ -98,9 +106,9 @@ async def test_readyz_is_ready_while_listening_and_not_once_draining(ops: Ops) -
     reply = await get(ops.port, "/readyz")
     assert (reply.status, reply.body) == (200, b"ready\n")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(ops.server.drain)
+        nursery.start_soon(ops.service.drain)
         with trio.fail_after(10):
-            await ops.server.drain_started.wait()
+            await ops.service.drain_started.wait()
         reply = await get(ops.port, "/readyz")
         assert (reply.status, reply.body) == (503, b"not ready\n")
 
@@ -182,52 +190,170 @@ async def test_metrics_start_at_zero_with_every_outcome(ops: Ops) -> None:
     assert samples["indextts_task_latency_seconds_count"] == 0
 
 
-async def test_connections_count_open_sessions(ops: Ops) -> None:
-    ops.metrics.connection_opened()
-    ops.metrics.connection_opened()
-    ops.metrics.connection_closed()
-    assert (await ops.scrape())["indextts_connections"] == 1
+class Live(Ops):
+    """A server whose metrics are wired as the command line wires them, and its operations port."""
+
+    def __init__(self, running: Running, metrics: Metrics, port: int):
+        super().__init__(running.service, metrics, port)
+        self.running = running
+
+    async def scrape_until(self, name: str, value: float) -> dict[str, float]:
+        """Scrape until ``name`` reads ``value`` (for what the server counts after a socket closes)."""
+        with trio.fail_after(10):
+            # The server counts a closed socket in its own time, with no event to wait on.
+            while (samples := await self.scrape())[name] != value:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            return samples
 
 
-async def test_queue_depth_is_read_from_its_source_at_each_scrape(ops: Ops) -> None:
-    depth = 3
-    ops.metrics.set_queue_depth_source(lambda: depth)
-    assert (await ops.scrape())["indextts_queue_depth"] == 3
-    depth = 7
-    assert (await ops.scrape())["indextts_queue_depth"] == 7
+StartLive = Callable[..., Awaitable[Live]]
 
 
-async def test_a_completed_task_feeds_every_task_metric(ops: Ops) -> None:
-    ops.metrics.task_finished(
-        "completed", latency=4.0, queue_wait=1.5, audio_seconds=5.0, compute_seconds=2.5
-    )
-    samples = await ops.scrape()
+@pytest.fixture
+def start_live(nursery: trio.Nursery) -> StartLive:
+    async def start(engine: Engine | None = None, **config: Any) -> Live:
+        metrics = Metrics(process_metrics=False)
+        settings = ServerConfig(host="127.0.0.1", port=0, **config)
+        service = Service(settings, engine or ToneEngine(), metrics=metrics)
+        metrics.set_queue_depth_source(lambda: service.scheduler.queue_depth)
+        port = await serve_contract(nursery, service)
+        app = HttpApi(service, metrics, ops_only=True)
+        urls = await nursery.start(partial(serve_http, app, "127.0.0.1", 0))
+        return Live(Running(service, port), metrics, bound_port(urls))
+
+    return start
+
+
+async def test_connections_count_open_sessions(start_live: StartLive) -> None:
+    live = await start_live()
+    async with live.running.connect(), live.running.connect() as second:
+        assert (await live.scrape())["indextts_connections"] == 2
+        await second.ws.aclose()
+        await live.scrape_until("indextts_connections", 1)
+    await live.scrape_until("indextts_connections", 0)
+
+
+async def test_a_completed_task_feeds_every_task_metric(start_live: StartLive) -> None:
+    live = await start_live()
+    async with live.running.connect() as client:
+        _, wav = await client.request(tts("今天天气很好。"))
+    pcm, rate, _ = decode_wav(wav)
+    samples = await live.scrape()
     assert samples['indextts_tasks_total{outcome="completed"}'] == 1
+    assert samples["indextts_audio_seconds_total"] == pytest.approx(len(pcm) / rate, abs=1e-3)
     assert samples["indextts_task_latency_seconds_count"] == 1
-    assert samples["indextts_task_latency_seconds_sum"] == 4.0
-    assert samples['indextts_task_latency_seconds_bucket{le="2.5"}'] == 0
-    assert samples['indextts_task_latency_seconds_bucket{le="5.0"}'] == 1
-    assert samples["indextts_task_queue_wait_seconds_sum"] == 1.5
-    assert samples["indextts_task_rtf_sum"] == 0.5
-    assert samples['indextts_task_rtf_bucket{le="0.3"}'] == 0
-    assert samples['indextts_task_rtf_bucket{le="0.5"}'] == 1
-    assert samples["indextts_audio_seconds_total"] == 5.0
-
-
-async def test_failed_and_cancelled_tasks_count_but_do_not_skew_latency_or_rtf(ops: Ops) -> None:
-    ops.metrics.task_finished("failed", latency=2.0, queue_wait=1.0, compute_seconds=1.0)
-    ops.metrics.task_finished("cancelled", latency=9.0)  # cancelled while it waited
-    ops.metrics.task_refused()
-    ops.metrics.engine_error()
-    samples = await ops.scrape()
-    assert samples['indextts_tasks_total{outcome="failed"}'] == 1
-    assert samples['indextts_tasks_total{outcome="cancelled"}'] == 1
-    assert samples['indextts_tasks_total{outcome="refused"}'] == 1
-    assert samples["indextts_engine_errors_total"] == 1
     assert samples["indextts_task_queue_wait_seconds_count"] == 1
+    assert samples["indextts_task_rtf_count"] == 1
+    assert samples["indextts_engine_errors_total"] == 0
+
+
+async def test_an_engine_error_counts_a_failed_task_and_an_engine_error(start_live: StartLive) -> None:
+    live = await start_live(ToneEngine(fail_on="💥"))
+    async with live.running.connect() as client:
+        await client.send(tts("这一句会失败💥。"))
+        task_id = (await client.recv_json())["task_id"]
+        assert await client.recv_json() == client.reply("start", task_id)
+        assert (await client.recv_json())["message"].startswith("音频生成失败")
+    samples = await live.scrape()
+    assert samples['indextts_tasks_total{outcome="failed"}'] == 1
+    assert samples["indextts_engine_errors_total"] == 1
+    assert samples["indextts_task_queue_wait_seconds_count"] == 1  # it ran
+    # Only completed tasks feed latency, RTF and the audio produced.
     assert samples["indextts_task_latency_seconds_count"] == 0
     assert samples["indextts_task_rtf_count"] == 0
     assert samples["indextts_audio_seconds_total"] == 0
+
+
+async def test_a_timed_out_task_is_failed_but_not_an_engine_error(start_live: StartLive) -> None:
+    engine = GatedEngine()
+    live = await start_live(engine, task_timeout=0.2)
+    async with live.running.connect() as client:
+        await client.send(tts(THREE_SEGMENTS, max_tokens=20))
+        task_id = (await client.recv_json())["task_id"]
+        assert (await client.recv_json())["type"] == "start"
+        reply = await client.recv_json()
+        engine.release()
+        assert reply == client.error_reply(texts.task_timed_out(0.2), task_id)
+    samples = await live.scrape()
+    assert samples['indextts_tasks_total{outcome="failed"}'] == 1
+    assert samples["indextts_engine_errors_total"] == 0
+
+
+async def test_waiting_tasks_show_in_the_queue_depth_and_a_full_queue_counts_a_refusal(
+    start_live: StartLive,
+) -> None:
+    engine = GatedEngine()
+    live = await start_live(engine, max_queue=1)
+    async with live.running.connect() as client:
+        await client.send(tts(THREE_SEGMENTS, max_tokens=20))
+        assert (await client.recv_json())["type"] == "queued"
+        assert (await client.recv_json())["type"] == "start"
+        await engine.first_segment()
+        await client.send(tts("排队等候。"))
+        assert (await client.recv_json())["type"] == "queued"
+        assert (await live.scrape())["indextts_queue_depth"] == 1
+        refused = await client.error(tts("队列已满。"))
+        assert refused["message"] == texts.queue_full(1)
+        samples = await live.scrape()
+        assert samples['indextts_tasks_total{outcome="refused"}'] == 1
+        engine.release()
+    assert (await live.scrape())["indextts_queue_depth"] == 0
+
+
+async def test_a_task_cancelled_while_waiting_counts_without_a_queue_wait(start_live: StartLive) -> None:
+    engine = GatedEngine()
+    live = await start_live(engine)
+    async with live.running.connect() as client:
+        await client.send(tts(THREE_SEGMENTS, max_tokens=20))
+        running = (await client.recv_json())["task_id"]
+        assert await client.recv_json() == client.reply("start", running)
+        await engine.first_segment()
+        await client.send(tts("这个任务会被取消。"))
+        waiting = (await client.recv_json())["task_id"]
+        await client.send({"type": "cancel", "task_id": waiting})
+        assert (await client.recv_json())["status"] == "cancelled"
+        assert await client.recv_json() == client.error_reply(texts.CANCELLED, waiting)
+        samples = await live.scrape()
+        assert samples['indextts_tasks_total{outcome="cancelled"}'] == 1
+        assert samples["indextts_task_queue_wait_seconds_count"] == 0
+        assert samples["indextts_task_latency_seconds_count"] == 0
+        engine.release()
+        await client.recv_audio()
+        assert await client.recv_json() == client.reply("end", running)
+    samples = await live.scrape()
+    assert samples['indextts_tasks_total{outcome="completed"}'] == 1
+    assert samples["indextts_task_queue_wait_seconds_count"] == 1  # the task that ran, alone
+
+
+async def test_a_cancelled_running_task_counts_as_cancelled(start_live: StartLive) -> None:
+    engine = GatedEngine()
+    live = await start_live(engine)
+    async with live.running.connect() as client:
+        await client.send(tts(THREE_SEGMENTS, max_tokens=20))
+        task_id = (await client.recv_json())["task_id"]
+        assert (await client.recv_json())["type"] == "start"
+        await engine.first_segment()
+        await client.send({"type": "cancel", "task_id": task_id})
+        assert (await client.recv_json())["status"] == "cancelling"
+        engine.release()
+        assert await client.recv_json() == client.error_reply(texts.CANCELLED, task_id)
+    samples = await live.scrape_until('indextts_tasks_total{outcome="cancelled"}', 1)
+    assert samples["indextts_task_queue_wait_seconds_count"] == 1
+    assert samples['indextts_tasks_total{outcome="completed"}'] == 0
+
+
+async def test_a_client_that_disconnects_cancels_its_tasks_in_the_metrics(start_live: StartLive) -> None:
+    engine = GatedEngine()
+    live = await start_live(engine)
+    async with live.running.connect() as client:
+        await client.send(tts(THREE_SEGMENTS, max_tokens=20))
+        assert (await client.recv_json())["type"] == "queued"
+        await engine.first_segment()
+        await client.send(tts("还在排队。"))
+        assert (await client.recv_json())["type"] in ("start", "queued")
+    engine.release()
+    await live.scrape_until('indextts_tasks_total{outcome="cancelled"}', 2)
+    assert (await live.scrape())["indextts_connections"] == 0
 
 
 def test_task_finished_rejects_an_outcome_that_is_not_final() -> None:
@@ -258,7 +384,7 @@ def test_each_metrics_object_has_its_own_registry() -> None:
 
 def test_metrics_fits_the_servers_metrics_port() -> None:
     metrics = Metrics(process_metrics=False)
-    port: ServerMetrics = metrics  # mypy checks the structural fit
+    port: ServiceMetrics = metrics  # mypy checks the structural fit
     port.task_finished("completed", latency=1.0, queue_wait=0.5, audio_seconds=2.0, compute_seconds=1.0)
     port.connection_opened()
     assert b"indextts_task_rtf_sum 0.5" in metrics.render()

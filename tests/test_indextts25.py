@@ -475,6 +475,17 @@ async def test_the_openai_sdk_gets_every_format_and_speed_moves_the_duration(ser
     assert not np.array_equal(np.frombuffer(spanish, dtype="<i2"), pcm)  # lang as an extra body field
 
 
+async def test_the_http_api_lists_and_accepts_the_25_model_id(server25: CliServer) -> None:
+    async with httpx.AsyncClient(timeout=300) as http:
+        listed = (await http.get(f"{server25.http}/v1/models")).json()
+        assert [model["id"] for model in listed["data"]][:2] == ["indextts-2.5", "indextts2"]
+        body = {"input": "大家好。", "voice": "alloy", "response_format": "wav", "seed": 8}
+        own = await http.post(f"{server25.http}/v1/audio/speech", json={**body, "model": "indextts-2.5"})
+        old = await http.post(f"{server25.http}/v1/audio/speech", json={**body, "model": "indextts2"})
+    assert own.status_code == old.status_code == 200
+    assert own.content == old.content  # one model behind either id
+
+
 async def test_an_uploaded_voice_speaks_on_25(server25: CliServer) -> None:
     source = REPO / EMO_PROMPT
 

@@ -24,9 +24,9 @@ from indextts_server.io.audio.paths import AudioPaths
 from indextts_server.io.engines.tone import ToneEngine
 from indextts_server.io.operations.cli import _alive
 from indextts_server.io.scheduling.scheduler import EmbeddedScheduler
-from indextts_server.io.transport.websocket import Server
+from indextts_server.io.service.service import Service
 
-from .conftest import CliServer, GatedEngine, Running, tts, upgrade, wait_until
+from .conftest import CliServer, GatedEngine, Running, serve_contract, tts, upgrade, wait_until
 
 LONG = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"
 SHUTDOWN = "服务器正在关闭，请稍后重连"
@@ -45,11 +45,11 @@ async def test_drain_finishes_the_running_task_cancels_the_waiting_and_closes_wi
         await client.send(tts("等待中。"))
         waiting = (await client.recv_json())["task_id"]
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(server.server.drain)
+            nursery.start_soon(server.service.drain)
             assert await client.recv_json() == client.error_reply(SHUTDOWN, waiting)
             assert await client.error(tts("太晚了。")) == client.error_reply(SHUTDOWN)
             # New connections are refused at once, while the running task still runs.
-            await wait_until(lambda: not server.server.listening)
+            await wait_until(lambda: not server.service.listening)
             with pytest.raises(OSError):
                 await trio.open_tcp_stream("127.0.0.1", server.port)
             engine.release()
@@ -73,16 +73,16 @@ async def test_drain_timeout_stops_the_running_task_at_a_segment_boundary(
         running = (await client.recv_json())["task_id"]
         await client.recv_json()
         await engine.first_segment()
-        task = server.server.board.registry.get(running)
+        task = server.service.board.registry.get(running)
         assert task is not None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(server.server.drain)
+            nursery.start_soon(server.service.drain)
             await wait_until(lambda: task.stop_reason is not None)  # past the drain timeout
             engine.release()
             assert await client.recv_json() == client.error_reply(SHUTDOWN, running)
             with pytest.raises(ConnectionClosed):
                 await client.recv()
-    assert server.server.board.registry.get(running).state == "cancelled"  # type: ignore[union-attr]
+    assert server.service.board.registry.get(running).state == "cancelled"  # type: ignore[union-attr]
 
 
 def test_sigterm_during_a_busy_queue_answers_everyone_and_exits_zero() -> None:
@@ -218,13 +218,13 @@ async def test_after_a_timeout_the_next_task_waits_pending_until_the_engine_is_f
 async def test_stopping_the_server_never_waits_for_a_thread_stuck_in_the_engine() -> None:
     engine = HangingEngine()
     engine.hang_from = 1  # inside its second segment: the engine's iterator exists by then
-    server = Server(ServerConfig(host="127.0.0.1", port=0, task_timeout=60), engine)
+    service = Service(ServerConfig(host="127.0.0.1", port=0, task_timeout=60), engine)
     unstick = threading.Timer(10, engine.released.set)  # lets a server that waits finish anyway
     unstick.start()
     try:
         async with trio.open_nursery() as nursery:
-            listening = await nursery.start(server.run)
-            async with open_websocket_url(f"ws://127.0.0.1:{listening.port}") as ws:
+            port = await serve_contract(nursery, service)
+            async with open_websocket_url(f"ws://127.0.0.1:{port}") as ws:
                 await ws.get_message()
                 await ws.send_message(json.dumps(tts("这里会挂起。" + LONG, max_tokens=20)))
                 await trio.to_thread.run_sync(engine.entered.wait, 10)
@@ -243,7 +243,7 @@ async def test_drain_fails_a_task_stuck_in_a_segment_even_without_a_task_timeout
 ) -> None:
     engine = HangingEngine()
     server: Running = await start_server(engine, task_timeout=0, drain_timeout=0.1)
-    scheduler = server.server.scheduler
+    scheduler = server.service.scheduler
     assert isinstance(scheduler, EmbeddedScheduler)
     scheduler.stop_grace = 0.1
     try:
@@ -253,13 +253,13 @@ async def test_drain_fails_a_task_stuck_in_a_segment_even_without_a_task_timeout
             assert (await client.recv_json())["type"] == "start"
             await trio.to_thread.run_sync(engine.entered.wait, 10)
             with trio.fail_after(20):
-                await server.server.drain()
+                await server.service.drain()
             stuck = "服务器正在关闭：任务未能在限定时间内停止"
             assert await client.recv_json() == client.error_reply(stuck, hung)
             with pytest.raises(ConnectionClosed) as closed:
                 await client.recv()
             assert closed.value.reason is not None and closed.value.reason.code == 1001
-        task = server.server.board.registry.get(hung)
+        task = server.service.board.registry.get(hung)
         assert task is not None and (task.state, task.error_message) == ("failed", stuck)
     finally:
         engine.released.set()
@@ -287,13 +287,13 @@ async def test_a_request_still_being_checked_when_the_drain_starts_is_refused(st
         running = (await client.recv_json())["task_id"]
         await client.recv_json()
         await engine.first_segment()
-        paths = GatedPaths(server.server.paths)
-        server.server.sources.paths = paths
+        paths = GatedPaths(server.service.paths)
+        server.service.sources.paths = paths
         await client.send(tts("检查路径时开始关闭。"))
         await trio.to_thread.run_sync(paths.entered.wait, 10)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(server.server.drain)
-            await wait_until(lambda: server.server.draining)
+            nursery.start_soon(server.service.drain)
+            await wait_until(lambda: server.service.draining)
             paths.released.set()
             # Refused, not queued: nothing enters the queue once the drain has begun.
             assert await client.recv_json() == client.error_reply(SHUTDOWN)
@@ -302,7 +302,7 @@ async def test_a_request_still_being_checked_when_the_drain_starts_is_refused(st
             assert await client.recv_json() == client.reply("end", running)
             with pytest.raises(ConnectionClosed):
                 await client.recv()
-    assert len(server.server.board.registry) == 1
+    assert len(server.service.board.registry) == 1
 
 
 async def test_per_session_limit_on_tasks_in_flight(start_server: Any) -> None:
@@ -341,9 +341,9 @@ async def test_peer_that_never_answers_pings_is_dropped(start_server: Any) -> No
     server: Running = await start_server(ping_interval=0.1, ping_timeout=0.1)
     stream, response = await raw_handshake(server.port)
     assert response.startswith(b"HTTP/1.1 101")
-    await wait_until(lambda: len(server.server.sessions) == 1)
+    await wait_until(lambda: len(server.service.sessions) == 1)
     # It never reads its socket, so it never answers a ping: the server gives up on it.
-    await wait_until(lambda: len(server.server.sessions) == 0)
+    await wait_until(lambda: len(server.service.sessions) == 0)
     await stream.aclose()
 
 
@@ -355,11 +355,11 @@ async def test_five_hundred_connections_dropped_abruptly_leave_the_server_health
         stream, response = await raw_handshake(server.port)
         assert response.startswith(b"HTTP/1.1 101")
         streams.append(stream)
-    await wait_until(lambda: len(server.server.sessions) == 500)
+    await wait_until(lambda: len(server.service.sessions) == 500)
     for stream in streams:
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         stream.socket.close()  # RST, no close frame
-    await wait_until(lambda: len(server.server.sessions) == 0)
+    await wait_until(lambda: len(server.service.sessions) == 0)
     async with server.connect() as client:
         await client.request(tts("一切正常。"))
 
@@ -379,7 +379,7 @@ async def test_client_vanishing_mid_binary_does_not_disturb_others(server: Runni
     await stream.aclose()
     async with server.connect() as client:
         await client.request(tts("我照常收到。"))
-    await wait_until(lambda: len(server.server.sessions) == 0)
+    await wait_until(lambda: len(server.service.sessions) == 0)
 
 
 @pytest.mark.parametrize(
@@ -404,6 +404,14 @@ async def test_allowed_origins(start_server: Any) -> None:
     for origin, status in (("https://app.example", b"101"), ("https://evil.example", b"403")):
         stream, response = await raw_handshake(server.port, "/", f"Origin: {origin}\r\n")
         assert response.split(b" ")[1] == status
+        await stream.aclose()
+
+
+async def test_allow_origin_star_accepts_any_origin(start_server: Any) -> None:
+    server: Running = await start_server(allowed_origins=("*",))
+    for origin in ("https://app.example", "http://elsewhere.example:8080"):
+        stream, response = await raw_handshake(server.port, "/", f"Origin: {origin}\r\n")
+        assert response.split(b" ")[1] == b"101"
         await stream.aclose()
 
 
@@ -476,7 +484,7 @@ async def test_the_watchdog_stops_while_an_engine_call_is_stuck(start_server: An
     # The same predicate the CLI hands to the systemd watchdog.
     engine = HangingEngine()
     server: Running = await start_server(engine, task_timeout=0.3)
-    alive = _alive(server.server, stall_limit=0.5)
+    alive = _alive(server.service, stall_limit=0.5)
     assert alive()
     try:
         async with server.connect() as client:

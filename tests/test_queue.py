@@ -104,7 +104,7 @@ async def test_disconnect_cancels_pending_tasks_without_computing_them(start_ser
                 await b.send(tts(text))
                 gone.append((await b.recv_json())["task_id"])
             session = b.session_id
-        await wait_until(lambda: session not in server.server.sessions)
+        await wait_until(lambda: session not in server.service.sessions)
         for task_id in gone:
             reply = await status(a, task_id)
             assert (reply["status"], reply["error_message"]) == ("cancelled", "客户端已断开连接")
@@ -124,7 +124,7 @@ async def test_disconnect_stops_a_running_task_between_segments(start_server: An
         await leaver.recv_json()
         await engine.first_segment()
         session = leaver.session_id
-    await wait_until(lambda: session not in server.server.sessions)
+    await wait_until(lambda: session not in server.service.sessions)
     engine.release()
     async with server.connect() as other:
         await other.request(tts("下一个任务照常运行。"))
@@ -151,12 +151,12 @@ async def test_engine_failure_fails_only_that_task(start_server: Any) -> None:
 
 async def test_slow_reader_does_not_delay_other_clients(start_server: Any) -> None:
     server: Running = await start_server()
-    board = server.server.board
+    board = server.service.board
     # The lazy client asks for five long files (~40 s of audio each, within its byte bound) and
     # reads none of them: the inference task hands each over and goes on.
     lazy = await Unread.open(server.port)
-    await wait_until(lambda: len(server.server.sessions) == 1)
-    (session,) = server.server.sessions.values()
+    await wait_until(lambda: len(server.service.sessions) == 1)
+    (session,) = server.service.sessions.values()
     for _ in range(5):
         await lazy.send(tts("今天天气很好我们一起去公园散步吧。" * 10))
     await wait_until(lambda: sum(task.state == "completed" for task in board.registry) == 5)

@@ -12,7 +12,7 @@ import trio.testing
 from indextts_server.core.engine import SynthesisJob
 from indextts_server.core.tasks import InvalidTransition, Task, TaskRegistry
 from indextts_server.io.scheduling.board import TaskBoard
-from indextts_server.io.transport.session import Session
+from indextts_server.io.service.session import Session
 
 from .conftest import Running, tts
 

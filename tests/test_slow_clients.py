@@ -21,7 +21,7 @@ from trio_websocket import open_websocket_url
 
 from indextts_server.core.engine import SAMPLE_RATE
 from indextts_server.io.engines.tone import ToneEngine
-from indextts_server.io.transport import session as session_module
+from indextts_server.io.service import session as session_module
 
 from .conftest import CLIENT_MAX_MESSAGE, CliServer, Running, Unread, tts, wait_until
 
@@ -38,8 +38,8 @@ async def test_a_client_that_does_not_read_is_closed_with_1008_and_its_tasks_can
     server: Running = await start_server(max_session_buffer=4 * LONG_WAV_BYTES)
     lazy = await Unread.open(server.port)
     nursery.start_soon(lazy.keep_alive, KEEPALIVE)
-    await wait_until(lambda: len(server.server.sessions) == 1)
-    (session,) = server.server.sessions.values()
+    await wait_until(lambda: len(server.service.sessions) == 1)
+    (session,) = server.service.sessions.values()
     for _ in range(12):
         await lazy.send(tts(LONG))
     await wait_until(lambda: session.overflowed)
@@ -50,7 +50,7 @@ async def test_a_client_that_does_not_read_is_closed_with_1008_and_its_tasks_can
         # The rest of the service carries on, and every task of the closed session ended cancelled.
         await other.request(tts("我照常收到。"))
         assert not session.tasks
-        mine = [task for task in server.server.board.registry if task.session_id == session.session_id]
+        mine = [task for task in server.service.board.registry if task.session_id == session.session_id]
         assert len(mine) == 12
         assert {task.state for task in mine} <= {"completed", "cancelled"}
         cancelled = [task for task in mine if task.state == "cancelled"]
@@ -67,12 +67,12 @@ async def test_past_the_total_bound_the_session_holding_most_is_closed(
     )
     greedy = await Unread.open(server.port)
     nursery.start_soon(greedy.keep_alive, KEEPALIVE)
-    await wait_until(lambda: len(server.server.sessions) == 1)
-    (session,) = server.server.sessions.values()
+    await wait_until(lambda: len(server.service.sessions) == 1)
+    (session,) = server.service.sessions.values()
     for _ in range(6):
         await greedy.send(tts(LONG))
     await wait_until(lambda: session.overflowed)
-    assert server.server.budget.buffered <= 6 * LONG_WAV_BYTES
+    assert server.service.budget.buffered <= 6 * LONG_WAV_BYTES
     async with server.connect() as reader:
         _, wav = await reader.request(tts(LONG))
         assert len(wav) > LONG_WAV_BYTES * 0.9
@@ -262,16 +262,16 @@ async def test_an_http_response_stuck_on_a_client_that_stopped_reading_is_cut_af
     # when the outbox passes its bound.
     api: Running = await start_http(ToneEngine(rtf=0.02), max_session_buffer=4 * LONG_WAV_BYTES // 10)
     lazy = await UnreadHttp.post(api.http_port, {"input": HTTP_LONG, "response_format": "wav"})
-    await wait_until(lambda: len(api.server.sessions) == 1)
-    (session,) = api.server.sessions.values()
+    await wait_until(lambda: len(api.service.sessions) == 1)
+    (session,) = api.service.sessions.values()
     with trio.fail_after(30):
         # Unread, the response stays stuck in a write: the request gives up on it after the grace.
-        while session.session_id in api.server.sessions:  # noqa: ASYNC110 - no event marks it
+        while session.session_id in api.service.sessions:  # noqa: ASYNC110 - no event marks it
             await trio.sleep(0.05)
         data = await lazy.read_to_end()
     assert session.overflowed
     assert data.startswith(b"HTTP/1.1 200") and not data.endswith(b"\r\n0\r\n\r\n")
-    (task,) = api.server.board.registry
+    (task,) = api.service.board.registry
     assert (task.state, task.error_message) == ("cancelled", NOT_READING)
     async with httpx.AsyncClient(timeout=30) as http:
         after = await http.post(f"{api.http}/v1/audio/speech", json={"input": "我照常收到。", "stream": False})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -19,8 +20,8 @@ import trio
 from indextts_server.core.engine import SAMPLE_RATE, Segment, SynthesisJob
 from indextts_server.io.engines.tone import ToneEngine
 
-from .conftest import GatedEngine, Running, StartServer, decode_wav, tts, wait_until
-from .test_voices import sample, upload
+from .conftest import GatedEngine, JobsEngine, Running, StartServer, decode_wav, tts, wait_until
+from .test_voices import sample, stored, upload
 
 TEXT = "大家好，我现在正在体验 AI 科技！今天天气很好。"
 THREE_SEGMENTS = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"
@@ -28,22 +29,6 @@ FORMATS: list[Any] = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
 RATE_ERROR = "sample_rate 必须是 8000/11025/12000/16000/22050/24000/32000/44100/48000 之一"
 PCM_RATE = 24000
 """What the openai SDK's player, pipecat, livekit and Home Assistant play ``pcm`` at."""
-
-
-class JobsEngine:
-    """A tone engine that keeps every job it was given."""
-
-    def __init__(self) -> None:
-        self.inner = ToneEngine()
-        self.name = "tone"
-        self.jobs: list[SynthesisJob] = []
-
-    def warm_up(self) -> None:
-        pass
-
-    def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
-        self.jobs.append(job)
-        return self.inner.synthesize(job)
 
 
 def sdk(api: Running, **options: Any) -> openai.OpenAI:
@@ -253,6 +238,22 @@ async def test_speed_changes_the_duration_and_keeps_the_pitch(api: Running, spee
     assert abs(peak_hz(faster) - peak_hz(normal)) < 0.03 * peak_hz(normal)
 
 
+async def test_speed_with_streaming_has_no_seams(api: Running) -> None:
+    """One time-stretch over the whole utterance: the streamed samples are the whole file's."""
+    client = sdk(api)
+
+    def speak(stream: bool) -> bytes:
+        with client.audio.speech.with_streaming_response.create(
+            model="indextts2", voice="alice", input=THREE_SEGMENTS, response_format="pcm", speed=1.5,
+            extra_body={"stream": stream, "max_tokens": 20},
+        ) as response:  # fmt: skip
+            return b"".join(response.iter_bytes())
+
+    whole, streamed = await in_thread(speak, False), await in_thread(speak, True)
+    assert len(whole) > 2 * SAMPLE_RATE  # three segments, sped up: still over a second
+    assert np.array_equal(np.frombuffer(streamed, "<i2"), np.frombuffer(whole, "<i2"))
+
+
 async def test_instructions_are_the_emotion_text_and_extra_fields_reach_the_model(
     start_http: StartServer,
 ) -> None:
@@ -283,11 +284,36 @@ async def test_instructions_are_the_emotion_text_and_extra_fields_reach_the_mode
     assert (vector.emo_mode, vector.emo_vector) == ("vector", (0, 0.5, 0, 0, 0, 0, 0, 0))
 
 
-async def test_openai_stock_voice_names_and_default_mean_the_bundled_voice(api: Running) -> None:
+async def test_openai_stock_voice_names_and_default_mean_the_bundled_voice(start_http: StartServer) -> None:
+    engine = JobsEngine()
+    api = await start_http(engine)
     client = sdk(api)
-    for voice in ("alloy", "default"):
+    for voice in ("alloy", "nova", "default"):
         response = await in_thread(client.audio.speech.create, model="tts-1", voice=voice, input="你好。")
         assert seconds(response.content, "mp3") > 0.2
+    bundled = await trio.to_thread.run_sync(os.path.realpath, str(api.service.config.default_voice))
+    assert [job.prompt_audio for job in engine.jobs] == [bundled] * 3
+
+
+async def test_a_library_voice_shadows_the_stock_name_it_is_called(start_http: StartServer) -> None:
+    engine = JobsEngine()
+    api = await start_http(engine)
+    assert (await upload(api.http, "alloy", sample(1.5))).status_code == 201
+    await in_thread(sdk(api).audio.speech.create, model="tts-1", voice="alloy", input="你好。")
+    (job,) = engine.jobs
+    assert job.prompt_audio == stored(api, "alloy")
+
+
+async def test_a_voice_given_as_an_object_with_its_id_is_that_voice(start_http: StartServer) -> None:
+    engine = JobsEngine()
+    api = await start_http(engine)
+    await upload(api.http, "alice", sample(2.0))
+    body = {"input": "你好。", "voice": {"id": "alice"}, "response_format": "wav"}
+    response = await in_thread(httpx.post, f"{api.http}/v1/audio/speech", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    assert len(decode_wav(response.content)[0]) > 0
+    (job,) = engine.jobs
+    assert job.prompt_audio == stored(api, "alice")
 
 
 # --- the shared task board ------------------------------------------------------------------------
@@ -317,7 +343,7 @@ async def test_a_client_that_disconnects_mid_stream_cancels_its_task(start_http:
                 return response.headers["x-task-id"]
 
     task_id = await in_thread(read_first_chunk_and_leave)
-    task = api.server.board.registry.get(task_id)
+    task = api.service.board.registry.get(task_id)
     assert task is not None
     engine.release()
     await wait_until(lambda: task.finished)
@@ -339,8 +365,8 @@ async def test_a_waiting_request_whose_client_leaves_is_never_computed(start_htt
                 client.post(f"{api.http}/v1/audio/speech", json={"input": "等待中的请求。"})
 
         await in_thread(give_up)
-        await wait_until(lambda: len(api.server.board.registry) == 2)
-        waiting = [task for task in api.server.board.registry if task.task_id != running]
+        await wait_until(lambda: len(api.service.board.registry) == 2)
+        waiting = [task for task in api.service.board.registry if task.task_id != running]
         await wait_until(lambda: waiting[0].finished)
         assert (waiting[0].state, waiting[0].error_message) == ("cancelled", "客户端已断开连接")
         engine.release()
@@ -404,6 +430,12 @@ def error_of(api: Running, body: Any, **kwargs: Any) -> tuple[int, dict[str, Any
             "model",
             "模型不存在: whisper-1（可用: indextts2/tts-1/tts-1-hd/gpt-4o-mini-tts）",
         ),
+        (
+            {"input": "你好", "model": "indextts-2.5"},  # listed only by a server that runs it
+            404,
+            "model",
+            "模型不存在: indextts-2.5（可用: indextts2/tts-1/tts-1-hd/gpt-4o-mini-tts）",
+        ),
         ({"input": "好" * 2001}, 400, "input", "input 过长：最多 2000 个字符"),
         *(
             ({"input": "你好", "sample_rate": rate}, 400, "sample_rate", RATE_ERROR)
@@ -448,7 +480,7 @@ async def test_a_full_queue_is_429_with_retry_after(start_http: StartServer) -> 
         await ws.send(tts(THREE_SEGMENTS, max_tokens=20))  # runs
         await engine.first_segment()
         await ws.send(tts())  # waits: the queue is full
-        await wait_until(lambda: api.server.scheduler.queue_depth == 1)
+        await wait_until(lambda: api.service.scheduler.queue_depth == 1)
         code, error, headers = await in_thread(error_of, api, {"input": "你好"})
         engine.release()
     assert (code, headers["retry-after"], error["type"], error["code"]) == (
@@ -477,8 +509,8 @@ async def test_draining_answers_503_to_waiting_and_new_requests(start_http: Star
         nursery.start_soon(in_thread, post, "running", THREE_SEGMENTS)
         await engine.first_segment()
         nursery.start_soon(in_thread, post, "waiting", "等待中的请求。")
-        await wait_until(lambda: api.server.scheduler.queue_depth == 1)
-        nursery.start_soon(api.server.drain)
+        await wait_until(lambda: api.service.scheduler.queue_depth == 1)
+        nursery.start_soon(api.service.drain)
         await wait_until(lambda: "waiting" in results)
         engine.release()
     assert results["waiting"][0] == 503
@@ -499,6 +531,16 @@ class FailsAfterFirstSegment:
         segments = ToneEngine().synthesize(job)
         yield next(segments)
         raise RuntimeError("boom")
+
+
+async def test_a_task_past_the_task_timeout_is_a_500_naming_it(start_http: StartServer) -> None:
+    engine = GatedEngine()
+    api = await start_http(engine, task_timeout=0.2)
+    body = {"input": THREE_SEGMENTS, "max_tokens": 20, "stream": False}  # a whole file: the status tells
+    code, error, headers = await in_thread(error_of, api, body)
+    engine.release()
+    assert (code, error["type"], error["message"]) == (500, "server_error", "任务超时：超过 0.2 秒未完成")
+    assert headers["x-task-id"]
 
 
 async def test_an_engine_failure_before_any_audio_is_a_500_naming_it(start_http: StartServer) -> None:

@@ -1,4 +1,4 @@
-"""The catalogue of client-facing texts: each one is documented in the README, word for word."""
+"""The catalogue of client-facing texts: each one is listed in the docs, word for word."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from indextts_server.core import texts
 from .conftest import REPO
 
 NUMBER = 7919
-"""Stands for a number in a text (``N`` in the README)."""
+"""Stands for a number in a text (``N`` in the docs)."""
 
 
 def _rendered(function: Callable[..., str]) -> str:
-    """The text as the README writes it: a number is ``N``, any other value ``<its name>``."""
+    """The text as the docs write it: a number is ``N``, any other value ``<its name>``."""
     args: list[object] = []
     for parameter in inspect.signature(function, eval_str=True).parameters.values():
         if parameter.annotation in (int, float):
@@ -39,14 +39,18 @@ def catalogue() -> Iterator[tuple[str, str]]:
             yield name, _rendered(value)
 
 
+PAGES = ("docs/contract.md", "docs/http-api.md")
+"""Where the texts are listed: the contract's errors and replies, the HTTP API's errors."""
+
+
 def documented() -> set[str]:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    return set(re.findall(r"`([^`\n]+)`", readme))
+    listed = "".join((REPO / page).read_text(encoding="utf-8") for page in PAGES)
+    return set(re.findall(r"`([^`\n]+)`", listed))
 
 
 @pytest.mark.parametrize(("name", "text"), list(catalogue()), ids=[name for name, _ in catalogue()])
-def test_every_client_text_is_in_the_readme(name: str, text: str) -> None:
-    assert text in documented(), f"README.md does not show texts.{name}: `{text}`"
+def test_every_client_text_is_in_the_docs(name: str, text: str) -> None:
+    assert text in documented(), f"neither of {PAGES} shows texts.{name}: `{text}`"
 
 
 def test_the_catalogue_covers_every_kind_of_text() -> None:

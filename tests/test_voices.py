@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import av
 import httpx
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import trio
 from indextts_server.core.voices import VoiceError, check_voice_name
 from indextts_server.io.audio.voices import read_meta
 
-from .conftest import Client, CliServer, Running, StartServer, decode_wav, tts
+from .conftest import Client, CliServer, JobsEngine, Running, StartServer, decode_wav, tts
 
 SR = 22050
 
@@ -61,7 +62,12 @@ async def api(start_http: StartServer) -> Running:
 
 
 def folder_of(api: Running) -> Path:
-    return Path(api.server.config.voices_dir)
+    return Path(api.service.config.voices_dir)
+
+
+def stored(api: Running, name: str) -> str:
+    """The resolved file of library voice ``name``: what a job that uses it names."""
+    return os.path.realpath(folder_of(api) / f"{name}.wav")
 
 
 # --- upload, list, delete -------------------------------------------------------------------------
@@ -82,6 +88,35 @@ async def test_an_upload_in_any_common_format_becomes_a_voice(api: Running, fmt:
     info = soundfile.info(str(stored))
     assert (info.samplerate, info.channels, info.subtype) == (SR, 1, "PCM_16")
     assert files(folder_of(api)) == ["alice.wav"]
+
+
+def encoded(seconds: float, container: str, codec: str, rate: int = 48000) -> bytes:
+    """A tone of ``seconds`` encoded by FFmpeg (PyAV) into ``container``, as browsers record it."""
+    t = np.arange(int(seconds * rate)) / rate
+    pcm = (np.sin(2 * np.pi * 220 * t) * 8000).astype(np.int16)
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container) as output:
+        stream = output.add_stream(codec, rate=rate, layout="mono")
+        assert isinstance(stream, av.AudioStream)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            output.mux(packet)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("container", "codec", "filename"), [("webm", "libopus", "v.webm"), ("ipod", "aac", "v.m4a")]
+)
+async def test_a_webm_or_m4a_recording_becomes_a_voice(
+    api: Running, container: str, codec: str, filename: str
+) -> None:
+    reply = await upload(api.http, "alice", encoded(2.0, container, codec), filename=filename)
+    assert reply.status_code == 201, reply.text
+    assert abs(reply.json()["duration"] - 2.0) < 0.1
+    info = soundfile.info(str(folder_of(api) / "alice.wav"))
+    assert (info.samplerate, info.channels, info.subtype) == (SR, 1, "PCM_16")
+    assert abs(info.duration - 2.0) < 0.1
 
 
 async def test_the_list_has_the_bundled_voice_and_every_upload(api: Running) -> None:
@@ -170,7 +205,7 @@ async def test_a_bad_upload_is_refused_naming_the_limit_and_leaves_nothing(
     error = reply.json()["error"]
     assert (error["message"], error["param"], error["type"]) == (message, param, "invalid_request_error")
     assert files(folder_of(api)) == []
-    assert not list(Path(api.server.config.voices_dir).parent.glob("**/x*"))
+    assert not list(Path(api.service.config.voices_dir).parent.glob("**/x*"))
 
 
 async def test_an_upload_over_the_size_limit_is_413_and_leaves_nothing(start_http: StartServer) -> None:
@@ -230,14 +265,20 @@ async def test_a_leftover_of_an_interrupted_upload_is_removed_at_start(tmp_path:
 # --- voices over the WebSocket --------------------------------------------------------------------
 
 
-async def test_a_voice_uploaded_over_http_speaks_over_the_websocket(api: Running) -> None:
+async def test_a_voice_uploaded_over_http_speaks_over_the_websocket(start_http: StartServer) -> None:
+    engine = JobsEngine()
+    api = await start_http(engine)
     await upload(api.http, "dave", sample(2.0))
+    await upload(api.http, "erin", sample(1.5))
     async with api.connect() as client:
-        request = tts(voice="dave", emo_mode="audio", emo_voice="dave")
+        request = tts(voice="dave", emo_mode="audio", emo_voice="erin")
         del request["prompt_audio"]
         _, wav = await client.request(request)
     pcm, rate, _ = decode_wav(wav)
     assert rate == SR and len(pcm) > 0
+    (job,) = engine.jobs
+    assert job.prompt_audio == stored(api, "dave")
+    assert (job.emo_mode, job.emo_audio) == ("audio", stored(api, "erin"))
 
 
 @pytest.mark.parametrize(

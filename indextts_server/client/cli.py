@@ -15,7 +15,7 @@ import trio
 
 from ..core.contract.protocol import Cue
 from ..core.cues import subtitles
-from ..core.engine import SAMPLE_RATES
+from ..core.engine import SAMPLE_RATES, SPEED_MAX, SPEED_MIN
 from .output import AudioOutput
 from .progress import Progress
 from .request import (
@@ -135,6 +135,15 @@ def parser() -> argparse.ArgumentParser:
     tuning.add_argument("--seed", type=int, help="fix sampling: same request, same audio")
     tuning.add_argument("--use-random", action="store_true", help="random emotion sampling")
     tuning.add_argument("--quick-first", type=int, metavar="N", help="keep the first segment N tokens short")
+    tuning.add_argument(
+        "--lang", metavar="CODE", help="the text's language: zh, en, ja, es or ar (default: from the text)"
+    )
+    tuning.add_argument(
+        "--speed",
+        type=float,
+        metavar="X",
+        help=f"speaking rate, {SPEED_MIN:g} to {SPEED_MAX:g} (1: the model's own; larger is faster)",
+    )
 
     st = commands.add_parser(
         "status",
@@ -209,8 +218,9 @@ def _read_text(args: argparse.Namespace) -> str:
         raise UsageError(f"--text-file: cannot read {source}: {error.strerror}") from None
 
 
-def _say(args: argparse.Namespace) -> None:
-    options = SayOptions(
+def say_options(args: argparse.Namespace) -> SayOptions:
+    """What ``say``'s command line asks for."""
+    return SayOptions(
         text=_read_text(args),
         voice=args.voice,
         prompt=args.prompt,
@@ -224,11 +234,17 @@ def _say(args: argparse.Namespace) -> None:
         seed=args.seed,
         use_random=args.use_random,
         quick_first=args.quick_first,
+        lang=args.lang,
+        speed=args.speed,
         format=args.format,
         stream=args.stream,
         sample_rate=args.sample_rate,
         subtitles=args.subtitles,
     )
+
+
+def _say(args: argparse.Namespace) -> None:
+    options = say_options(args)
     request = build_request(options)
     wire, _ = wire_format(options)
     path = args.output or f"out.{options.format}"

@@ -36,6 +36,8 @@ class SayOptions:
     seed: int | None = None
     use_random: bool = False
     quick_first: int | None = None
+    lang: str | None = None
+    speed: float | None = None
     format: Format = "wav"
     stream: bool = False
     sample_rate: int | None = None
@@ -147,6 +149,8 @@ def build_request(options: SayOptions) -> dict[str, object]:
         "max_tokens": options.max_tokens,
         "seed": options.seed,
         "quick_first": options.quick_first,
+        "lang": options.lang,
+        "speed": options.speed,
         "sample_rate": options.sample_rate,
     }
     request.update({name: value for name, value in optional.items() if value is not None})

@@ -129,7 +129,7 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     allowed_origins: Annotated[
         tuple[str, ...],
         Flag(
-            "accept only handshakes from this Origin (repeatable; default: any)",
+            "accept only handshakes from this Origin (repeatable; *: any; default: any)",
             OPERATIONS,
             name="--allow-origin",
             metavar="ORIGIN",
@@ -201,6 +201,13 @@ class EngineOptions(msgspec.Struct, frozen=True, kw_only=True):
     tone_rtf: Annotated[NonNegative, Flag("tone engine: wall seconds spent per second of audio produced")] = (
         0.0
     )
+    tone_gate: Annotated[
+        str | None,
+        Flag(
+            "tone engine: hold every job after its first segment until this file exists"
+            " (keeps a task running for a test)"
+        ),
+    ] = None
     workers: Annotated[
         PositiveInt,
         Flag("tone engine: inference tasks sharing the FIFO (indextts2: one per --device entry)"),

@@ -127,7 +127,7 @@ def decode_activity(data: bytes | str) -> WorkerActivity:
         return WorkerActivity()
 
 
-EventKind = Literal["start", "audio", "end", "error"]
+EventKind = Literal["start", "cue", "audio", "end", "error"]
 
 
 class ReplyEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -165,7 +165,7 @@ class ReplyEvent(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes]) -> ReplyEvent:
         kind = fields[b"kind"].decode()
-        assert kind in ("start", "audio", "end", "error")
+        assert kind in ("start", "cue", "audio", "end", "error")
         state = fields.get(b"state")
         state_text = None if state is None else state.decode()
         assert state_text in (None, "pending", "running", "completed", "failed", "cancelled")

@@ -23,6 +23,15 @@ PCM_RATE: Final = 24000
 MODEL: Final = "indextts2"
 MODEL_ALIASES: Final = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 """OpenAI's speech model names, accepted so clients that hard-code one of them work unchanged."""
+MODEL_25: Final = "indextts-2.5"
+"""IndexTTS-2.5's id, listed first (and accepted) by a server that runs it."""
+
+
+def model_ids(engine: str) -> tuple[str, ...]:
+    """The ``model`` values a server running ``engine`` lists and accepts: IndexTTS-2.5's own id
+    where it runs, then ``indextts2`` (what every earlier client sends) and OpenAI's names."""
+    own = (MODEL_25,) if engine == "indextts25" else ()
+    return (*own, MODEL, *MODEL_ALIASES)
 
 
 class ApiError(Exception):
@@ -134,7 +143,9 @@ def invalid(field: str, message: str | None = None) -> ApiError:
     return ApiError(400, text, param=field, code="invalid_value")
 
 
-def decode_speech(body: bytes, *, max_text_chars: int) -> SpeechRequest:
+def decode_speech(
+    body: bytes, *, max_text_chars: int, models: tuple[str, ...] = (MODEL, *MODEL_ALIASES)
+) -> SpeechRequest:
     """The request, validated; `ApiError` (400) naming the field otherwise."""
     try:
         request = _decoder.decode(body)
@@ -151,10 +162,10 @@ def decode_speech(body: bytes, *, max_text_chars: int) -> SpeechRequest:
         raise invalid("input")
     if len(request.input) > max_text_chars:
         raise invalid("input", texts.input_too_long(max_text_chars))
-    if request.model is not None and request.model not in (MODEL, *MODEL_ALIASES):
+    if request.model is not None and request.model not in models:
         raise ApiError(
             404,
-            texts.unknown_model(request.model, "/".join((MODEL, *MODEL_ALIASES))),
+            texts.unknown_model(request.model, "/".join(models)),
             param="model",
             code="model_not_found",
         )
@@ -240,6 +251,6 @@ class ModelList(msgspec.Struct, kw_only=True):
     models: list[Model]
 
 
-def model_list() -> ModelList:
-    models = [Model(id=name) for name in (MODEL, *MODEL_ALIASES)]
+def model_list(ids: tuple[str, ...] = (MODEL, *MODEL_ALIASES)) -> ModelList:
+    models = [Model(id=name) for name in ids]
     return ModelList(data=models, models=models)

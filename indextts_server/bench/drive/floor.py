@@ -18,7 +18,7 @@ from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer, 
 
 from ...core.contract.protocol import End, Error, Queued, Start, Welcome
 from ...io.audio.encoding import wav_bytes
-from ...io.transport.session import encode
+from ...io.service.session import encode
 from ...io.transport.websocket import endpoint_url
 
 log = logging.getLogger("indextts_server.bench.drive.floor")

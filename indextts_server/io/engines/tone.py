@@ -27,17 +27,20 @@ class ToneEngine:
     The voice (base pitch) comes from the prompt file's identity; each emotion input shifts
     pitch and brightness, scaled by ``emo_alpha``; ``use_random`` detunes the notes (seeded by
     the job's ``seed`` when given). ``rtf`` seconds of wall time are spent per second of audio,
-    so queueing behaves like a real accelerator under load.
+    so queueing behaves like a real accelerator under load. With ``gate`` (a file path), every
+    segment after a job's first waits until that file exists: a test in another process keeps a
+    task running for as long as it needs, then creates the file.
     """
 
     name = "tone"
 
-    def __init__(self, rtf: float = 0.0, *, fail_on: str | None = None):
+    def __init__(self, rtf: float = 0.0, *, fail_on: str | None = None, gate: str | None = None):
         if rtf < 0:
             raise ValueError("rtf must be >= 0")
         self.rtf = rtf
         # Test hook: a job whose text contains this marker raises, as a broken model would.
         self.fail_on = fail_on
+        self.gate = gate
 
     def warm_up(self) -> None:
         pass
@@ -52,6 +55,9 @@ class ToneEngine:
         base, brightness = self._voice(job)
         rng = np.random.default_rng(job.seed) if job.use_random else None
         for index, segment in enumerate(segments):
+            if index > 0 and self.gate is not None:
+                while not os.path.exists(self.gate):  # a worker thread: sleeping blocks no one else
+                    time.sleep(0.01)
             started = time.monotonic()
             if self.fail_on is not None and self.fail_on in segment:
                 raise RuntimeError(f"tone engine failed on purpose ({self.fail_on!r})")

@@ -16,9 +16,9 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 from ...core import texts
 from ...core.cues import SubtitleFormat
-from ...core.openai import ApiError, model_list
+from ...core.openai import ApiError, model_ids, model_list
 from ..operations.metrics import CONTENT_TYPE, Metrics
-from ..transport.websocket import Server
+from ..service.service import Service
 from .asgi import TEXT, Request, respond, respond_error, respond_json, serve_lifespan
 from .speech import MidStreamFailure, Speech
 from .tasks import Tasks
@@ -75,13 +75,16 @@ class HttpApi:
     (403) otherwise, so a foreign page cannot upload or delete voices behind a user's back.
     """
 
-    def __init__(self, server: Server, metrics: Metrics | None = None, *, ops_only: bool = False):
-        self.server = server
+    def __init__(
+        self, service: Service, metrics: Metrics | None = None, *, ops_only: bool = False, ws_port: int = 0
+    ):
+        self.service = service
         self.metrics = metrics
         self.ops_only = ops_only
-        self.speech = Speech(server)
-        self.tasks = Tasks(server)
-        self.voices = Voices(server.voices)
+        self.ws_port = ws_port  # the contract's WebSocket port, which the page connects to
+        self.speech = Speech(service)
+        self.tasks = Tasks(service)
+        self.voices = Voices(service.voices)
         self.web_root = WEB_ROOT
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
@@ -111,7 +114,7 @@ class HttpApi:
 
     def _cors(self, request: Request) -> list[tuple[str, str]]:
         origin = request.headers.get("origin")
-        allowed = self.server.config.allowed_origins
+        allowed = self.service.config.allowed_origins
         if origin is None or not (origin in allowed or "*" in allowed):
             return []
         return [
@@ -194,7 +197,7 @@ class HttpApi:
         await handler(request, _with_cors(send, cors))
 
     def _authorize(self, request: Request) -> None:
-        token = self.server.config.auth_token
+        token = self.service.config.auth_token
         if not token:
             return
         authorization = request.headers.get("authorization", "")
@@ -221,7 +224,7 @@ class HttpApi:
             await respond(send, 200, b"ok\n", TEXT, [("cache-control", "no-store")])
 
         async def readyz(request: Request, send: ASGISendCallable) -> None:
-            ready = self.server.ready
+            ready = self.service.ready
             await respond(
                 send,
                 200 if ready else 503,
@@ -234,11 +237,11 @@ class HttpApi:
         return routes.get(path)
 
     async def _models(self, request: Request, send: ASGISendCallable) -> None:
-        await respond_json(send, 200, model_list())
+        await respond_json(send, 200, model_list(model_ids(self.service.scheduler.engine_name)))
 
     async def _web_config(self, request: Request, send: ASGISendCallable) -> None:
         """What the demo page cannot guess: the WebSocket port, and whether a token is needed."""
-        config = WebConfig(ws_port=self.server.port, auth_required=bool(self.server.config.auth_token))
+        config = WebConfig(ws_port=self.ws_port, auth_required=bool(self.service.config.auth_token))
         await respond_json(send, 200, config, [("cache-control", "no-store")])
 
     async def _static(self, request: Request, send: ASGISendCallable) -> None:

@@ -21,6 +21,7 @@ from ...core.openai import (
     SpeechRequest,
     decode_speech,
     error_body,
+    model_ids,
     speech_audio_fields,
     speech_delivery,
     speech_job,
@@ -29,9 +30,9 @@ from ...core.texts import SHUTTING_DOWN
 from ...core.voices import VoiceError
 from ..audio.encoding import Transcoder, media_type
 from ..audio.paths import AudioPathError
+from ..service.service import Refused, Service
+from ..service.session import Close, OutboxBudget, Session
 from ..transport.http import CutResponse
-from ..transport.session import Close, OutboxBudget, Session
-from ..transport.websocket import Server
 from .asgi import BodyTooLarge, Request, chunk, encode_json, head
 
 log = logging.getLogger("indextts_server")
@@ -129,40 +130,43 @@ class Done(msgspec.Struct, kw_only=True):
 
 
 class Speech:
-    """The speech endpoint, submitting through the server's task board like a WebSocket session.
+    """The speech endpoint: each request a session of the service, as a WebSocket connection is.
 
     ``writers`` is where responses are written from (see `Wire`); the application sets it.
     """
 
-    def __init__(self, server: Server):
-        self.server = server
+    def __init__(self, service: Service):
+        self.service = service
         self.writers: trio.Nursery | None = None
 
     async def handle(self, request: Request, send: ASGISendCallable) -> None:
-        config = self.server.config
+        config = self.service.config
         try:
             raw = await request.body(config.max_message_bytes)
         except BodyTooLarge:
             raise ApiError(
                 413, texts.body_too_large(config.max_message_bytes), code="request_too_large"
             ) from None
-        speech = decode_speech(raw, max_text_chars=config.max_text_chars)
-        if self.server.draining:
+        models = model_ids(self.service.scheduler.engine_name)
+        speech = decode_speech(raw, max_text_chars=config.max_text_chars, models=models)
+        if self.service.draining:
             raise ApiError(503, SHUTTING_DOWN, code="shutting_down")
         try:
-            resolved = await self.server.sources.resolve(speech_audio_fields(speech))
+            resolved = await self.service.sources.resolve(speech_audio_fields(speech))
         except VoiceError as error:
             raise ApiError(error.status, str(error), param=error.param, code=error.code) from None
         except AudioPathError as error:
             raise ApiError(400, str(error), param="emo_audio", code="invalid_audio") from None
         job = speech_job(speech, resolved)
-        session = HttpSession(self.server.budget)
-        async with self.server.hosting(session):
-            refusal = await self.server.scheduler.submit(session, job, speech_delivery(speech))
-            if refusal is not None:
-                if self.server.metrics is not None:
-                    self.server.metrics.task_refused()
-                raise ApiError(429, refusal, code="queue_full", headers=(("retry-after", RETRY_AFTER),))
+        session = HttpSession(self.service.budget)
+        async with self.service.hosting(session):
+            try:
+                await self.service.submit(session, job, speech_delivery(speech))
+            except Refused as refusal:
+                if str(refusal) == SHUTTING_DOWN:
+                    raise task_error(SHUTTING_DOWN) from None
+                headers = (("retry-after", RETRY_AFTER),)
+                raise ApiError(429, str(refusal), code="queue_full", headers=headers) from None
             queued, _ = await session.next_message()  # the scheduler answers at once
             assert isinstance(queued, Queued)
             failure: ApiError | MidStreamFailure | None = None

@@ -10,8 +10,8 @@ from ...core import texts
 from ...core.contract.protocol import Reply, TaskStatusReply
 from ...core.cues import SUBTITLE_TYPES, SubtitleFormat, subtitles
 from ...core.openai import ApiError
-from ..transport.session import Session
-from ..transport.websocket import Server
+from ..service.service import Service
+from ..service.session import Session
 from .asgi import Request, respond, respond_json
 
 NO_STORE = ("cache-control", "no-store")
@@ -35,13 +35,13 @@ def unknown(task_id: str) -> ApiError:
 class Tasks:
     """Any task, by id, whichever port made it (``/v1/audio/speech`` names it in ``X-Task-Id``)."""
 
-    def __init__(self, server: Server):
-        self.server = server
+    def __init__(self, service: Service):
+        self.service = service
 
     async def status(self, request: Request, send: ASGISendCallable, task_id: str) -> None:
         """The WebSocket's ``task_status`` reply, field for field (``session_id``: this request's)."""
         answer = _Answer()
-        await self.server.scheduler.status(task_id, answer)
+        await self.service.scheduler.status(task_id, answer)
         reply = answer.reply
         if isinstance(reply, TaskStatusReply):
             await respond_json(send, 200, reply, [NO_STORE])
@@ -54,7 +54,7 @@ class Tasks:
         self, request: Request, send: ASGISendCallable, task_id: str, kind: SubtitleFormat
     ) -> None:
         """The task's cues so far: one per segment, timed in the audio its client received."""
-        cues = await self.server.scheduler.cues(task_id)
+        cues = await self.service.scheduler.cues(task_id)
         if cues is None:
             raise unknown(task_id)
         await respond(send, 200, subtitles(cues, kind).encode(), SUBTITLE_TYPES[kind], [NO_STORE])

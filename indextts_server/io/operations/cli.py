@@ -12,15 +12,15 @@ from functools import partial
 from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
-from trio_websocket import WebSocketServer
 
 from ...core.config import ClusterOptions, EngineOptions, ServerConfig
 from ...core.engine import Engine
 from ..engines.thread import close_engine, start_engine
 from ..http.app import HttpApi
 from ..scheduling.scheduler import Scheduler
+from ..service.service import Service
 from ..transport.http import bound_port, serve_http
-from ..transport.websocket import Server
+from ..transport.websocket import WebSocketTransport
 from .cpus import cpu_engine_count, set_torch_threads
 from .flags import parse
 from .logs import setup_logging
@@ -29,7 +29,7 @@ from .systemd import Notifier, listen_sockets, trio_listeners
 
 if TYPE_CHECKING:  # the cluster's modules need redis, an optional extra: imported only when used
     from ..scheduling.broker.gateway import BrokerScheduler
-    from ..scheduling.broker.node import WorkerNode
+    from ..service.node import WorkerNode
 
 log = logging.getLogger("indextts_server")
 
@@ -52,10 +52,8 @@ def build_engines(options: EngineOptions, progress: Callable[[str], None]) -> li
     if options.kind == "tone":
         from ..engines.tone import ToneEngine
 
-        return [
-            start_engine(partial(ToneEngine, options.tone_rtf), f"engine-tone-{index}")
-            for index in range(options.workers)
-        ]
+        tone = partial(ToneEngine, options.tone_rtf, gate=options.tone_gate)
+        return [start_engine(tone, f"engine-tone-{index}") for index in range(options.workers)]
     from ..engines.loading import LoadFailed, load_engines
 
     try:
@@ -65,8 +63,8 @@ def build_engines(options: EngineOptions, progress: Callable[[str], None]) -> li
         raise SystemExit(2) from None
 
 
-class Service(Protocol):
-    """What receives the signals: the WebSocket `Server`, or a worker-only node."""
+class Drainable(Protocol):
+    """What receives the signals: the `Service`, or a worker-only node."""
 
     @property
     def draining(self) -> bool: ...
@@ -75,7 +73,7 @@ class Service(Protocol):
 
 
 async def _watch_signals(
-    server: Service,
+    server: Drainable,
     notifier: Notifier,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -95,38 +93,43 @@ async def _watch_signals(
                     os._exit(1)
 
 
-def _alive(server: Server, stall_limit: float) -> Callable[[], bool]:
+def _alive(service: Service, stall_limit: float) -> Callable[[], bool]:
     """For the watchdog: every inference task runs, and a busy one produced audio lately."""
-    return lambda: server.scheduler.alive(stall_limit)
+    return lambda: service.scheduler.alive(stall_limit)
 
 
-async def _report_status(server: Server, notifier: Notifier) -> None:
+async def _report_status(service: Service, notifier: Notifier) -> None:
     while True:
-        notifier.status(f"{len(server.sessions)} connections, {server.scheduler.status_line()}")
+        notifier.status(f"{len(service.sessions)} connections, {service.scheduler.status_line()}")
         await trio.sleep(STATUS_PERIOD)
 
 
 async def serve(
-    server: Server,
+    service: Service,
     notifier: Notifier,
     metrics: Metrics,
+    *,
+    listeners: Sequence[trio.SocketListener] = (),
     metrics_address: tuple[str, int] | None = None,
     http_address: tuple[str, int] | None = None,
 ) -> None:
-    """Run ``server``, its HTTP port and its operations endpoints until a signal has drained it."""
+    """Run ``service`` and its transports (the contract's WebSocket port, the HTTP port, the
+    operations port) until a signal has drained it."""
     async with trio.open_nursery() as nursery:
-        await nursery.start(_watch_signals, server, notifier)
+        await nursery.start(_watch_signals, service, notifier)
         if metrics_address is not None:
             host, port = metrics_address
-            ops = HttpApi(server, metrics, ops_only=True)
+            ops = HttpApi(service, metrics, ops_only=True)
             urls = await nursery.start(partial(serve_http, ops, host, port, errors=metrics))
             log.info("metrics on http://%s:%s/metrics (also /healthz, /readyz)", host, bound_port(urls))
-        stall_limit = server.config.task_timeout or DEFAULT_STALL_LIMIT
-        await nursery.start(notifier.run_watchdog, _alive(server, stall_limit))
-        await nursery.start(_run_then_stop, server, nursery.cancel_scope)
+        stall_limit = service.config.task_timeout or DEFAULT_STALL_LIMIT
+        await nursery.start(notifier.run_watchdog, _alive(service, stall_limit))
+        await nursery.start(_run_then_stop, service, nursery.cancel_scope)
+        contract = WebSocketTransport(service, listeners)
+        await nursery.start(contract.run)
         if http_address is not None:
             host, port = http_address
-            api = HttpApi(server, metrics)
+            api = HttpApi(service, metrics, ws_port=contract.port)
             # The HTTP listener closes when the drain starts, as the WebSocket one does; requests in
             # flight get the drain's time and a little more to finish.
             urls = await nursery.start(
@@ -135,23 +138,24 @@ async def serve(
                     api,
                     host,
                     port,
-                    shutdown=server.drain_started.wait,
-                    graceful_timeout=server.config.drain_timeout + 10,
+                    shutdown=service.drain_started.wait,
+                    graceful_timeout=service.config.drain_timeout + 10,
                     errors=metrics,
                 )
             )
             log.info("http on http://%s:%s (OpenAI-compatible API under /v1)", host, bound_port(urls))
-        notifier.ready(f"listening; engine {server.scheduler.engine_name}")
-        nursery.start_soon(_report_status, server, notifier)
+        notifier.ready(f"listening; engine {service.scheduler.engine_name}")
+        nursery.start_soon(_report_status, service, notifier)
 
 
 async def _run_then_stop(
-    server: Server,
+    service: Service,
     scope: trio.CancelScope,
     *,
-    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await server.run(task_status=task_status)
+    """Run the service; once its drain has finished, stop everything else with it."""
+    await service.run(task_status=task_status)
     scope.cancel()
 
 
@@ -162,7 +166,7 @@ async def serve_worker(
     metrics_address: tuple[str, int] | None = None,
 ) -> None:
     """Run a worker-only node (``--role worker``) and its operations endpoints until drained."""
-    from ..scheduling.broker.node import OpsApi
+    from ..http.ops import OpsApi
 
     async with trio.open_nursery() as nursery:
         await nursery.start(_watch_signals, node, notifier)
@@ -265,19 +269,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     async def start() -> None:
         if cluster.role == "worker":
             from ..scheduling.broker.gateway import BrokerScheduler
-            from ..scheduling.broker.node import WorkerNode
+            from ..service.node import WorkerNode
 
             assert isinstance(scheduler, BrokerScheduler)
             node = WorkerNode(scheduler, drain_timeout=config.drain_timeout, task_timeout=config.task_timeout)
             metrics.set_queue_depth_source(lambda: node.scheduler.queue_depth)
             await serve_worker(node, notifier, metrics, metrics_address)
             return
-        server = Server(
-            config, engines, metrics=metrics, listeners=trio_listeners(adopted), scheduler=scheduler
+        service = Service(config, engines, metrics=metrics, scheduler=scheduler)
+        service.voices.prepare()
+        metrics.set_queue_depth_source(lambda: service.scheduler.queue_depth)
+        await serve(
+            service,
+            notifier,
+            metrics,
+            listeners=trio_listeners(adopted),
+            metrics_address=metrics_address,
+            http_address=http_address,
         )
-        server.voices.prepare()
-        metrics.set_queue_depth_source(lambda: server.scheduler.queue_depth)
-        await serve(server, notifier, metrics, metrics_address, http_address)
 
     try:
         trio.run(start)

@@ -74,7 +74,7 @@ class _Row:
         self.deadline = deadline
         task = ticket.task
         self.files = SegmentFiles(task.delivery.format, task.delivery.sample_rate)
-        self.cues = timeline(task)
+        self.cues = timeline(task.job, task.delivery)
         self.segments: Iterator[Segment] | BaseException | None = None
         self.chunks: list[PCM] = []
         self.samples = 0

@@ -14,7 +14,7 @@ from ...core import texts
 from ...core.contract.protocol import TaskState
 from ...core.engine import SAMPLE_RATE, SynthesisJob
 from ...core.tasks import CONTRACT_DELIVERY, Delivery, Task, TaskRegistry
-from ..transport.session import Session
+from .recipient import Recipient
 
 log = logging.getLogger("indextts_server")
 
@@ -35,7 +35,7 @@ class TaskObserver(Protocol):
     def engine_error(self) -> None: ...
 
 
-def new_task(session: Session, job: SynthesisJob, delivery: Delivery) -> Task:
+def new_task(session: Recipient, job: SynthesisJob, delivery: Delivery) -> Task:
     """A task accepted now for ``session``: a fresh id, the wall-clock and monotonic times."""
     return Task(
         str(uuid.uuid4()),
@@ -67,7 +67,7 @@ class Ticket(NamedTuple):
     """A queued task and the session its messages go to."""
 
     task: Task
-    session: Session
+    session: Recipient
 
 
 Refusal = Literal["full", "closed"]
@@ -105,7 +105,7 @@ class TaskBoard:
         return len(self._tickets)
 
     def submit(
-        self, session: Session, job: SynthesisJob, delivery: Delivery = CONTRACT_DELIVERY
+        self, session: Recipient, job: SynthesisJob, delivery: Delivery = CONTRACT_DELIVERY
     ) -> Task | Refusal:
         """Queue a new task for ``job``, or say why not.
 
@@ -130,7 +130,7 @@ class TaskBoard:
         self,
         task: Task,
         state: TaskState,
-        session: Session,
+        session: Recipient,
         error: str | None = None,
         *,
         samples: int = 0,
@@ -160,7 +160,7 @@ class TaskBoard:
             self.move(task, "cancelled", session, reason)
         return gone
 
-    def cancel_pending(self, session: Session) -> None:
+    def cancel_pending(self, session: Recipient) -> None:
         """A session is closed: its waiting tasks will never run. A running one stops in the worker.
 
         They end with the session's ``close_reason`` ("disconnected" unless it says otherwise).

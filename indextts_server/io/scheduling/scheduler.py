@@ -13,9 +13,9 @@ from ...core.contract import replies
 from ...core.contract.protocol import Cue
 from ...core.engine import Engine, SynthesisJob
 from ...core.tasks import Delivery
-from ..transport.session import Session
 from .batch import BatchWorker
 from .board import TaskBoard, TaskObserver
+from .recipient import Recipient
 from .worker import InferenceWorker
 
 log = logging.getLogger("indextts_server")
@@ -56,17 +56,17 @@ class Scheduler(Protocol):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
 
-    async def submit(self, session: Session, job: SynthesisJob, delivery: Delivery) -> str | None: ...
+    async def submit(self, session: Recipient, job: SynthesisJob, delivery: Delivery) -> str | None: ...
 
-    async def status(self, task_id: str, session: Session) -> None: ...
+    async def status(self, task_id: str, session: Recipient) -> None: ...
 
-    async def cancel(self, task_id: str, session: Session) -> None: ...
+    async def cancel(self, task_id: str, session: Recipient) -> None: ...
 
     async def cues(self, task_id: str) -> list[Cue] | None:
         """The task's cues so far (one per segment made), or ``None`` for an unknown task."""
         ...
 
-    async def session_closed(self, session: Session) -> None:
+    async def session_closed(self, session: Recipient) -> None:
         """The session is gone: cancel its waiting tasks, stop its running ones at the next segment."""
         ...
 
@@ -150,7 +150,7 @@ class EmbeddedScheduler:
             await nursery.start(self.board.sweep)
             task_status.started()
 
-    async def submit(self, session: Session, job: SynthesisJob, delivery: Delivery) -> str | None:
+    async def submit(self, session: Recipient, job: SynthesisJob, delivery: Delivery) -> str | None:
         task = self.board.submit(session, job, delivery)
         if task == "closed":  # the drain began while the request's paths were being checked
             return texts.SHUTTING_DOWN
@@ -159,14 +159,14 @@ class EmbeddedScheduler:
         session.send(replies.queued(task.task_id, session.session_id, delivery, self.board.queue_depth))
         return None
 
-    async def status(self, task_id: str, session: Session) -> None:
+    async def status(self, task_id: str, session: Recipient) -> None:
         task = self.board.registry.get(task_id)
         if task is None:
             session.send(replies.error(session.session_id, texts.unknown_task(task_id), task_id))
         else:
             session.send(replies.task_status(task, session.session_id))
 
-    async def cancel(self, task_id: str, session: Session) -> None:
+    async def cancel(self, task_id: str, session: Recipient) -> None:
         task = self.board.registry.get(task_id)
         if task is None:
             session.send(replies.error(session.session_id, texts.unknown_task(task_id), task_id))
@@ -188,7 +188,7 @@ class EmbeddedScheduler:
         task = self.board.registry.get(task_id)
         return None if task is None else list(task.cues)
 
-    async def session_closed(self, session: Session) -> None:
+    async def session_closed(self, session: Recipient) -> None:
         self.board.cancel_pending(session)
 
     async def drain(self, grace: float) -> None:

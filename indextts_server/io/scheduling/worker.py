@@ -8,7 +8,7 @@ Theory of operation: who may change what.
 - ``Task.stop_reason`` is set by the transport (a client's ``cancel``) and by the drain
   (``InferenceWorker.stop``); it is read only by the worker, between segments. Once set it is
   never cleared or replaced, and it becomes the task's final error message.
-- ``Session.open`` is cleared only by the session itself (closed, overflowed, dropped, or its
+- ``Recipient.open`` is cleared only by the session itself (closed, overflowed, dropped, or its
   connection gone). The worker reads it between segments: a task whose session is closed stops
   there, ending ``cancelled`` with the session's ``close_reason`` (or "disconnected").
 - The worker's cancel scope around a task is cancelled only by its deadline
@@ -32,11 +32,11 @@ from ...core import texts
 from ...core.contract import replies
 from ...core.cues import Timeline
 from ...core.engine import PCM, Engine, Segment, SynthesisJob
-from ...core.tasks import Task
+from ...core.tasks import Delivery, Task
 from ..audio.encoding import SegmentFiles
 from ..engines.thread import home_thread
-from ..transport.session import Session
 from .board import TaskBoard, Ticket
+from .recipient import Recipient
 
 log = logging.getLogger("indextts_server")
 
@@ -49,18 +49,17 @@ CLOSE_TIMEOUT: Final = 5.0
 """Seconds the worker waits for an engine iterator to close before leaving it to its thread."""
 
 
-def timeline(task: Task) -> Timeline:
-    """Where the task's segments fall in the audio its client receives.
+def timeline(job: SynthesisJob, delivery: Delivery) -> Timeline:
+    """Where a task's segments fall in the audio its client receives.
 
     A ``speed`` below 1 that the engine renders as a time-stretch lengthens its pauses too: they
     may then last up to ``interval_silence / speed``.
     """
-    delivery, job = task.delivery, task.job
     longest_pause = math.ceil(job.interval_silence / min(1.0, job.speed))
     return Timeline(longest_pause, speed=delivery.speed, sample_rate=delivery.sample_rate)
 
 
-def announce(task: Task, session: Session, cues: Timeline, segment: Segment, index: int) -> None:
+def announce(task: Task, session: Recipient, cues: Timeline, segment: Segment, index: int) -> None:
     """Keep the segment's cue with the task, and send it first when the request asked for cues."""
     cue = cues.add(index, segment.text, segment.pcm, last=segment.last)
     task.cues.append(cue)
@@ -291,7 +290,7 @@ class InferenceWorker(EngineTask):
         stream = task.delivery.stream
         run = EngineRun(self.engine, task.job)
         files = SegmentFiles(task.delivery.format, task.delivery.sample_rate)
-        cues = timeline(task)
+        cues = timeline(task.job, task.delivery)
         chunks: list[PCM] = []
         samples, compute = 0, 0.0
         finished = False

@@ -1,1 +1,1 @@
-"""Transport: the WebSocket server (a nursery per connection), its sessions, and the HTTP server."""
+"""Transport: the contract's WebSocket port and the HTTP server, each an adapter over the service."""

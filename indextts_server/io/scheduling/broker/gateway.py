@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 
+import msgspec
 import trio
 
 from ....core import texts
@@ -19,8 +20,8 @@ from ....core.contract.protocol import Cue, TaskState
 from ....core.engine import SynthesisJob
 from ....core.fleet import ReplyEvent, TaskOrder, decode_activity
 from ....core.tasks import Delivery, Task, iso
-from ...transport.session import Session
 from ..board import TaskObserver, new_task, report_finished
+from ..recipient import Recipient
 from .recovery import run_recovery
 from .store import BrokerDown, Store
 from .worker import BrokerWorker
@@ -33,7 +34,7 @@ class _Local:
     """A task this gateway admitted, as its client sees it (timings are this gateway's clock)."""
 
     task: Task
-    session: Session
+    session: Recipient
     announced: bool = False  # ``queued`` sent: replies before it wait in ``backlog``
     backlog: list[ReplyEvent] = field(default_factory=list)
     attempt: int = 0
@@ -127,7 +128,7 @@ class BrokerScheduler:
             await nursery.start(recovery)
             task_status.started()
 
-    async def submit(self, session: Session, job: SynthesisJob, delivery: Delivery) -> str | None:
+    async def submit(self, session: Recipient, job: SynthesisJob, delivery: Delivery) -> str | None:
         if not self.connected:
             return texts.BROKER_UNAVAILABLE
         task = new_task(session, job, delivery)
@@ -156,7 +157,7 @@ class BrokerScheduler:
         local.backlog.clear()
         return None
 
-    async def status(self, task_id: str, session: Session) -> None:
+    async def status(self, task_id: str, session: Recipient) -> None:
         try:
             record = await self.store.call(self.store.record, task_id)
         except BrokerDown as exc:
@@ -169,15 +170,14 @@ class BrokerScheduler:
             session.send(record.status_reply(session.session_id))
 
     async def cues(self, task_id: str) -> list[Cue] | None:
-        """Cluster mode keeps no cues: a known task has none, an unknown one is ``None``."""
+        """A task's cues so far, as its worker keeps them with the task; ``None`` if unknown."""
         try:
-            record = await self.store.call(self.store.record, task_id)
+            return await self.store.call(self.store.cues, task_id)
         except BrokerDown as exc:
             self._lost_contact(exc)
             return None
-        return None if record is None else []
 
-    async def cancel(self, task_id: str, session: Session) -> None:
+    async def cancel(self, task_id: str, session: Recipient) -> None:
         try:
             outcome = await self.store.call(
                 self.store.abandon, task_id, texts.CANCELLED, session=session.session_id
@@ -202,7 +202,7 @@ class BrokerScheduler:
         elif outcome == "cancelling":
             session.send(replies.cancelling(task_id, session.session_id))
 
-    async def session_closed(self, session: Session) -> None:
+    async def session_closed(self, session: Recipient) -> None:
         for task_id in list(session.tasks):
             local = self.local.get(task_id)
             if local is None:
@@ -285,8 +285,10 @@ class BrokerScheduler:
             return
         if (event.attempt, event.seq) <= (local.attempt, local.seq):
             return  # a re-sent event, or one of an attempt that was taken over
-        local.attempt, local.seq = event.attempt, event.seq
         task, session = local.task, local.session
+        if event.attempt != local.attempt:
+            task.cues.clear()  # a lost worker's task runs again from its first segment
+        local.attempt, local.seq = event.attempt, event.seq
         now = trio.current_time()
         match event.kind:
             case "start":
@@ -295,6 +297,11 @@ class BrokerScheduler:
                 task.state = "running"
                 task.started_at = now
                 session.send(replies.start(task.task_id, session.session_id, task.delivery))
+            case "cue":
+                cue = msgspec.json.decode(event.data, type=Cue)
+                task.cues.append(cue)
+                if task.delivery.timestamps:
+                    session.send(replies.cue(task.task_id, session.session_id, cue))
             case "audio":
                 if task.first_audio_at is None:
                     task.first_audio_at = now

@@ -53,16 +53,18 @@ return {attempt, st[4], st[2], st[3]}
 
 PROGRESS: Final = """
 -- KEYS: task, replies
--- ARGV: attempt, gateway heartbeat key, gateway_gone, mark_audio, reply_ttl, event fields...
+-- ARGV: attempt, gateway heartbeat key, gateway_gone, mark_audio, reply_ttl, cues (the attempt's
+--   cues so far as JSON, '' to leave them), event fields...
 -- Returns 'ok', 'fenced' (the task is no longer this attempt's), or why the task must stop.
 local st = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'stop')
 if st[1] ~= 'running' or st[2] ~= ARGV[1] then return 'fenced' end
 if st[3] and st[3] ~= '' then return st[3] end
 if redis.call('EXISTS', ARGV[2]) == 0 then return ARGV[3] end
-if #ARGV > 5 then
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'cues', ARGV[6]) end
+if #ARGV > 6 then
   if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'audio', '1') end
   local event = {}
-  for i = 6, #ARGV do event[#event + 1] = ARGV[i] end
+  for i = 7, #ARGV do event[#event + 1] = ARGV[i] end
   redis.call('XADD', KEYS[2], '*', unpack(event))
   redis.call('EXPIRE', KEYS[2], ARGV[5])
 end

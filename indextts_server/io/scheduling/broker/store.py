@@ -7,9 +7,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final, NamedTuple, ParamSpec, TypeVar, cast
 
+import msgspec
 import trio
 
-from ....core.contract.protocol import TaskState
+from ....core.contract.protocol import Cue, TaskState
 from ....core.fleet import ReplyEvent, TaskOrder, TaskRecord, encode_order
 from ....core.tasks import iso
 from ....core.texts import GATEWAY_GONE
@@ -162,6 +163,13 @@ class Store:
         fields = cast(dict[bytes, bytes], self.redis.hgetall(task_key(task_id)))
         return TaskRecord.from_hash(task_id, fields) if fields else None
 
+    def cues(self, task_id: str) -> list[Cue] | None:
+        """The cues a task's worker made so far (its last attempt's); ``None`` for an unknown task."""
+        state, cues = cast(list[bytes | None], self.redis.hmget(task_key(task_id), "state", "cues"))
+        if state is None:
+            return None
+        return [] if not cues else msgspec.json.decode(cues, type=list[Cue])
+
     def abandon(self, task_id: str, reason: str, *, session: str = "", running_too: bool = True) -> str:
         """Cancel a waiting task, or (``running_too``) ask a running one to stop; see ``ABANDON``."""
         gateway = self.redis.hget(task_key(task_id), "gateway")
@@ -310,9 +318,18 @@ class Store:
         event: ReplyEvent | None = None,
         *,
         audio: bool = False,
+        cues: bytes = b"",
     ) -> str:
-        """Publish ``event`` (if any) for this attempt; 'ok', 'fenced', or the reason to stop."""
-        args: list[Arg] = [attempt, gateway_key(gateway), GATEWAY_GONE, "1" if audio else "0", self.reply_ttl]
+        """Publish ``event`` (if any) for this attempt, and keep ``cues`` (this attempt's so far, as
+        JSON) with the task; 'ok', 'fenced', or the reason to stop."""
+        args: list[Arg] = [
+            attempt,
+            gateway_key(gateway),
+            GATEWAY_GONE,
+            "1" if audio else "0",
+            self.reply_ttl,
+            cues,
+        ]
         if event is not None:
             for name, value in event.fields().items():
                 args += [name, value]

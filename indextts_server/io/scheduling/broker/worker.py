@@ -10,14 +10,16 @@ from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from typing import TypeVar
 
+import msgspec
 import trio
 
-from ....core.contract.protocol import TaskState
+from ....core.contract.protocol import Cue, TaskState
 from ....core.engine import PCM, Engine, Segment, SynthesisJob
 from ....core.fleet import ReplyEvent, WorkerActivity, encode_activity
 from ....core.texts import SHUTTING_DOWN, engine_failed, task_timed_out
 from ...audio.encoding import SegmentFiles
 from ...engines.thread import home_thread
+from ..worker import timeline
 from .store import BrokerDown, Started, Store, Taken
 
 log = logging.getLogger("indextts_server")
@@ -195,12 +197,15 @@ class _Run:
         self.seq = 1  # the start reply, sent when the task was started
         self.audio_sent = False
         self.last_audio: ReplyEvent | None = None  # held back to go out with the end
+        self.cues: list[Cue] = []
 
     def _event(self, **fields: object) -> ReplyEvent:
         self.seq += 1
         return ReplyEvent(task=self.task_id, attempt=self.started.attempt, seq=self.seq, **fields)  # type: ignore[arg-type] # fields are ReplyEvent's own
 
-    async def _progress(self, event: ReplyEvent | None = None, *, audio: bool = False) -> None:
+    async def _progress(
+        self, event: ReplyEvent | None = None, *, audio: bool = False, cues: bytes = b""
+    ) -> None:
         """Publish ``event`` (or only check in) and learn whether to go on; `Stopped` if not."""
         answer = await self.worker._persist(
             lambda: self.store.call(
@@ -210,6 +215,7 @@ class _Run:
                 self.started.gateway,
                 event,
                 audio=audio,
+                cues=cues,
             )
         )
         if answer == "fenced":
@@ -258,6 +264,7 @@ class _Run:
             deadline = trio.current_time() + self.worker.task_timeout
         segments: Iterator[Segment] | None = None
         files = SegmentFiles(delivery.format, delivery.sample_rate)
+        cues = timeline(self.started.order.job, delivery)
         chunks: list[PCM] = []
         samples, compute = 0, 0.0
         finished = abandoned = False
@@ -279,12 +286,11 @@ class _Run:
                     break
                 finished = segment.last
                 samples += len(segment.pcm)
+                await self._cue(cues.add(len(self.cues), segment.text, segment.pcm, last=finished))
                 if delivery.stream:
                     await self._send_audio(files, [segment.pcm], last=finished)
                 else:
                     chunks.append(segment.pcm)
-                    if not finished:
-                        await self._progress()
         finally:
             close: Callable[[], object] | None = getattr(segments, "close", None)
             if close is not None and not finished and not abandoned:
@@ -293,6 +299,12 @@ class _Run:
         if not delivery.stream:
             await self._send_audio(files, chunks, last=True)
         return samples, compute
+
+    async def _cue(self, cue: Cue) -> None:
+        """Publish a segment's cue before its audio, and keep the cues so far with the task."""
+        self.cues.append(cue)
+        event = self._event(kind="cue", data=msgspec.json.encode(cue))
+        await self._progress(event, cues=msgspec.json.encode(self.cues))
 
     async def _send_audio(self, files: SegmentFiles, chunks: list[PCM], *, last: bool) -> None:
         """Publish one audio reply; the last one is held back and goes out with the end."""

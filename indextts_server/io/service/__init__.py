@@ -1,0 +1,1 @@
+"""The service every transport plugs into: configuration, audio sources, scheduling, sessions, drain."""
