@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -42,9 +43,20 @@ import torch  # noqa: F401
 from trio_websocket import open_websocket_url
 
 from indextts_server.core.engine import SAMPLE_RATE
+from indextts_server.core.texts import task_timed_out
 from indextts_server.devtools.tiny_checkpoint25 import build_tiny_checkpoint25
 
-from .conftest import CLIENT_MAX_MESSAGE, EMO_PROMPT, PROMPT, REPO, Client, CliServer, decode_wav, tts
+from .conftest import (
+    CLIENT_MAX_MESSAGE,
+    EMO_PROMPT,
+    PROMPT,
+    REPO,
+    Client,
+    CliServer,
+    decode_wav,
+    tts,
+    wait_until,
+)
 from .test_contract_clients import contract_script
 
 MAX_MEL_TOKENS = 16
@@ -96,6 +108,22 @@ def server25(
         yield server
     finally:
         server.stop(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def batch25(model25: Path, env25: dict[str, str]) -> Iterator[CliServer]:
+    """The same model served with ``--batch-size 8``."""
+    server = CliServer(cli_args(model25, "--batch-size", "8", "--port", "0"), env=env25)
+    try:
+        yield server
+    finally:
+        server.stop(timeout=60)
+
+
+@pytest.fixture(params=["1", "8"], ids=["batch-size-1", "batch-size-8"])
+def any25(request: pytest.FixtureRequest) -> CliServer:
+    """The 2.5 server at the contract's batch size 1, then at 8."""
+    return cast(CliServer, request.getfixturevalue("server25" if request.param == "1" else "batch25"))
 
 
 @asynccontextmanager
@@ -303,9 +331,9 @@ async def test_every_emotion_mode_is_served(server25: CliServer, mode: str) -> N
 
 @pytest.mark.parametrize("emo_mode", ["none", "audio", "vector", "text"])
 def test_the_contracts_python_client_runs_in_every_emo_mode(
-    server25: CliServer, tmp_path: Path, emo_mode: str
+    any25: CliServer, tmp_path: Path, emo_mode: str
 ) -> None:
-    script = contract_script("Python", server25.port, tmp_path / "contract_client.py")
+    script = contract_script("Python", any25.port, tmp_path / "contract_client.py")
     code = script.read_text(encoding="utf-8")
     # The example adds each mode's own field but leaves audio mode's emo_audio out (the server
     # would rightly refuse it): it is added where the example adds the others'.
@@ -332,10 +360,10 @@ def test_the_contracts_python_client_runs_in_every_emo_mode(
     assert lines[4:] == ["生成完成"]
 
 
-def test_the_contracts_javascript_client_runs_unchanged(server25: CliServer, tmp_path: Path) -> None:
+def test_the_contracts_javascript_client_runs_unchanged(any25: CliServer, tmp_path: Path) -> None:
     node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=True).stdout.strip()
     major = int(node.lstrip("v").split(".")[0])
-    script = contract_script("JavaScript", server25.port, tmp_path / "contract_client.js")
+    script = contract_script("JavaScript", any25.port, tmp_path / "contract_client.js")
     flags = ["--experimental-websocket"] if major < 22 else []
     result = subprocess.run(
         ["node", *flags, "--no-warnings", str(script)], cwd=REPO, capture_output=True, text=True, timeout=300
@@ -477,3 +505,225 @@ async def test_an_uploaded_voice_speaks_on_25(server25: CliServer) -> None:
         _, named = await ws.request(by_name)
         _, by_path = await ws.request(tts("大家好。", prompt_audio=EMO_PROMPT, seed=3))
     assert np.array_equal(decode_wav(named)[0], decode_wav(by_path)[0])
+
+
+# --- --batch-size N: rows advanced together ----------------------------------------------------------
+
+BATCH_PROBE = r"""
+import json, os, shutil, sys
+import numpy as np, torch
+from indextts_server.core.config import EngineOptions
+from indextts_server.core.engine import SynthesisJob
+from indextts_server.io.engines import indextts25 as module
+from indextts_server.io.engines.indextts25 import IndexTTS25Engine
+from tests.batched_rows import DecodeSpy, retried_alone, run_rows, seeded_in_a_batch
+
+model_dir, steps, tmp = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+engine = IndexTTS25Engine(EngineOptions(model_dir=model_dir, max_mel_tokens=16, diffusion_steps=steps), "cpu")
+gpt = engine._model.gpt
+def stop_bias(value):  # the tiny GPT never stops (bias -1e4); near 0 it stops early for some inputs
+    with torch.no_grad():
+        gpt.mel_head.bias[int(gpt.stop_mel_token)] = value
+stop_bias(0.25)
+spy = DecodeSpy(module)
+shared = []  # rows per call of the later stages
+real_speak = module.speak
+module.speak = lambda model, works, codes, steps: shared.append(len(works)) or real_speak(model, works, codes, steps)
+voice = os.path.join(tmp, "voice.wav")
+shutil.copy("asset/emo_prompt.wav", voice)
+jobs = [  # different voices, emotion inputs, languages, speeds and lengths; four segments and one
+    SynthesisJob(text="今天天气很好。我们一起去公园散步吧。", prompt_audio="asset/zero_shot_prompt.wav", max_tokens=20, lang="zh"),
+    SynthesisJob(text="我们一起去公园散步吧。", prompt_audio=voice, emo_mode="vector", emo_vector=(0, .5, 0, 0, 0, 0, .3, 0),
+                 speed=0.8, lang="zh"),
+    SynthesisJob(text="Hello there, how are you today?", prompt_audio="asset/zero_shot_prompt.wav", emo_mode="audio",
+                 emo_audio="asset/emo_prompt.wav", emo_alpha=0.6, speed=1.25, lang="en"),
+    SynthesisJob(text="大家好。", prompt_audio="asset/zero_shot_prompt.wav", lang="zh"),
+    SynthesisJob(text="大家好。", prompt_audio="asset/zero_shot_prompt.wav", emo_mode="text", emo_text="我太开心了！"),
+]
+engine.deterministic = True
+alone = [run_rows(engine, [job], spy) for job in jobs]
+
+# The library's own path, decoding greedily: the codes it generates per segment.
+library_codes = []
+infer = gpt.inference_speech
+def seen(*args, **kwargs):
+    out = infer(*args, **kwargs)
+    codes = out[0].tolist()
+    library_codes[-1].append(codes[: codes.index(gpt.stop_mel_token)] if gpt.stop_mel_token in codes else codes)
+    return out
+gpt.inference_speech = seen
+def greedy(job):
+    row = engine.synthesize(job)
+    row._kwargs["do_sample"] = False
+    return row
+for job in jobs:
+    library_codes.append([])
+    list(greedy(job))
+gpt.inference_speech = infer
+shared.clear()
+together, codes, _ = run_rows(engine, jobs, spy)
+n = len(jobs)
+report = {
+    "first_lengths": [len(alone[i][1][0][0]) for i in range(n)],
+    "steps": [len(alone[i][1][0]) for i in range(n)],
+    "codes_equal": [codes[i] == alone[i][1][0] for i in range(n)],
+    "library_equal": [library_codes[i] == alone[i][1][0] for i in range(n)],
+    "max_diff": [int(np.abs(together[i].astype(int) - alone[i][0][0].astype(int)).max()) for i in range(n)],
+    "most_shared": max(shared),
+}
+
+# Out of memory in the batched decode: split until it fits, never failed.
+spy.raising_when_batched(torch.OutOfMemoryError("CUDA out of memory (simulated)"))
+split, _, _ = run_rows(engine, jobs, spy)
+report["oom_split_equal"] = [bool(np.array_equal(split[i], alone[i][0][0])) for i in range(n)]
+
+# A batched stage that fails: each row alone, before failing any; a broken prompt fails only its row.
+report.update(retried_alone(engine, spy, jobs[:2], alone[0][0][0]))
+
+# A seeded row in a batch of sampled rows: advanced alone, as at batch size 1.
+engine.deterministic = False
+seeded = SynthesisJob(text="今天天气很好。我们去公园吧。", prompt_audio="asset/zero_shot_prompt.wav", max_tokens=20, seed=7)
+report["seeded_equal"] = seeded_in_a_batch(engine, spy, seeded, [jobs[2], jobs[4]])
+
+# Segments whose GPT stops at once are skipped, as the library skips them: the same segments
+# (texts, lengths, last) batched as one at a time (both decoding greedily).
+stop_bias(0.75)
+engine.deterministic = True
+empty = [jobs[0], jobs[2], SynthesisJob(text="Hello.", prompt_audio="asset/zero_shot_prompt.wav", lang="en")]
+def shape(segments):
+    return [(segment.text, len(segment.pcm), segment.last) for segment in segments]
+one_at_a_time = [shape(greedy(job)) for job in empty]
+mark = len(spy.calls)
+rows = [engine.synthesize(job) for job in empty]
+batched = [[] for _ in rows]
+live = list(range(len(rows)))
+while live:
+    outcomes = engine.advance([rows[i] for i in live])
+    for i, outcome in zip(live, outcomes):
+        batched[i].append(outcome)
+    live = [i for i, o in zip(live, outcomes) if o is not None and not isinstance(o, BaseException) and not o.last]
+report["skipped"] = [shape(b) == a for a, b in zip(one_at_a_time, batched)]
+report["empty_segments"] = sum(1 for call in spy.calls[mark:] for code in call if not code)
+print(json.dumps(report))
+"""
+
+AUDIO_TOLERANCE = 64
+"""int16 steps (2^-9 of full scale, -54 dBFS) by which a row's samples may differ from the row
+run alone with the same codes and noise: rows of one shape share the codec, length regulator,
+CFM and BigVGAN, whose batched matrix products may sum in another order (measured here: 0; the
+bound is IndexTTS-2's, whose batched passes were measured at most 5)."""
+
+
+def test_batched_rows_decode_the_codes_they_decode_alone_and_seeded_rows_stay_reproducible(
+    model25: Path, env25: dict[str, str], server25: CliServer, tmp_path: Path
+) -> None:
+    # After server25: the server's warm-up has filled the normalizers' cache this probe reads.
+    result = subprocess.run(
+        [sys.executable, "-c", BATCH_PROBE, str(model25), str(DIFFUSION_STEPS), str(tmp_path)],
+        cwd=REPO, env=env25, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # The rows really differ in length: padding and per-row stop are exercised.
+    assert len(set(report["first_lengths"])) > 1 and report["steps"][0] > 1, report
+    assert report["codes_equal"] == [True] * 5, report
+    # Alone, a batched row decodes what the library's own path decodes (both greedy here).
+    assert report["library_equal"] == [True] * 5, report
+    assert report["most_shared"] > 1, report  # some rows shared the later stages
+    assert all(diff <= AUDIO_TOLERANCE for diff in report["max_diff"]), report["max_diff"]
+    assert report["oom_split_equal"] == [True] * 5
+    # The batch failed; alone, the first row spoke and the row whose prompt broke failed by itself.
+    assert report["retried"] == ["Segment", "SynthesisError"]
+    assert report["retried_first_equal"]
+    assert report["seeded_equal"]
+    assert report["empty_segments"] > 0 and report["skipped"] == [True] * 3, report
+
+
+LONG = TWO_SEGMENTS * 12  # 24 segments at max_tokens 20: still running when the others are done
+
+
+async def test_at_batch_size_8_rows_of_every_kind_are_served_and_cancel_and_disconnect_end_only_their_own(
+    server25: CliServer, batch25: CliServer
+) -> None:
+    seeded = tts(TWO_SEGMENTS, max_tokens=20, seed=11)
+    reference = await pcm_of(server25, **seeded)  # served one at a time
+    pcm: dict[str, np.ndarray] = {}
+    gone: list[str] = []
+
+    async def speak(name: str, request: dict[str, Any]) -> None:
+        async with connect(batch25) as client:
+            pcm[name] = decode_wav((await client.request(request))[1])[0]
+
+    async def cancel_mid_task() -> None:
+        async with connect(batch25) as client:
+            await client.send(tts(LONG, max_tokens=20))
+            task_id = (await client.recv_json())["task_id"]
+            assert await client.recv_json() == client.reply("start", task_id)
+            await client.send({"type": "cancel", "task_id": task_id})
+            assert (await client.recv_json())["status"] == "cancelling"
+            assert await client.recv_json() == client.error_reply("任务已取消", task_id)
+
+    async def disconnect_mid_task() -> None:
+        async with connect(batch25) as client:
+            await client.send(tts(LONG, max_tokens=20))
+            task_id = (await client.recv_json())["task_id"]
+            assert await client.recv_json() == client.reply("start", task_id)
+            gone.append(task_id)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(speak, "seeded", seeded)
+        nursery.start_soon(
+            speak,
+            "vector",
+            tts(TWO_SEGMENTS, max_tokens=20, emo_mode="vector", emo_vector=[0, 0.6, 0, 0, 0, 0, 0, 0]),
+        )
+        nursery.start_soon(
+            speak,
+            "other voice, en, faster",
+            tts("Hello there, a second voice.", prompt_audio=EMO_PROMPT, lang="en", speed=1.25),
+        )
+        nursery.start_soon(
+            speak,
+            "text emotion, slower",
+            tts("大家好。", emo_mode="text", emo_text="我太开心了！", speed=0.8),
+        )
+        nursery.start_soon(speak, "stretched", tts("大家好。", speed=4.0))
+        nursery.start_soon(cancel_mid_task)
+        nursery.start_soon(disconnect_mid_task)
+    assert np.array_equal(
+        pcm["seeded"], reference
+    )  # a seeded row runs alone: the same audio at any batch size
+    for name, audio in pcm.items():
+        assert len(audio) > 0.1 * SAMPLE_RATE and np.abs(audio).max() > 0, name
+    # The disconnected client's task ended as cancelled, freeing its row.
+    await wait_until(
+        lambda: re.search(rf"task cancelled session=\S+ task={gone[0]}", batch25.text) is not None
+    )
+
+
+async def test_at_batch_size_8_a_timeout_fails_only_its_row_and_sigterm_lets_the_running_rows_finish(
+    model25: Path, env25: dict[str, str], server25: CliServer
+) -> None:
+    # After server25: its warm-up has filled the normalizers' cache this server reads.
+    server = CliServer(
+        cli_args(model25, "--batch-size", "8", "--task-timeout", "4", "--port", "0"), env=env25
+    )
+    try:
+        async with connect(server) as slow, connect(server) as quick:
+            await slow.send(tts(TWO_SEGMENTS * 40, max_tokens=20))  # 80 segments: far past 4 s
+            slow_id = (await slow.recv_json())["task_id"]
+            assert await slow.recv_json() == slow.reply("start", slow_id)
+            _, wav = await quick.request(tts("大家好。"))  # joins the slow row's batch, done in time
+            assert await slow.recv_json() == slow.error_reply(task_timed_out(4), slow_id)
+        assert len(decode_wav(wav)[0]) > 0.1 * SAMPLE_RATE
+        async with connect(server) as client:
+            await client.send(tts(TWO_SEGMENTS * 3, max_tokens=20))
+            task_id = (await client.recv_json())["task_id"]
+            assert await client.recv_json() == client.reply("start", task_id)
+            server.process.send_signal(signal.SIGTERM)
+            assert isinstance(await client.recv(), bytes)  # the running row finishes
+            assert await client.recv_json() == client.reply("end", task_id)
+        assert await trio.to_thread.run_sync(server.process.wait, 60) == 0
+        assert "SIGTERM received; draining" in server.text
+    finally:
+        server.stop(timeout=60)

@@ -1,12 +1,13 @@
-"""Where a batched IndexTTS2 step spends its time: each stage, rows alone against rows together.
+"""Where a batched IndexTTS2 or 2.5 step spends its time: each stage, rows alone against together.
 
-    python -m indextts_server.bench.probes.stages --model-dir DIR --cfg-path FILE [--rows 1,2,4,8]
+    python -m indextts_server.bench.probes.stages --model-dir DIR [--cfg-path FILE] [--rows 1,2,4,8]
 
 Set ``HF_HUB_CACHE``/``HF_HUB_OFFLINE`` first when the model's auxiliary files come from a local
 cache (the tiny test checkpoint prints the exports). For each row count R it advances R rows of
 one segment each (the same speaker, so every stage may batch) one at a time, then all together,
 in a worker thread as the server does, and reports the seconds of each stage (conditioning,
-GPT decode, latent pass, s2mel + BigVGAN) and the speed-up of together over alone.
+GPT decode, latent pass, s2mel + BigVGAN; for IndexTTS-2.5, which the directory's files tell
+apart: conditioning, GPT decode, codec + s2mel + BigVGAN) and the speed-up of together over alone.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from ...core.engine import SynthesisJob
 REPO = Path(__file__).resolve().parents[3]
 TEXT = "今天天气很好，阳光明媚又温暖。"
 STAGES = ("prepare", "decode", "latents", "speak")
+STAGES25 = ("prepare", "decode", "speak")
 
 
-def _timed(module: Any, spent: dict[str, float]) -> None:
-    """Wrap the batching module's stage functions so that each adds its seconds to ``spent``."""
-    for name in STAGES:
+def _timed(module: Any, stages: Sequence[str], spent: dict[str, float]) -> None:
+    """Wrap a module's stage functions so that each adds its seconds to ``spent``."""
+    for name in stages:
         inner: Callable[..., object] = getattr(module, name)
 
         def timed(
@@ -71,7 +73,9 @@ def measure_once(engine: Any) -> None:
     )
 
 
-def measure(engine: Any, rows: int, spent: dict[str, float]) -> dict[str, object]:
+def measure(
+    engine: Any, rows: int, spent: dict[str, float], stages: Sequence[str] = STAGES
+) -> dict[str, object]:
     jobs = [
         SynthesisJob(text=TEXT, prompt_audio=str(REPO / "asset" / "zero_shot_prompt.wav"))
         for _ in range(rows)
@@ -93,7 +97,7 @@ def measure(engine: Any, rows: int, spent: dict[str, float]) -> dict[str, object
     alone, together = result["alone"], result["together"]
     assert isinstance(alone, dict) and isinstance(together, dict)
     result["speedup"] = {
-        key: round(alone[key] / together[key], 2) for key in ("total_s", *STAGES) if together.get(key)
+        key: round(alone[key] / together[key], 2) for key in ("total_s", *stages) if together.get(key)
     }
     return result
 
@@ -103,23 +107,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m indextts_server.bench.probes.stages", description=__doc__
     )
     parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--cfg-path", required=True)
+    parser.add_argument("--cfg-path", help="IndexTTS-2's config (default: the directory's config.yaml)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-mel-tokens", type=int, default=16)
     parser.add_argument("--rows", default="1,2,4,8", help="row counts, comma-separated")
     args = parser.parse_args(argv)
-    from ...io.engines import batching
-    from ...io.engines.indextts2 import IndexTTS2Engine
+    from ...io.engines import batching, indextts25
+    from ...io.engines.loading import model_family
 
-    options = EngineOptions(
-        model_dir=args.model_dir, cfg_path=args.cfg_path, max_mel_tokens=args.max_mel_tokens
-    )
-    engine = IndexTTS2Engine(options, args.device)
+    cfg_path = args.cfg_path or str(Path(args.model_dir) / "config.yaml")
+    options = EngineOptions(model_dir=args.model_dir, cfg_path=cfg_path, max_mel_tokens=args.max_mel_tokens)
     spent: dict[str, float] = {}
-    _timed(batching, spent)
+    engine: Any
+    stages: Sequence[str]
+    if model_family(args.model_dir) == "indextts25":
+        engine, stages = indextts25.IndexTTS25Engine(options, args.device), STAGES25
+        _timed(indextts25, stages, spent)
+    else:
+        from ...io.engines.indextts2 import IndexTTS2Engine
+
+        engine, stages = IndexTTS2Engine(options, args.device), STAGES
+        _timed(batching, stages, spent)
     _in_thread(lambda: measure_once(engine))  # the first call's one-off costs
     for rows in (int(value) for value in args.rows.split(",")):
-        print(json.dumps(measure(engine, rows, spent)), flush=True)
+        print(json.dumps(measure(engine, rows, spent, stages)), flush=True)
 
 
 if __name__ == "__main__":

@@ -20,19 +20,33 @@ every row:
 
 The library's own path is never changed: a seeded row is advanced alone through it (its private
 RNG state swapped in, as at batch size 1), so its audio is the same as served one at a time.
+
+The plumbing at the end (`advance`, `step`, `groups`, `split_on_oom`, `solve_euler`) is shared
+with IndexTTS-2.5, whose own stages live beside its engine (``indextts25``).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Final, NamedTuple, TypeVar, cast
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import Any, Final, NamedTuple, Protocol, TypeVar, cast
 
 import torch
 
+from ...core.engine import Segment
+
+log = logging.getLogger(__name__)
+
 _T = TypeVar("_T")
 _R = TypeVar("_R")
+_W_co = TypeVar("_W_co", covariant=True)
+_R_contra = TypeVar("_R_contra", contravariant=True)
+_Row = TypeVar("_Row")
+
+Outcome = Segment | BaseException | None
+"""What a step gives one row: its next segment, the error it raised, or ``None``: no more."""
 
 DIFFUSION_STEPS: Final = 25
 CFG_RATE: Final = 0.7
@@ -113,34 +127,17 @@ def prepare(
     """A row's conditioning, computed as ``infer_generator`` does before its segment loop; the
     speaker latent and the merged emotion vector come from ``memo`` when it has them."""
     lib: Any = model  # the untyped indextts model: typed values leave as casts
-    emo_audio = cast("str | None", kwargs.get("emo_audio_prompt"))
-    emo_alpha = float(cast(float, kwargs.get("emo_alpha", 1.0)))
     emo_vector = cast("list[float] | None", kwargs.get("emo_vector"))
-    use_emo_text = bool(kwargs.get("use_emo_text", False))
-    if use_emo_text or emo_vector is not None:
-        emo_audio = None
-    if use_emo_text:
+    if kwargs.get("use_emo_text", False):
         emo_text = cast("str | None", kwargs.get("emo_text")) or text
         emo_vector = list(lib.qwen_emo.inference(emo_text).values())
-    if emo_vector is not None:
-        scale = max(0.0, min(1.0, emo_alpha))
-        if scale != 1.0:
-            emo_vector = [int(x * scale * 10000) / 10000 for x in emo_vector]
-    if emo_audio is None:
-        emo_audio = spk_audio
-        emo_alpha = 1.0
+    emo_audio, emo_alpha, emo_vector = emotion_inputs(kwargs, spk_audio, emo_vector)
     spk_cond, style, prompt_condition, ref_mel = lib._get_speaker_conditioning(spk_audio, False)
     emovec_mat = weight = None
     if emo_vector is not None:
         from indextts.emotion import find_most_similar_cosine  # type: ignore[import-untyped]
 
-        weight = torch.tensor(emo_vector, device=lib.device)
-        if kwargs.get("use_random"):
-            index = [random.randint(0, x - 1) for x in lib.emo_num]
-        else:
-            index = [find_most_similar_cosine(style, tmp) for tmp in lib.spk_matrix]
-        matrix = torch.cat([tmp[i].unsqueeze(0) for i, tmp in zip(index, lib.emo_matrix, strict=True)], 0)
-        emovec_mat = torch.sum(weight.unsqueeze(1) * matrix, 0).unsqueeze(0)
+        weight, emovec_mat = mix_emotions(lib, emo_vector, style, kwargs, find_most_similar_cosine)
     emo_cond = lib._get_emotion_conditioning(emo_audio, False)
     gpt = lib.gpt
     device = spk_cond.device
@@ -169,6 +166,42 @@ def prepare(
     return Prepared(latent, emovec, conds, style, prompt_condition, ref_mel, cast(list[list[int]], segments))
 
 
+def emotion_inputs(
+    kwargs: dict[str, object], spk_audio: str, emo_vector: list[float] | None
+) -> tuple[str, float, list[float] | None]:
+    """The emotion reference, alpha and vector, as both libraries settle them: a vector replaces
+    the emotion audio and carries alpha itself; without emotion audio the speaker's own, at 1."""
+    emo_audio = cast("str | None", kwargs.get("emo_audio_prompt"))
+    emo_alpha = float(cast(float, kwargs.get("emo_alpha", 1.0)))
+    if emo_vector is not None:
+        emo_audio = None
+        scale = max(0.0, min(1.0, emo_alpha))
+        if scale != 1.0:
+            emo_vector = [int(x * scale * 10000) / 10000 for x in emo_vector]
+    if emo_audio is None:
+        return spk_audio, 1.0, emo_vector
+    return emo_audio, emo_alpha, emo_vector
+
+
+def mix_emotions(
+    lib: Any,
+    emo_vector: list[float],
+    style: torch.Tensor,
+    kwargs: dict[str, object],
+    nearest: Callable[[torch.Tensor, torch.Tensor], Any],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vector's weights and its mix of the model's emotion matrix, as both libraries compute
+    them (``nearest``: the library's own cosine search, unless ``use_random``)."""
+    weight = torch.tensor(emo_vector, device=lib.device)
+    index: list[Any]
+    if kwargs.get("use_random"):
+        index = [random.randint(0, x - 1) for x in lib.emo_num]
+    else:
+        index = [nearest(style, tmp) for tmp in lib.spk_matrix]
+    matrix = torch.cat([tmp[i].unsqueeze(0) for i, tmp in zip(index, lib.emo_matrix, strict=True)], 0)
+    return weight, torch.sum(weight.unsqueeze(1) * matrix, 0).unsqueeze(0)
+
+
 def _autocast(lib: Any) -> torch.autocast:
     dtype = cast("torch.dtype | None", lib.dtype)
     device_type = torch.device(cast(str, lib.device)).type
@@ -177,21 +210,41 @@ def _autocast(lib: Any) -> torch.autocast:
 
 def decode(model: object, works: Sequence[Work], *, max_mel_tokens: int, sample: bool) -> list[torch.Tensor]:
     """The GPT stage for every row at once: each row's codes, cut at its first stop token."""
+    conds = [work.prepared.conds for work in works]
+    return generate(
+        model, conds, [work.tokens for work in works], max_mel_tokens=max_mel_tokens, sample=sample
+    )
+
+
+def generate(
+    model: object,
+    conds: Sequence[torch.Tensor],
+    tokens: Sequence[Sequence[int]],
+    langs: torch.Tensor | None = None,
+    *,
+    max_mel_tokens: int,
+    sample: bool,
+) -> list[torch.Tensor]:
+    """One padded ``generate`` for rows of conditioning ``conds`` and text ``tokens`` (and, for
+    IndexTTS-2.5, language ids ``langs``): each row's codes, cut at its first stop token."""
     from transformers import LogitsProcessorList
 
     lib: Any = model  # the untyped indextts model: typed values leave as casts
     gpt = lib.gpt
     stop_text = int(cast(int, gpt.stop_text_token))
-    device = works[0].prepared.conds.device
-    width = max(len(work.tokens) for work in works)
-    # prepare_gpt_inputs drops stop/start text tokens and left-pads each row itself.
-    text = torch.full((len(works), width), stop_text, dtype=torch.int32, device=device)
-    for row, work in enumerate(works):
-        text[row, width - len(work.tokens) :] = torch.tensor(work.tokens, dtype=torch.int32, device=device)
-    conds = torch.cat([work.prepared.conds for work in works], 0)
+    device = conds[0].device
+    width = max(len(row) for row in tokens)
+    # prepare_gpt_inputs drops stop text tokens and left-pads each row itself.
+    text = torch.full((len(tokens), width), stop_text, dtype=torch.int32, device=device)
+    for row, ids in enumerate(tokens):
+        text[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.int32, device=device)
     stop = int(cast(int, lib.stop_mel_token))
     with _autocast(lib):
-        input_ids, embeds, mask = gpt.prepare_gpt_inputs(conds, text)
+        cond = torch.cat(list(conds), 0)
+        prefix = (
+            gpt.prepare_gpt_inputs(cond, text) if langs is None else gpt.prepare_gpt_inputs(cond, text, langs)
+        )
+        input_ids, embeds, mask = prefix
         gpt.inference_model.store_mel_emb(embeds)
         start = int(cast(torch.Tensor, input_ids).shape[1])
         output = cast(
@@ -290,58 +343,63 @@ def speak(
     cfm = models["cfm"]
     frames = condition.size(1)
     channels = int(cast(int, cfm.in_channels))
-    noise = torch.cat([_noise(work.noise, channels, frames, device) for work in works], 0)
-    t_span = torch.linspace(0, 1, DIFFUSION_STEPS + 1, device=device)
-    # Every row of a group has the same length: one length broadcasts over the 2n CFG-stacked rows,
-    # as upstream's one row does (a length per row would build and apply 2n equal T x T masks).
-    lens = torch.full((1,), frames, dtype=torch.long, device=device)
-    mel = _solve_euler(cfm, noise, lens, ref_mel, condition, style, t_span)
+    noise = torch.cat([draw_noise(work.noise, channels, frames, device) for work in works], 0)
+    mel = solve_euler(cfm, noise, ref_mel, condition, style, DIFFUSION_STEPS)
     mel = mel[:, :, ref_mel.size(-1) :]
     wav = cast(torch.Tensor, lib.bigvgan(mel.float()))
     return [torch.clamp(wav[row].reshape(1, -1), -1.0, 1.0) for row in range(n)]
 
 
-def _solve_euler(
+def solve_euler(
     cfm: Any,
     x: torch.Tensor,
-    lens: torch.Tensor,
     prompt: torch.Tensor,
     mu: torch.Tensor,
     style: torch.Tensor,
-    t_span: torch.Tensor,
+    steps: int,
+    cfg_rate: float = CFG_RATE,
 ) -> torch.Tensor:
     """The CFM's fixed-step Euler solve with classifier-free guidance, for ``n`` rows at once.
 
-    The same arithmetic as the library's ``solve_euler``, whose time input is one row per CFG
-    half (so it only runs one row): here each of the ``2n`` stacked rows gets its own.
+    The same arithmetic as the libraries' ``solve_euler``, whose time input is one row per CFG
+    half (so it only runs one row): here each of the ``2n`` stacked rows gets its own. The
+    estimator gets one frame count per stacked row; at n = 1 one count broadcasts, as upstream.
     """
+    rows, frames = x.size(0), x.size(-1)
+    device = x.device
+    t_span = torch.linspace(0, 1, steps + 1, device=device)
+    guided = cfg_rate > 0
+    width = 2 * rows if guided else rows
+    lens = torch.full((1 if rows == 1 else width,), frames, dtype=torch.long, device=device)
     prompt_len = prompt.size(-1)
     prompt_x = torch.zeros_like(x)
     prompt_x[..., :prompt_len] = prompt[..., :prompt_len]
     x[..., :prompt_len] = 0
     if getattr(cfm, "zero_prompt_speech_token", False):
         mu[..., :prompt_len] = 0
-    rows = x.size(0)
-    stacked_prompt = torch.cat([prompt_x, torch.zeros_like(prompt_x)], dim=0)
-    stacked_style = torch.cat([style, torch.zeros_like(style)], dim=0)
-    stacked_mu = torch.cat([mu, torch.zeros_like(mu)], dim=0)
+    if guided:
+        prompt_x, style, mu = (torch.cat([v, torch.zeros_like(v)], dim=0) for v in (prompt_x, style, mu))
     t = t_span[0]
     for step in range(1, len(t_span)):
         dt = t_span[step] - t_span[step - 1]
-        stacked_t = t.unsqueeze(0).expand(2 * rows).contiguous()
-        both = torch.cat([x, x], dim=0)
-        out = cfm.estimator(both, stacked_prompt, lens, stacked_t, stacked_style, stacked_mu)
-        dphi_dt, cfg_dphi_dt = cast(torch.Tensor, out).chunk(2, dim=0)
-        dphi_dt = (1.0 + CFG_RATE) * dphi_dt - CFG_RATE * cfg_dphi_dt
-        x = x + dt * dphi_dt
+        stacked_t = t.unsqueeze(0).expand(width).contiguous()
+        out = cast(
+            torch.Tensor,
+            cfm.estimator(torch.cat([x, x], dim=0) if guided else x, prompt_x, lens, stacked_t, style, mu),
+        )
+        if guided:
+            dphi_dt, cfg_dphi_dt = out.chunk(2, dim=0)
+            out = (1.0 + cfg_rate) * dphi_dt - cfg_rate * cfg_dphi_dt
+        x = x + dt * out
         t = t + dt
         x[:, :, :prompt_len] = 0
     return x
 
 
-def _noise(
+def draw_noise(
     generator: torch.Generator | None, channels: int, frames: int, device: torch.device
 ) -> torch.Tensor:
+    """One row's starting noise: from its own generator (deterministic mode), else the global RNG."""
     if generator is None:
         return torch.randn([1, channels, frames], device=device)
     return torch.randn([1, channels, frames], generator=generator, device=generator.device).to(device)
@@ -362,3 +420,108 @@ def split_on_oom(
     on_split()
     half = len(items) // 2
     return split_on_oom(items[:half], run, on_split) + split_on_oom(items[half:], run, on_split)
+
+
+def groups(
+    items: Sequence[_T], codes: Sequence[torch.Tensor], key: Callable[[_T, torch.Tensor], Hashable]
+) -> list[list[int]]:
+    """The rows' indices, grouped by ``key`` (first appearance first)."""
+    found: dict[Hashable, list[int]] = {}
+    for index, (item, code) in enumerate(zip(items, codes, strict=True)):
+        found.setdefault(key(item, code), []).append(index)
+    return list(found.values())
+
+
+class Row(Protocol[_W_co, _R_contra]):
+    """An engine's iterator in batched mode, under the engine's lock."""
+
+    def prepare(self) -> bool:
+        """Compute the conditioning on the first step; False when there is nothing (more) to say."""
+
+    def work(self) -> _W_co:
+        """This row's part in the step."""
+
+    def deliver(self, result: _R_contra) -> Segment | None:
+        """The step's segment for this row; ``None``: it came out empty, run the row's next one."""
+
+    def fail(self, exc: BaseException) -> BaseException:
+        """This row's error: the row is closed."""
+
+
+def advance(
+    rows: Sequence[Iterator[Segment]],
+    claim: Callable[[Iterator[Segment]], _Row | None],
+    together: Callable[[list[_Row]], list[Outcome]],
+) -> list[Outcome]:
+    """Every row one segment on: the rows ``claim`` accepts in one batched step (``together``),
+    any other alone, in order. An exception belongs to its row, returned in its place."""
+    results: list[Outcome] = [None] * len(rows)
+    claimed: list[tuple[int, _Row]] = []
+    for index, row in enumerate(rows):
+        mine = claim(row)
+        if mine is not None:
+            claimed.append((index, mine))
+        else:
+            results[index] = _next_or_error(row)
+    if claimed:
+        for (index, _), outcome in zip(claimed, together([row for _, row in claimed]), strict=True):
+            results[index] = outcome
+    return results
+
+
+def step(
+    rows: Sequence[Row[_T, _R]], run: Callable[[Sequence[_T]], list[_R]], free_memory: Callable[[], None]
+) -> list[Outcome]:
+    """One batched step, under the engine's lock: ``run`` on every ready row's work, split in
+    halves on running out of memory; when it fails, each row alone before failing any. A row
+    whose segment came out empty runs its next one before the step ends."""
+    outcomes: dict[int, Outcome] = {}
+    ready: list[Row[_T, _R]] = []
+    for row in rows:
+        try:
+            if row.prepare():
+                ready.append(row)
+            else:
+                outcomes[id(row)] = None
+        except Exception as exc:
+            outcomes[id(row)] = row.fail(exc)
+    while ready:
+        works = [row.work() for row in ready]
+        results: list[_R | BaseException]
+        try:
+            results = [*split_on_oom(works, run, free_memory)]
+        except Exception:  # whose it is cannot be known: each row alone, before failing any
+            log.warning("batched step of %d rows failed; retrying each alone", len(works), exc_info=True)
+            free_memory()
+            results = []
+            for work in works:
+                alone = _run_alone(run, work)
+                results.append(alone)
+        again: list[Row[_T, _R]] = []
+        for row, result in zip(ready, results, strict=True):
+            if isinstance(result, BaseException):
+                outcomes[id(row)] = row.fail(result)
+            elif (segment := row.deliver(result)) is not None:
+                outcomes[id(row)] = segment
+            else:
+                again.append(row)
+        ready = again
+    return [outcomes[id(row)] for row in rows]
+
+
+def _run_alone(run: Callable[[Sequence[_T]], list[_R]], work: _T) -> _R | BaseException:
+    try:
+        result: _R | BaseException = run([work])[0]
+    except Exception as exc:
+        result = exc
+    return result
+
+
+def _next_or_error(row: Iterator[Segment]) -> Outcome:
+    """``next(row)``: the segment, ``None`` at the end, or the exception it raised."""
+    try:
+        return next(row)
+    except StopIteration:
+        return None
+    except Exception as exc:
+        return exc

@@ -12,7 +12,7 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Hashable, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol, TypeVar, cast
@@ -341,48 +341,14 @@ class IndexTTS2Engine:
         advanced alone, in order. An exception belongs to its row: the row is closed and its
         error returned in its place.
         """
-        results: list[Segment | BaseException | None] = [None] * len(rows)
-        together: list[tuple[int, _Segments]] = []
-        for index, row in enumerate(rows):
-            if isinstance(row, _Segments) and row._engine is self and row.batchable:
-                together.append((index, row))
-            else:
-                results[index] = _next_or_error(row)
-        if together:
-            outcomes = self._advance_together([row for _, row in together])
-            for (index, _), outcome in zip(together, outcomes, strict=True):
-                results[index] = outcome
-        return results
+        return batching.advance(rows, self._claim, self._advance_together)
+
+    def _claim(self, row: Iterator[Segment]) -> _Segments | None:
+        return row if isinstance(row, _Segments) and row._engine is self and row.batchable else None
 
     def _advance_together(self, rows: list[_Segments]) -> list[Segment | BaseException | None]:
-        outcomes: dict[int, Segment | BaseException | None] = {}
         with self._lock, torch.inference_mode(), _RNG_GATE.shared():
-            ready: list[_Segments] = []
-            for row in rows:
-                try:
-                    if row.prepare():
-                        ready.append(row)
-                    else:
-                        outcomes[id(row)] = None
-                except Exception as exc:
-                    outcomes[id(row)] = row.fail(exc)
-            works = [row.work() for row in ready]
-            wavs: list[torch.Tensor | BaseException]
-            try:
-                wavs = [*batching.split_on_oom(works, self._run_works, self._free_device_memory)]
-            except Exception:  # whose it is cannot be known: each row alone, before failing any
-                log.warning("batched step of %d rows failed; retrying each alone", len(works), exc_info=True)
-                self._free_device_memory()
-                wavs = [self._run_alone(work) for work in works]
-            for row, wav in zip(ready, wavs, strict=True):
-                outcomes[id(row)] = row.fail(wav) if isinstance(wav, BaseException) else row.deliver(wav)
-        return [outcomes[id(row)] for row in rows]
-
-    def _run_alone(self, work: batching.Work) -> torch.Tensor | BaseException:
-        try:
-            return self._run_works([work])[0]
-        except Exception as exc:
-            return exc
+            return batching.step(rows, self._run_works, self._free_device_memory)
 
     def _run_works(self, works: Sequence[batching.Work]) -> list[torch.Tensor]:
         """Decode and run the latent pass for all rows together, then s2mel and BigVGAN on the rows
@@ -393,7 +359,7 @@ class IndexTTS2Engine:
         )
         latent = batching.latents(model, works, codes)
         wavs: list[torch.Tensor | None] = [None] * len(works)
-        for rows in _groups(works, codes, batching.mel_key):
+        for rows in batching.groups(works, codes, batching.mel_key):
             spoken = batching.speak(
                 model,
                 [works[i] for i in rows],
@@ -540,28 +506,6 @@ def engine_step(lock: threading.Lock, device: str, rng: list[_RngState | int | N
 _NOISE_SEED: Final = 20260
 """Deterministic mode: segment i of every row draws its s2mel noise from a generator seeded
 ``_NOISE_SEED + i``."""
-
-
-def _groups(
-    works: Sequence[batching.Work],
-    codes: Sequence[torch.Tensor],
-    key: Callable[[batching.Work, torch.Tensor], Hashable],
-) -> list[list[int]]:
-    """The rows' indices, grouped by ``key`` (first appearance first)."""
-    groups: dict[Hashable, list[int]] = {}
-    for index, (work, code) in enumerate(zip(works, codes, strict=True)):
-        groups.setdefault(key(work, code), []).append(index)
-    return list(groups.values())
-
-
-def _next_or_error(row: Iterator[Segment]) -> Segment | BaseException | None:
-    """``next(row)``: the segment, ``None`` at the end, or the exception it raised."""
-    try:
-        return next(row)
-    except StopIteration:
-        return None
-    except Exception as exc:
-        return exc
 
 
 def _make_rng_neutral(module: object) -> None:

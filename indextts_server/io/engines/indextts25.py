@@ -1,4 +1,15 @@
-"""The IndexTTS-2.5 engine: the Engine port on ``indextts25``, with text emotion from ``indextts``."""
+"""The IndexTTS-2.5 engine: the Engine port on ``indextts25``, with text emotion from ``indextts``.
+
+Batched mode (``advance``, ``--batch-size N``) mirrors IndexTTS-2's (see `batching`): a row's
+conditioning (the library's cached speaker and emotion conditioning, its emotion vector, the
+GPT prefix ``spk_emb_proj(style) + emovec`` and two zero rows) is computed once when it joins,
+as ``infer_generator`` does before its segment loop. A step decodes every row's next segment in
+one left-padded ``generate`` (per-row language ids, the library's decoding settings, per-row
+stop). 2.5 has no latent pass: the codec, the length regulator (with the row's own duration
+factor), the CFM and BigVGAN run together for rows whose code count, target frames and prompt
+lengths agree, else per row. A seeded row, and every row with the flash GPT engine (one
+sequence at a time), advances alone through the library's own path.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +19,9 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Final, Protocol, cast
+from typing import Any, Final, NamedTuple, Protocol, cast
 
 import numpy as np
 import torch
@@ -26,7 +37,10 @@ from ...core.engine import (
     detect_lang,
     split_speed,
 )
+from . import batching
 from .indextts2 import (
+    _NOISE_SEED,
+    _RNG_GATE,
     EngineLoadError,
     SynthesisError,
     _check_device,
@@ -93,6 +107,7 @@ class IndexTTS25Engine:
         *,
         cfg_path: str | os.PathLike[str] | None = None,
         warmup_prompt: str | os.PathLike[str] | None = None,
+        deterministic: bool = False,
     ) -> None:
         model_path = Path(options.model_dir)
         config_path = Path(cfg_path) if cfg_path is not None else model_path / "config.yaml"
@@ -103,6 +118,9 @@ class IndexTTS25Engine:
         self.device = _check_device(device)
         self.max_mel_tokens = options.max_mel_tokens
         self.diffusion_steps = options.diffusion_steps
+        # Test-only, as IndexTTS2Engine's: batched rows decode greedily and draw their noise
+        # from a generator of their own, so a row's output is independent of its batch.
+        self.deterministic = deterministic
         self.warmup_prompt = None if warmup_prompt is None else str(warmup_prompt)
         self._lock = threading.Lock()
         try:
@@ -141,6 +159,8 @@ class IndexTTS25Engine:
         # w2v-bert draws from the RNG for layerdrop even in eval: conditioning (cached per file)
         # must not move a seeded request's sampling.
         _make_rng_neutral(self._model.semantic_model)
+        # The flash engine decodes one sequence at a time: its rows advance alone.
+        self._batchable = getattr(cast(Any, self._model).gpt, "accel_engine", None) is None
         self._emotion: _Emotion | None = None
         qwen = model_path / QWEN_DIR
         if qwen.is_dir():
@@ -218,15 +238,58 @@ class IndexTTS25Engine:
             with self._lock:
                 self._model._prepare_text(sample, lang)
 
+    def advance(self, rows: Sequence[Iterator[Segment]]) -> list[Segment | BaseException | None]:
+        """Advance every row by one segment, together (see the module's docstring); ``None`` for
+        a finished row. As `IndexTTS2Engine.advance`: unseeded rows not started alone share the
+        step, any other row advances alone, and an exception is its row's."""
+        return batching.advance(rows, self._claim, self._advance_together)
+
+    def _claim(self, row: Iterator[Segment]) -> _Segments | None:
+        mine = isinstance(row, _Segments) and row._engine is self and row.batchable and self._batchable
+        return cast(_Segments, row) if mine else None
+
+    def _advance_together(self, rows: list[_Segments]) -> list[Segment | BaseException | None]:
+        with self._lock, torch.inference_mode(), _RNG_GATE.shared():
+            return batching.step(rows, self._run_works, self._free_device_memory)
+
+    def _run_works(self, works: Sequence[_Work]) -> list[torch.Tensor | None]:
+        """Decode all rows together, then render the rows whose shapes agree together; ``None``
+        for a row whose GPT stopped at once (the library skips such a segment)."""
+        model = self._model
+        codes = decode(model, works, max_mel_tokens=self.max_mel_tokens, sample=not self.deterministic)
+        wavs: list[torch.Tensor | None] = [None] * len(works)
+        spoken = [i for i, code in enumerate(codes) if len(code)]
+        steps = self.diffusion_steps or batching.DIFFUSION_STEPS
+        for group in batching.groups([works[i] for i in spoken], [codes[i] for i in spoken], mel_key):
+            rows = [spoken[i] for i in group]
+            out = speak(model, [works[i] for i in rows], [codes[i] for i in rows], steps)
+            for index, wav in zip(rows, out, strict=True):
+                wavs[index] = wav
+        return wavs
+
+    def _free_device_memory(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
     # --- helpers used by _Segments ------------------------------------------------------------
 
+    def _with_emotion(self, job: SynthesisJob, kwargs: dict[str, object]) -> dict[str, object]:
+        """``kwargs`` with emotion by text turned into the vector the library takes."""
+        if job.emo_mode != "text":
+            return kwargs
+        assert self._emotion is not None
+        weights = self._emotion.inference(job.emo_text or job.text)
+        return {**kwargs, "emo_vector": list(weights.values())}
+
     def _start(self, job: SynthesisJob, lang: str, kwargs: dict[str, object]) -> _ModelGen:
-        if job.emo_mode == "text":
-            assert self._emotion is not None
-            weights = self._emotion.inference(job.emo_text or job.text)
-            kwargs = {**kwargs, "emo_vector": list(weights.values())}
         return self._model.infer_generator(
-            job.prompt_audio, job.text, None, lang, stream_return=True, emit_text=True, **kwargs
+            job.prompt_audio,
+            job.text,
+            None,
+            lang,
+            stream_return=True,
+            emit_text=True,
+            **self._with_emotion(job, kwargs),
         )
 
 
@@ -252,6 +315,7 @@ class _Segments(Iterator[Segment]):
         self._index = 0
         self._done = False
         self._rng: list[_RngState | int | None] = [job.seed]
+        self._prepared: Prepared | None = None
 
     def __next__(self) -> Segment:
         if self._done:
@@ -292,10 +356,64 @@ class _Segments(Iterator[Segment]):
             pcm = np.concatenate([pcm, np.zeros(silence.shape[-1], np.int16)])
         return Segment(pcm, False, text.strip())
 
+    # --- batched mode (IndexTTS25Engine.advance; see batching.Row), under the engine's lock ------
+
+    @property
+    def batchable(self) -> bool:
+        return self._gen is None and self._rng[0] is None  # unseeded, not started alone
+
+    def prepare(self) -> bool:
+        if self._prepared is None and not self._done:
+            job = self._job
+            kwargs = self._engine._with_emotion(job, self._kwargs)
+            self._prepared = prepare(self._engine._model, kwargs, job.prompt_audio, job.text, self._lang)
+        if self._prepared is None or self._index >= len(self._prepared.segments):
+            self._done = True
+        return not self._done
+
+    def work(self) -> _Work:
+        prepared = cast(Prepared, self._prepared)
+        noise = None
+        if self._engine.deterministic:  # the same noise alone or in any batch
+            noise = torch.Generator().manual_seed(_NOISE_SEED + self._index)
+        return _Work(prepared, prepared.segments[self._index], noise)
+
+    def deliver(self, wav: torch.Tensor | None) -> Segment | None:
+        """The step's audio for this row, with the interval silence unless it is the last; as
+        the library, a segment that came out empty is skipped (``None``: run the next one)."""
+        prepared = cast(Prepared, self._prepared)
+        text = prepared.texts[self._index].strip()
+        self._index += 1
+        last = self._index >= len(prepared.segments)
+        if last:
+            self._done = True
+            self._prepared = None
+        if wav is None:
+            return Segment(np.zeros(0, np.int16), True, "") if last else None
+        pcm = _to_int16(wav)
+        if not last and self._job.interval_silence > 0:
+            pause = np.zeros(int(SAMPLE_RATE * self._job.interval_silence / 1000.0), np.int16)
+            pcm = np.concatenate([pcm, pause])
+        return Segment(pcm, last, text)
+
+    def fail(self, exc: BaseException) -> SynthesisError:
+        """This row's error: the row is closed."""
+        where = f"segment {self._index + 1}"
+        error = (
+            client_error(exc, "IndexTTS-2.5", where)
+            if isinstance(exc, Exception)
+            else SynthesisError(repr(exc))
+        )
+        self._done = True
+        self._prepared = None
+        self._engine._free_device_memory()
+        return error
+
     def close(self) -> None:
         """Stop the model's generator (idempotent)."""
         self._done = True
         self._pending = None
+        self._prepared = None
         gen, self._gen = self._gen, None
         if gen is not None:
             with self._engine._lock, torch.inference_mode():
@@ -305,3 +423,114 @@ class _Segments(Iterator[Segment]):
 def _to_int16(wav: torch.Tensor) -> PCM:
     """As the package's own whole-utterance output: already clamped to ±32767, truncated to int16."""
     return cast(PCM, wav.detach().to("cpu").reshape(-1).to(torch.int16).numpy())
+
+
+# --- the batched stages (IndexTTS25Engine.advance) ------------------------------------------------
+
+
+class Prepared(NamedTuple):
+    """One row's conditioning, computed once when it joins."""
+
+    conds: torch.Tensor  # (1, 3, D): spk_emb_proj(style) + emovec, then two zero rows
+    lang: int  # the GPT's language id
+    style: torch.Tensor  # (1, 192)
+    prompt_condition: torch.Tensor  # (1, P, C)
+    ref_mel: torch.Tensor  # (1, 80, R)
+    duration_factor: float
+    segments: list[list[int]]  # text token ids per segment, language prefix included
+    texts: list[str]  # each segment's text as the model reads it
+
+
+class _Work(NamedTuple):
+    """One row's part in a step: its conditioning, the segment to speak and its noise source."""
+
+    prepared: Prepared
+    tokens: list[int]
+    noise: torch.Generator | None  # deterministic mode: the row's own; else the global RNG
+
+
+def prepare(model: object, kwargs: dict[str, object], spk_audio: str, text: str, lang: str) -> Prepared:
+    """A row's conditioning, computed (and cached) as ``infer_generator`` does before its segment loop."""
+    from indextts25.infer_v2_5 import _audio_key, _cache_put, find_most_similar_cosine  # type: ignore[import-untyped]
+    from indextts25.utils.tokenizer import lang_to_token  # type: ignore[import-untyped]
+
+    lib: Any = model  # the untyped indextts25 model: typed values leave as casts
+    vector = cast("list[float] | None", kwargs.get("emo_vector"))
+    emo_audio, emo_alpha, emo_vector = batching.emotion_inputs(kwargs, spk_audio, vector)
+    spk_key, emo_key = _audio_key(spk_audio), _audio_key(emo_audio)
+    spk_cond, style, prompt_condition, ref_mel = lib._speaker_conditioning(spk_audio, spk_key)
+    emo_cond = lib._emotion_conditioning(emo_audio, emo_key)
+    device = lib.device
+    weight = mixed = None
+    if emo_vector is not None:
+        weight, mixed = batching.mix_emotions(lib, emo_vector, style, kwargs, find_most_similar_cosine)
+    text = lib._prepare_text(text, lang)
+    prefix = f"<|{lang.lower()}|> "
+    max_tokens = int(cast(int, kwargs.get("max_text_tokens_per_segment", 120)))
+    texts = cast(list[str], lib.split_text_by_tokens(text, max_tokens, prefix))
+    segments = [
+        cast(list[int], lib.tokenizer.encode(prefix + piece, allowed_special="all")) for piece in texts
+    ]
+    gpt = lib.gpt
+    dtype = cast("torch.dtype | None", lib.dtype)
+    with torch.autocast(torch.device(device).type, enabled=dtype is not None, dtype=dtype):
+        emovec_key = (spk_key, emo_key, emo_alpha)
+        emovec = lib._emovec_cache.get(emovec_key)
+        if emovec is None:
+            spk_len = torch.tensor([spk_cond.shape[-1]], device=device)
+            emo_len = torch.tensor([emo_cond.shape[-1]], device=device)
+            emovec = gpt.merge_emovec(spk_cond, emo_cond, spk_len, emo_len, alpha=emo_alpha)
+            _cache_put(lib._emovec_cache, emovec_key, emovec)
+        if mixed is not None and weight is not None:
+            emovec = mixed + (1 - torch.sum(weight)) * emovec
+        # inference_speech's prefix, per row (its own unsqueeze would cross rows at batch > 1)
+        latent = gpt.spk_emb_proj(style).unsqueeze(0) + emovec.unsqueeze(1)
+        conds = torch.cat((latent, latent.new_zeros(1, 2, latent.size(2))), 1)
+    factor = float(cast(float, kwargs.get("duration_factor", 1.0)))
+    return Prepared(
+        conds, int(lang_to_token(lang)), style, prompt_condition, ref_mel, factor, segments, texts
+    )
+
+
+def decode(model: object, works: Sequence[_Work], *, max_mel_tokens: int, sample: bool) -> list[torch.Tensor]:
+    """The GPT stage for every row at once: each row's codes, cut at its first stop token."""
+    device = works[0].prepared.conds.device
+    langs = torch.tensor([work.prepared.lang for work in works], dtype=torch.long, device=device)
+    conds = [work.prepared.conds for work in works]
+    tokens = [work.tokens for work in works]
+    return batching.generate(model, conds, tokens, langs, max_mel_tokens=max_mel_tokens, sample=sample)
+
+
+def _frames(work: _Work, codes: torch.Tensor) -> int:
+    """The length regulator's target, as the library computes it (the codec doubles the rate)."""
+    return int(2 * len(codes) * 1.72 * work.prepared.duration_factor)
+
+
+def mel_key(work: _Work, codes: torch.Tensor) -> tuple[int, int, int, int]:
+    """Rows that may share the codec, length regulator, CFM and BigVGAN: equal code counts,
+    target frames and prompt lengths (all convolve or attend along time with no padding mask)."""
+    prepared = work.prepared
+    return (len(codes), _frames(work, codes), prepared.ref_mel.shape[-1], prepared.prompt_condition.shape[1])
+
+
+def speak(
+    model: object, works: Sequence[_Work], codes: Sequence[torch.Tensor], steps: int
+) -> list[torch.Tensor]:
+    """Codec, s2mel and BigVGAN for rows of one `mel_key`: each row's wav, ``(1, samples)``
+    scaled to int16 range and clamped, as the library yields it."""
+    lib: Any = model
+    n = len(works)
+    device = works[0].prepared.conds.device
+    features = lib.semantic_codec.decode(torch.stack(list(codes), 0))
+    target = torch.full((n,), _frames(works[0], codes[0]), dtype=torch.long, device=device)
+    models = lib.s2mel.models
+    cond = models["length_regulator"](features, ylens=target)
+    condition = torch.cat([torch.cat([work.prepared.prompt_condition for work in works], 0), cond], dim=1)
+    ref_mel = torch.cat([work.prepared.ref_mel for work in works], 0)
+    style = torch.cat([work.prepared.style for work in works], 0)
+    cfm = models["cfm"]
+    channels, frames = int(cast(int, cfm.in_channels)), condition.size(1)
+    noise = torch.cat([batching.draw_noise(work.noise, channels, frames, device) for work in works], 0)
+    mel = batching.solve_euler(cfm, noise, ref_mel, condition, style, steps)[:, :, ref_mel.size(-1) :]
+    wav = cast(torch.Tensor, lib.bigvgan(mel.float()))
+    return [torch.clamp(32767 * wav[row].reshape(1, -1), -32767.0, 32767.0) for row in range(n)]
