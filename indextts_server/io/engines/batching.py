@@ -362,15 +362,16 @@ def solve_euler(
     """The CFM's fixed-step Euler solve with classifier-free guidance, for ``n`` rows at once.
 
     The same arithmetic as the libraries' ``solve_euler``, whose time input is one row per CFG
-    half (so it only runs one row): here each of the ``2n`` stacked rows gets its own. The
-    estimator gets one frame count per stacked row; at n = 1 one count broadcasts, as upstream.
+    half (so it only runs one row): here each of the ``2n`` stacked rows gets its own. Every row
+    of a group has one frame count, so the estimator gets it once and broadcasts it over the
+    stacked rows (one mask, not ``2n`` equal ones), as upstream does at n = 1.
     """
     rows, frames = x.size(0), x.size(-1)
     device = x.device
     t_span = torch.linspace(0, 1, steps + 1, device=device)
     guided = cfg_rate > 0
     width = 2 * rows if guided else rows
-    lens = torch.full((1 if rows == 1 else width,), frames, dtype=torch.long, device=device)
+    lens = torch.full((1,), frames, dtype=torch.long, device=device)
     prompt_len = prompt.size(-1)
     prompt_x = torch.zeros_like(x)
     prompt_x[..., :prompt_len] = prompt[..., :prompt_len]
