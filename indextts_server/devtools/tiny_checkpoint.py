@@ -610,10 +610,9 @@ def _tree_size(paths: Iterable[Path]) -> int:
     return sum(f.stat().st_size for p in paths for f in p.rglob("*") if f.is_file())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Build a random-weight IndexTTS2 checkpoint (tiny or full size)."
-    )
+def generator_args(model: str, argv: list[str] | None) -> argparse.Namespace:
+    """The command line both generators take (``model`` names what they build)."""
+    parser = argparse.ArgumentParser(description=f"Build a random-weight {model} (tiny or full size).")
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--in-process", action="store_true", help="build here, not in a child process")
@@ -622,7 +621,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the real model's widths and depths (random values; several GB): for timings, not tests",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = generator_args("IndexTTS2 checkpoint", argv)
     start = time.perf_counter()
     ckpt = build_tiny_checkpoint(
         args.outdir, seed=args.seed, isolated=not args.in_process, full_size=args.full_size

@@ -6,7 +6,6 @@ values), for timings: speed depends on shapes, not values.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import fcntl
 import json
@@ -36,6 +35,7 @@ from .tiny_checkpoint import (
     _write_qwen,
     _write_w2v_bert,
     count_on_meta,
+    generator_args,
 )
 from .tiny_checkpoint import (
     _is_complete as _is_built,
@@ -291,18 +291,7 @@ def _write_bigvgan25(directory: Path, full_size: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Build a random-weight IndexTTS-2.5 model directory (tiny or full size)."
-    )
-    parser.add_argument("outdir", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--in-process", action="store_true", help="build here, not in a child process")
-    parser.add_argument(
-        "--full-size",
-        action="store_true",
-        help="the real model's widths and depths (random values; several GB): for timings, not tests",
-    )
-    args = parser.parse_args(argv)
+    args = generator_args("IndexTTS-2.5 model directory", argv)
     start = time.perf_counter()
     model_dir = build_tiny_checkpoint25(
         args.outdir, seed=args.seed, isolated=not args.in_process, full_size=args.full_size

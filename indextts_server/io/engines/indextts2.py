@@ -316,20 +316,8 @@ class IndexTTS2Engine:
         }
         if job.quick_first and self._has_quick_streaming:
             kwargs["quick_streaming_tokens"] = job.quick_first
-        if job.emo_mode == "audio":
-            if job.emo_audio is None:
-                raise SynthesisError("emo_mode 'audio' needs emo_audio")
-            _require_file(job.emo_audio, "emotion prompt")
-            kwargs.update(emo_audio_prompt=job.emo_audio, emo_alpha=job.emo_alpha)
-        elif job.emo_mode == "vector":
-            if job.emo_vector is None:
-                raise SynthesisError("emo_mode 'vector' needs emo_vector")
-            try:
-                vector = normalize_emo_vector(job.emo_vector)
-            except ValueError as exc:
-                raise SynthesisError(str(exc)) from exc
-            kwargs.update(emo_vector=vector, emo_alpha=job.emo_alpha)
-        elif job.emo_mode == "text":
+        kwargs.update(emotion_kwargs(job))
+        if job.emo_mode == "text":
             kwargs.update(use_emo_text=True, emo_text=job.emo_text, emo_alpha=job.emo_alpha)
         return stretched(_Segments(self, job, kwargs), job.speed)
 
@@ -567,6 +555,25 @@ def _file_key(path: str) -> tuple[str, int, int, int] | None:
     except OSError:
         return None
     return (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def emotion_kwargs(job: SynthesisJob) -> dict[str, object]:
+    """The model's keyword arguments for an emotion given by reference audio or by vector (both
+    model families take them alike); nothing for the other modes."""
+    if job.emo_mode == "audio":
+        if job.emo_audio is None:
+            raise SynthesisError("emo_mode 'audio' needs emo_audio")
+        _require_file(job.emo_audio, "emotion prompt")
+        return {"emo_audio_prompt": job.emo_audio, "emo_alpha": job.emo_alpha}
+    if job.emo_mode == "vector":
+        if job.emo_vector is None:
+            raise SynthesisError("emo_mode 'vector' needs emo_vector")
+        try:
+            vector = normalize_emo_vector(job.emo_vector)
+        except ValueError as exc:
+            raise SynthesisError(str(exc)) from exc
+        return {"emo_vector": vector, "emo_alpha": job.emo_alpha}
+    return {}
 
 
 def _require_file(path: str, what: str) -> None:

@@ -48,8 +48,8 @@ from .indextts2 import (
     _require_file,
     _RngState,
     client_error,
+    emotion_kwargs,
     engine_step,
-    normalize_emo_vector,
 )
 from .speed import close_segments, stretched
 
@@ -200,20 +200,8 @@ class IndexTTS25Engine:
         }
         if self.diffusion_steps is not None:
             kwargs["diffusion_steps"] = self.diffusion_steps
-        if job.emo_mode == "audio":
-            if job.emo_audio is None:
-                raise SynthesisError("emo_mode 'audio' needs emo_audio")
-            _require_file(job.emo_audio, "emotion prompt")
-            kwargs.update(emo_audio_prompt=job.emo_audio, emo_alpha=job.emo_alpha)
-        elif job.emo_mode == "vector":
-            if job.emo_vector is None:
-                raise SynthesisError("emo_mode 'vector' needs emo_vector")
-            try:
-                vector = normalize_emo_vector(job.emo_vector)
-            except ValueError as exc:
-                raise SynthesisError(str(exc)) from exc
-            kwargs.update(emo_vector=vector, emo_alpha=job.emo_alpha)
-        elif job.emo_mode == "text":
+        kwargs.update(emotion_kwargs(job))
+        if job.emo_mode == "text":
             if self._emotion is None:
                 raise SynthesisError(f"emo_mode 'text' needs {QWEN_DIR}/ in the model directory")
             kwargs.update(emo_alpha=job.emo_alpha)
