@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import logging.handlers
 import os
@@ -233,6 +234,14 @@ def _cluster(
     return scheduler, store.close
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside ``group`` and its nested groups."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     settings = parse(argv, "indextts-server", DESCRIPTION)
     config, ops = settings.server, settings.ops
@@ -290,6 +299,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         trio.run(start)
+    except* OSError as failure:
+        if not all(isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE for exc in _leaves(failure)):
+            raise
+        ports = [f"--port {config.port}"]
+        ports += [f"--http-port {http_address[1]}"] if http_address else []
+        ports += [f"--metrics-port {metrics_address[1]}"] if metrics_address else []
+        taken = "、".join(ports)
+        print(f"端口已被占用，无法监听（{taken}）：请换一个端口或停止占用它的进程", file=sys.stderr)
+        raise SystemExit(1) from None
     finally:
         close()
         for engine in engines:
