@@ -27,7 +27,7 @@ ENV PYTHONUNBUFFERED=1 \
 RUN groupadd --system --gid 10001 indextts \
  && useradd --system --uid 10001 --gid indextts --create-home --home-dir /home/indextts \
         --shell /usr/sbin/nologin indextts \
- && install -d -o indextts -g indextts /models /models/huggingface /voices
+ && install -d -o indextts -g indextts /models /models/huggingface /models/cache /voices
 
 # --- what both images run --------------------------------------------------------------------
 FROM base AS runtime
@@ -36,7 +36,11 @@ COPY asset /app/asset
 WORKDIR /app
 # Configuration is by environment (INDEXTTS_SERVER_ + a flag's name) or by flags appended to
 # `docker run IMAGE …`; a flag wins over its variable.
+# Caches live on the /models volume, so a new container does not rebuild them: the Hugging Face
+# cache, and XDG_CACHE_HOME for the rest (IndexTTS-2.5's text-normalizer grammars take minutes to
+# compile on first use; they land in /models/cache/indextts25/nemo_tn).
 ENV HF_HOME=/models/huggingface \
+    XDG_CACHE_HOME=/models/cache \
     INDEXTTS_SERVER_MODEL_DIR=/models/IndexTTS-2 \
     INDEXTTS_SERVER_CFG_PATH=/models/IndexTTS-2/config.yaml \
     INDEXTTS_SERVER_VOICES_DIR=/voices \

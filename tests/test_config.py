@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from indextts_server.core.config import EngineOptions, OpsOptions, ServerConfig, Settings, VoiceLimits
-from indextts_server.io.engines.loading import resolve_device
+from indextts_server.io.engines.loading import CPU_HINT, resolve_device, warm_up_hint
 from indextts_server.io.operations.cli import DESCRIPTION
 from indextts_server.io.operations.flags import options, parse, parser
 
@@ -147,6 +147,14 @@ def test_device_auto_is_cuda_when_present_else_cpu_and_cuda_stays_cuda() -> None
     assert resolve_device("auto", cuda_present=False) == "cpu"
     assert resolve_device("cuda", cuda_present=False) == "cuda"  # fails to load, with the CPU hint
     assert resolve_device("cuda:1", cuda_present=True) == "cuda:1"
+
+
+def test_a_warm_up_failure_hints_at_the_cpu_only_on_a_gpu() -> None:
+    assert warm_up_hint("cuda:0", "models/IndexTTS-2") == CPU_HINT
+    on_cpu = warm_up_hint("cpu", "models/IndexTTS-2.5")
+    assert "CUDA" not in on_cpu
+    assert on_cpu.startswith("models/IndexTTS-2.5 中的模型文件可能不完整")
+    assert "hf download IndexTeam/IndexTTS-2.5" in on_cpu
 
 
 def test_our_logging_leaves_the_download_progress_bars_on() -> None:

@@ -331,6 +331,7 @@ def test_the_image_declares_its_ports_volumes_user_health_check_and_entrypoint(l
     ]
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["HF_HOME"] == "/models/huggingface" and env["INDEXTTS_SERVER_ENGINE"] == "tone"
+    assert env["XDG_CACHE_HOME"] == "/models/cache"  # IndexTTS-2.5's grammar cache outlives a container
     assert env["INDEXTTS_SERVER_MODEL_DIR"] == "/models/IndexTTS-2"
     assert env["INDEXTTS_SERVER_VOICES_DIR"] == "/voices"
 
@@ -339,7 +340,7 @@ def test_the_server_runs_as_the_images_non_root_user(container: Container) -> No
     uids, gids = container.ids()
     assert uids == {USER_ID} and gids == {USER_ID}
     writable = container.exec(
-        "sh", "-c", "touch /models/probe /voices/probe /models/huggingface/probe && id -u"
+        "sh", "-c", "touch /models/probe /voices/probe /models/huggingface/probe /models/cache/probe && id -u"
     )
     assert writable.returncode == 0, writable.stderr
     assert writable.stdout.strip() == str(USER_ID)

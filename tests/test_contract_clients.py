@@ -143,3 +143,20 @@ def test_a_port_in_use_is_one_clear_line_and_exit_status_1() -> None:
     assert result.returncode == 1
     assert f"端口已被占用，无法监听（--port {port}）：请换一个端口或停止占用它的进程" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_names_only_the_port_that_is_taken() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        command = ["--engine", "tone", "--host", "127.0.0.1", "--port", "0", "--http-port", str(port)]
+        result = subprocess.run(
+            [sys.executable, "-m", "indextts_server", *command],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"端口已被占用，无法监听（--http-port {port}）：请换一个端口或停止占用它的进程" in result.stderr

@@ -106,6 +106,12 @@ def test_start_up_logs_load_and_warm_up_times_before_listening(engine_server: Cl
     assert load < warm < text.index("listening on ws://")
 
 
+def test_a_model_on_the_cpu_sets_and_logs_torch_threads_before_loading(engine_server: CliServer) -> None:
+    text = engine_server.text
+    assert "torch CPU threads: " in text
+    assert text.index("torch CPU threads") < text.index("model loaded on cpu in")
+
+
 @pytest.mark.parametrize(
     "fields",
     [

@@ -76,6 +76,13 @@ CPU_IS_SLOW: Final = (
     "--device auto: no CUDA device here, running {model} on the CPU, which is slow "
     "(many seconds per second of speech); use a CUDA GPU to serve in real time"
 )
+def warm_up_hint(device: str, model_dir: str) -> str:
+    """What to try when the first synthesis fails: on a GPU, the CPU; on the CPU, the checkpoint."""
+    if device.startswith("cuda"):
+        return CPU_HINT
+    return f"{model_dir} 中的模型文件可能不完整或与所装的推理包版本不符；" + download_hint(model_dir)
+
+
 INSTALL_HINT: Final = '模型引擎需要安装可选依赖: pip install -e ".[indextts]"'
 
 
@@ -173,7 +180,8 @@ def load_engines(
         try:
             home_thread(engine).call(engine.warm_up)
         except Exception as exc:
-            raise LoadFailed(f"warm-up failed on {device}: {type(exc).__name__}: {exc}", CPU_HINT) from None
+            reason = f"warm-up failed on {device}: {type(exc).__name__}: {exc}"
+            raise LoadFailed(reason, warm_up_hint(device, model_dir)) from None
         log.info("warm-up on %s took %.1f s", device, time.monotonic() - began)
         engines.append(engine)
     return engines

@@ -7,6 +7,7 @@ import logging
 import logging.handlers
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -234,6 +235,27 @@ def _cluster(
     return scheduler, store.close
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether another process listens on ``host:port`` (binding it as trio's listeners do fails)."""
+    if port == 0:
+        return False
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
+
+
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     """The exceptions inside ``group`` and its nested groups."""
     found: list[BaseException] = []
@@ -246,7 +268,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = parse(argv, "indextts-server", DESCRIPTION)
     config, ops = settings.server, settings.ops
     setup_logging(ops.log_level)
-    if settings.cluster.role != "gateway":  # before torch is imported: OpenMP reads these once
+    # Torch's CPU threads, set before torch is imported (OpenMP reads them once). A gateway and the
+    # tone engine load no torch, so they neither set nor log them.
+    if settings.cluster.role != "gateway" and settings.engine.kind != "tone":
         log.info("%s", set_torch_threads(cpu_engine_count(settings.engine.kind, settings.engine.devices)))
     notifier = Notifier.from_environ()
     adopted = listen_sockets()
@@ -302,10 +326,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     except* OSError as failure:
         if not all(isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE for exc in _leaves(failure)):
             raise
-        ports = [f"--port {config.port}"]
-        ports += [f"--http-port {http_address[1]}"] if http_address else []
-        ports += [f"--metrics-port {metrics_address[1]}"] if metrics_address else []
-        taken = "、".join(ports)
+        ports = [("--port", config.host, config.port)]
+        ports += [("--http-port", *http_address)] if http_address else []
+        ports += [("--metrics-port", *metrics_address)] if metrics_address else []
+        # Ours are closed by now: a port that still cannot be bound is the one another process
+        # holds. Should the holder have let go meanwhile, every port is named.
+        named = [f"{flag} {port}" for flag, host, port in ports if port_taken(host, port)]
+        taken = "、".join(named or [f"{flag} {port}" for flag, _, port in ports])
         print(f"端口已被占用，无法监听（{taken}）：请换一个端口或停止占用它的进程", file=sys.stderr)
         raise SystemExit(1) from None
     finally:
