@@ -127,12 +127,13 @@ def test_contract_javascript_client_runs_unchanged(cli_server: CliServer, tmp_pa
         at = found.end()
 
 
-def test_a_port_in_use_is_one_clear_line_and_exit_status_1() -> None:
+def _start_beside_a_held_port(*flags: str) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """Start the server with ``flags`` (``{port}`` stands for a port another socket listens on)."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        command = ["--engine", "tone", "--host", "127.0.0.1", "--port", str(port), "--http-port", "off"]
+        command = ["--engine", "tone", "--host", "127.0.0.1", *(flag.format(port=port) for flag in flags)]
         result = subprocess.run(
             [sys.executable, "-m", "indextts_server", *command],
             cwd=REPO,
@@ -140,23 +141,17 @@ def test_a_port_in_use_is_one_clear_line_and_exit_status_1() -> None:
             text=True,
             timeout=60,
         )
+    return port, result
+
+
+def test_a_port_in_use_is_one_clear_line_and_exit_status_1() -> None:
+    port, result = _start_beside_a_held_port("--port", "{port}", "--http-port", "off")
     assert result.returncode == 1
     assert f"端口已被占用，无法监听（--port {port}）：请换一个端口或停止占用它的进程" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_a_port_in_use_names_only_the_port_that_is_taken() -> None:
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        command = ["--engine", "tone", "--host", "127.0.0.1", "--port", "0", "--http-port", str(port)]
-        result = subprocess.run(
-            [sys.executable, "-m", "indextts_server", *command],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    port, result = _start_beside_a_held_port("--port", "0", "--http-port", "{port}")
     assert result.returncode == 1
     assert f"端口已被占用，无法监听（--http-port {port}）：请换一个端口或停止占用它的进程" in result.stderr
