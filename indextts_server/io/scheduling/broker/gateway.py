@@ -436,7 +436,8 @@ class BrokerScheduler:
             if alive:
                 live.append(activity)
         self.fleet.workers = snapshot
-        self._learn_engine(fleet_engine(live))
+        if self.gateway:
+            self._learn_engine(fleet_engine(live))
 
     def _learn_engine(self, engine: FleetEngine | None) -> None:
         """Serve what the live workers run; with none alive, what the last ones ran (the tasks
