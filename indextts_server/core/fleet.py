@@ -130,14 +130,16 @@ MIXED: Final = "mixed"
 def fleet_engine(workers: Iterable[WorkerActivity]) -> FleetEngine | None:
     """What the live workers run: their engine's name when they agree (else `MIXED`) and what
     every one of them can do (any may take a task); None when none has said."""
-    known = [worker for worker in workers if worker.engine is not None and worker.capabilities]
-    if not known:
+    known = [
+        (worker.engine, worker.capabilities)
+        for worker in workers
+        if worker.engine is not None and worker.capabilities is not None
+    ]
+    capabilities = common_capabilities([declared for _, declared in known])
+    if capabilities is None:
         return None
-    names = {worker.engine for worker in known}
-    name = names.pop() if len(names) == 1 else MIXED
-    capabilities = common_capabilities([worker.capabilities for worker in known if worker.capabilities])
-    assert name is not None and capabilities is not None
-    return FleetEngine(name, capabilities)
+    names = {name for name, _ in known}
+    return FleetEngine(names.pop() if len(names) == 1 else MIXED, capabilities)
 
 
 _activity_encoder: Final = msgspec.json.Encoder()
