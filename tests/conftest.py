@@ -203,6 +203,7 @@ class RecordingEngine:
     def __init__(self, inner: Engine):
         self.inner = inner
         self.name = inner.name
+        self.capabilities = inner.capabilities
         self.lock = threading.Lock()
         self.events: list[tuple[str, str]] = []  # (what, text)
         self.segments_started = threading.Event()
@@ -239,6 +240,7 @@ class JobsEngine:
     def __init__(self) -> None:
         self.inner = ToneEngine()
         self.name = "tone"
+        self.capabilities = self.inner.capabilities
         self.jobs: list[SynthesisJob] = []
 
     def warm_up(self) -> None:

@@ -40,6 +40,7 @@ class SteppedEngine:
     """
 
     name = "stepped"
+    capabilities = ToneEngine.capabilities
 
     def __init__(self, *, fail_on: str | None = None) -> None:
         self.inner = ToneEngine(fail_on=fail_on)

@@ -18,7 +18,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -95,12 +95,24 @@ class RedisServer:
 
 
 class Node:
-    """``python -m indextts_server --broker ...`` as a process, and what it logged."""
+    """``python -m indextts_server --broker ...`` as a process, and what it logged.
 
-    def __init__(self, role: str, broker: str, *args: str):
+    ``env`` replaces the environment (``PYTHONPATH`` still leads to this checkout); ``launcher``
+    replaces ``-m indextts_server`` (``-c`` and a script that runs it its own way).
+    """
+
+    def __init__(
+        self,
+        role: str,
+        broker: str,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        launcher: Sequence[str] = ("-m", "indextts_server"),
+    ):
         self.role = role
-        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        command = [sys.executable, "-m", "indextts_server", "--engine", "tone", "--host", "127.0.0.1"]
+        base = os.environ if env is None else env
+        env = {**base, "PYTHONPATH": str(REPO) + os.pathsep + base.get("PYTHONPATH", "")}
+        command = [sys.executable, *launcher, "--engine", "tone", "--host", "127.0.0.1"]
         http = [] if "--http-port" in args else ["--http-port", "off"]
         command += ["--port", "0", *http, "--metrics-port", "0"]
         command += ["--broker", broker, "--role", role, "--lease", LEASE]
@@ -183,8 +195,8 @@ def fleet(broker: RedisServer) -> Iterator[Callable[..., Node]]:
     """Start nodes on ``broker``: ``fleet("gateway")``, ``fleet("worker", "--tone-rtf", "0.2")``."""
     nodes: list[Node] = []
 
-    def start(role: str, *args: str) -> Node:
-        node = Node(role, broker.url, *args)
+    def start(role: str, *args: str, **options: Any) -> Node:
+        node = Node(role, broker.url, *args, **options)
         nodes.append(node)
         return node
 
@@ -615,6 +627,30 @@ async def test_the_http_speech_endpoint_of_a_gateway_runs_on_the_fleet(fleet: Ca
     assert response.status_code == 200, response.text
     assert response.content[:4] == b"RIFF"
     await worker.logged(r"task completed task=")
+
+
+TONE_FLEET = (
+    r"fleet engine tone \(tone\): lang zh/en/ja/es/ar, emo_mode none/audio/vector/text, speed 0\.25-4"
+)
+
+
+async def test_a_gateway_with_no_worker_yet_serves_no_model_of_its_own_then_learns_its_workers(
+    fleet: Callable[..., Node],
+) -> None:
+    gateway = fleet("gateway", "--http-port", "0")
+    assert re.search(r"listening on ws://\S+ \(engine broker\)", gateway.text)
+
+    def models() -> list[str]:
+        return [model["id"] for model in httpx.get(f"{gateway.http}/v1/models", timeout=10).json()["data"]]
+
+    assert await trio.to_thread.run_sync(models) == ["indextts2", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"]
+    async with gateway.connect() as client:
+        await client.send(tts("还没有 worker。", lang="ja"))
+        queued = await client.recv_json()
+        assert queued["type"] == "queued"  # admitted: nothing is known to refuse it by
+        fleet("worker")
+        await gateway.logged(TONE_FLEET)  # at its next heartbeat
+        await ends(client, {queued["task_id"]})
 
 
 async def timed_run(client: Client, text: str) -> tuple[list[Any], Json]:

@@ -588,16 +588,29 @@ def test_the_served_against_direct_probe_times_the_same_requests_both_ways(
     assert report["ratio"] == pytest.approx(report["served_median_s"] / report["direct_median_s"], abs=2e-3)
 
 
-async def test_lang_beyond_zh_and_en_fails_its_task_naming_lang_and_speed_is_a_stretch(
+LANG_JA_REFUSED = "lang 不支持: ja（IndexTTS-2 只支持 zh/en）"
+
+
+async def test_lang_beyond_zh_and_en_is_refused_before_the_queue_and_speed_is_a_stretch(
     engine_server: CliServer,
 ) -> None:
     async with connect(engine_server) as client:
-        await client.send(tts("今日は。", lang="ja"))
-        task_id = (await client.recv_json())["task_id"]
-        await client.recv_json()
-        error = await client.recv_json()
-        assert error["task_id"] == task_id
-        assert error["message"] == "音频生成失败: lang 不支持: ja（IndexTTS-2 只支持 zh/en）"
+        # One error naming lang, and no queued: the first reply to the request is the error.
+        assert await client.error(tts("今日は。", lang="ja")) == client.error_reply(LANG_JA_REFUSED)
         _, normal = await client.request(tts("大家好。", lang="EN", seed=2))
         _, faster = await client.request(tts("大家好。", lang="zh", seed=2, speed=1.25))
     assert len(decode_wav(faster)[0]) == pytest.approx(len(decode_wav(normal)[0]) / 1.25, rel=0.05)
+
+
+async def test_lang_beyond_zh_and_en_is_a_400_naming_lang_over_http(engine_server: CliServer) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(
+            f"{engine_server.http}/v1/audio/speech", json={"input": "今日は。", "lang": "ja"}
+        )
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "message": LANG_JA_REFUSED,
+        "type": "invalid_request_error",
+        "param": "lang",
+        "code": "unsupported_value",
+    }

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from importlib.metadata import version
@@ -45,6 +45,7 @@ from trio_websocket import open_websocket_url
 from indextts_server.core.engine import SAMPLE_RATE
 from indextts_server.core.texts import task_timed_out
 from indextts_server.devtools.tiny_checkpoint25 import build_tiny_checkpoint25
+from indextts_server.io.engines.indextts25 import QWEN_DIR
 
 from .conftest import (
     CLIENT_MAX_MESSAGE,
@@ -57,6 +58,7 @@ from .conftest import (
     tts,
     wait_until,
 )
+from .test_cluster import Node, broker, fleet  # noqa: F401 - fixtures: a redis-server, its nodes
 from .test_contract_clients import contract_script
 
 MAX_MEL_TOKENS = 16
@@ -727,3 +729,77 @@ async def test_at_batch_size_8_a_timeout_fails_only_its_row_and_sigterm_lets_the
         assert "SIGTERM received; draining" in server.text
     finally:
         server.stop(timeout=60)
+
+
+# --- what it can do, declared; and a cluster of its workers ------------------------------------------
+
+
+def test_it_declares_ja_only_with_its_segmenter_and_text_emotion_only_with_its_emotion_model() -> None:
+    from indextts_server.io.engines.indextts25 import capabilities25
+
+    full = capabilities25(emotion_model=True, japanese=True)
+    assert (full.model, full.langs, full.missing_tokenizers, full.detects_lang) == (
+        "IndexTTS-2.5",
+        ("zh", "en", "ja", "es", "ar"),
+        (),
+        True,
+    )
+    assert (full.emo_modes, full.emotion_model, full.speed) == (
+        ("none", "audio", "vector", "text"),
+        True,
+        (0.25, 4.0),
+    )
+    bare = capabilities25(emotion_model=False, japanese=False)
+    assert (bare.missing_tokenizers, bare.emo_modes, bare.emotion_model) == (
+        ("ja",),
+        ("none", "audio", "vector"),
+        False,
+    )
+
+
+HIDE_JAPANESE = (
+    "import runpy, sys; sys.modules['fugashi'] = None; "  # as if indextts25-inference[ja] were not installed
+    "runpy.run_module('indextts_server', run_name='__main__', alter_sys=True)"
+)
+
+
+@pytest.fixture
+def bare25(model25: Path, tmp_path: Path) -> Path:
+    """The tiny 2.5 directory without its emotion model (its other files linked)."""
+    bare = tmp_path / "bare25"
+    bare.mkdir()
+    for entry in model25.iterdir():
+        if entry.name != QWEN_DIR:
+            (bare / entry.name).symlink_to(entry)
+    return bare
+
+
+async def test_a_gateway_serves_its_indextts25_workers_model_and_refuses_what_they_cannot_do(
+    fleet: Callable[..., Node],  # noqa: F811 - the fixture imported above
+    bare25: Path,
+    env25: dict[str, str],
+) -> None:
+    fleet("worker", *cli_args(bare25), env=env25, launcher=("-c", HIDE_JAPANESE))
+    gateway = fleet("gateway", "--http-port", "0")
+    assert re.search(r"listening on ws://\S+ \(engine indextts25\)", gateway.text)
+    learned = "fleet engine indextts25 (IndexTTS-2.5): lang zh/en/es/ar, emo_mode none/audio/vector"
+    assert learned in gateway.text
+
+    def models() -> list[str]:
+        return [model["id"] for model in httpx.get(f"{gateway.http}/v1/models", timeout=10).json()["data"]]
+
+    def speak(**fields: Any) -> httpx.Response:
+        body = {"model": "indextts-2.5", "input": "大家好。", "response_format": "wav", "stream": False}
+        return httpx.post(f"{gateway.http}/v1/audio/speech", json={**body, **fields}, timeout=120)
+
+    assert (await trio.to_thread.run_sync(models))[0] == "indextts-2.5"
+    spoken = await trio.to_thread.run_sync(speak)
+    assert spoken.status_code == 200, spoken.text
+    assert len(decode_wav(spoken.content)[0]) > 0
+    refused = await trio.to_thread.run_sync(partial(speak, lang="ja"))
+    assert (refused.status_code, refused.json()["error"]["param"]) == (400, "lang")
+    async with gateway.connect() as client:
+        no_ja = "lang 暂不可用: ja（IndexTTS-2.5 缺少该语言的分词器，请联系服务器管理员安装）"
+        assert await client.error(tts("今日は。")) == client.error_reply(no_ja)  # ja picked from the text
+        no_emotion = "emo_mode 不支持: text（IndexTTS-2.5 未加载情感模型 qwen0.6bemo4-merge/）"
+        assert await client.error(tts(emo_mode="text", emo_text="开心")) == client.error_reply(no_emotion)

@@ -523,6 +523,7 @@ class FailsAfterFirstSegment:
     """A tone engine whose jobs break after their first segment."""
 
     name = "tone"
+    capabilities = ToneEngine.capabilities
 
     def warm_up(self) -> None:
         pass

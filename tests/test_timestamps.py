@@ -228,6 +228,7 @@ class StretchingEngine:
     ``speed`` itself does): the pauses it leaves are shorter than ``interval_silence``."""
 
     name = "tone"
+    capabilities = ToneEngine.capabilities
 
     def __init__(self) -> None:
         self.inner = ToneEngine()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Final, Literal, NamedTuple, Protocol
 
 import msgspec
@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 EmoMode = Literal["none", "audio", "vector", "text"]
+EMO_MODES: Final[tuple[EmoMode, ...]] = ("none", "audio", "vector", "text")
 
 SAMPLE_RATE = 22050
 """Every engine renders mono 16-bit PCM at this rate (the contract's WAV format)."""
@@ -66,6 +67,54 @@ class SynthesisJob(msgspec.Struct, frozen=True, kw_only=True):
     """Speaking rate: 1.25 is a quarter faster (the audio lasts 1/1.25 as long)."""
 
 
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """What an engine can do, declared from what it loaded.
+
+    A request outside it is refused before it is queued, naming its field
+    (`core.contract.jobs.unfit`). The defaults are everything a request may ask for.
+    """
+
+    model: str
+    """The model's name as errors show it (``IndexTTS-2``)."""
+    langs: tuple[Lang, ...] = LANGS
+    """The languages it speaks (``lang``)."""
+    missing_tokenizers: tuple[Lang, ...] = ()
+    """Of ``langs``, those whose tokenizer is not installed: refused until it is."""
+    detects_lang: bool = False
+    """Whether a request without ``lang`` gets the language `detect_lang` picks from its text; that
+    language is then checked as a named one. False: the model reads the text as it comes."""
+    emo_modes: tuple[EmoMode, ...] = EMO_MODES
+    """The emotion modes it takes (``emo_mode``); ``text`` only with ``emotion_model``."""
+    emotion_model: bool = True
+    """Whether its emotion model (``qwen0.6bemo4-merge/``, emotion from text) is loaded."""
+    speed: tuple[float, float] = (SPEED_MIN, SPEED_MAX)
+    """The speeds it renders, its own duration control and the time-stretch together."""
+
+
+def common_capabilities(declared: Sequence[Capabilities]) -> Capabilities | None:
+    """What every one of several engines can do (any of them may run a task); None for none.
+
+    The model's name is theirs when they agree, else the names joined with ``/``.
+    """
+    if not declared:
+        return None
+    first = declared[0]
+    models = sorted({caps.model for caps in declared})
+    low = max(caps.speed[0] for caps in declared)
+    high = min(caps.speed[1] for caps in declared)
+    return Capabilities(
+        model=first.model if len(models) == 1 else "/".join(models),
+        langs=tuple(lang for lang in first.langs if all(lang in caps.langs for caps in declared)),
+        missing_tokenizers=tuple(
+            lang for lang in LANGS if any(lang in caps.missing_tokenizers for caps in declared)
+        ),
+        detects_lang=any(caps.detects_lang for caps in declared),
+        emo_modes=tuple(mode for mode in first.emo_modes if all(mode in caps.emo_modes for caps in declared)),
+        emotion_model=all(caps.emotion_model for caps in declared),
+        speed=(low, max(low, high)),
+    )
+
+
 class Segment(NamedTuple):
     """One text segment's audio, whether it is the utterance's last, and the text it was made from.
 
@@ -89,6 +138,8 @@ class Engine(Protocol):
     """
 
     name: str
+    capabilities: Capabilities
+    """What it can do, as loaded (set by the time it is built)."""
 
     def synthesize(self, job: SynthesisJob) -> Iterator[Segment]: ...
 

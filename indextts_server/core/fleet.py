@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal, cast
+from collections.abc import Iterable
+from typing import Final, Literal, NamedTuple, cast
 
 import msgspec
 
 from .contract.protocol import TaskState, TaskStatusReply
-from .engine import SynthesisJob
+from .engine import Capabilities, SynthesisJob, common_capabilities
 from .tasks import Delivery
 from .texts import gave_up, worker_lost_after_audio
 
@@ -106,10 +107,39 @@ def orphan_verdict(
 
 
 class WorkerActivity(msgspec.Struct, frozen=True, kw_only=True):
-    """What a worker reports with its heartbeat, for the fleet's metrics."""
+    """What a worker reports with its heartbeat: for the fleet's metrics, and for the gateways
+    its engine's name and what it can do (absent from a worker of an older version)."""
 
     task: str | None = None
     done: int = 0
+    engine: str | None = None
+    capabilities: Capabilities | None = None
+
+
+class FleetEngine(NamedTuple):
+    """What a gateway serves: its workers' engine and what every one of them can do."""
+
+    name: str
+    capabilities: Capabilities
+
+
+MIXED: Final = "mixed"
+"""The engine name of a fleet whose workers run different engines."""
+
+
+def fleet_engine(workers: Iterable[WorkerActivity]) -> FleetEngine | None:
+    """What the live workers run: their engine's name when they agree (else `MIXED`) and what
+    every one of them can do (any may take a task); None when none has said."""
+    known = [
+        (worker.engine, worker.capabilities)
+        for worker in workers
+        if worker.engine is not None and worker.capabilities is not None
+    ]
+    capabilities = common_capabilities([declared for _, declared in known])
+    if capabilities is None:
+        return None
+    names = {name for name, _ in known}
+    return FleetEngine(names.pop() if len(names) == 1 else MIXED, capabilities)
 
 
 _activity_encoder: Final = msgspec.json.Encoder()

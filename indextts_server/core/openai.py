@@ -229,6 +229,19 @@ def speech_job(request: SpeechRequest, resolved: Mapping[str, str]) -> Synthesis
     )
 
 
+def unfit_param(request: SpeechRequest, field: str) -> str:
+    """The request field to name for a job field the model cannot do (`core.contract.jobs.unfit`):
+    an ``emo_mode`` the request did not name is named by the field that implied it."""
+    if field != "emo_mode" or request.emo_mode is not None:
+        return field
+    implied_by: dict[EmoMode, str] = {
+        "text": "instructions" if request.instructions is not None else "emo_text",
+        "vector": "emo_vector",
+        "audio": "emo_voice" if request.emo_voice is not None else "emo_audio",
+    }
+    return implied_by.get(emo_mode(request), field)
+
+
 def speech_delivery(request: SpeechRequest) -> Delivery:
     """What the worker hands the speech endpoint: the engine's samples segment by segment (the
     endpoint encodes them). ``speed`` is in the job: the engine renders it, so the cue times of

@@ -81,9 +81,30 @@ def invalid_field(field: str) -> str:
     return f"参数 {field} 无效"
 
 
+# -- what the model cannot do (refused before the task is queued) -----------------------------------
+
+
 def lang_unsupported(lang: str, model: str, langs: str) -> str:
-    """A language the request names that the loaded model does not speak (a task error)."""
+    """A language the request names (or its text is in) that the loaded model does not speak."""
     return f"lang 不支持: {lang}（{model} 只支持 {langs}）"
+
+
+def lang_needs_tokenizer(lang: str, model: str) -> str:
+    """A language the model speaks whose tokenizer is not installed on the server."""
+    return f"lang 暂不可用: {lang}（{model} 缺少该语言的分词器，请联系服务器管理员安装）"
+
+
+def emo_mode_unsupported(mode: str, model: str, modes: str) -> str:
+    return f"emo_mode 不支持: {mode}（{model} 只支持 {modes}）"
+
+
+def emo_text_unavailable(model: str) -> str:
+    """``emo_mode`` ``text`` on a model loaded without its emotion model."""
+    return f"emo_mode 不支持: text（{model} 未加载情感模型 qwen0.6bemo4-merge/）"
+
+
+def speed_unsupported(low: float, high: float, model: str) -> str:
+    return f"speed 必须是 {low:g} 到 {high:g} 之间的数字（{model}）"
 
 
 def text_too_long(limit: int) -> str:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Final, Protocol, cast
+from typing import Final, NamedTuple, Protocol, cast
 
-from ..engine import EmoMode, Lang, SynthesisJob
+from .. import texts
+from ..engine import Capabilities, EmoMode, Lang, SynthesisJob, detect_lang
 from ..tasks import CONTRACT_DELIVERY, Delivery
 from .protocol import TtsStream
 
@@ -114,3 +115,39 @@ def delivery_from(request: TtsStream) -> Delivery:
         sample_rate=request.sample_rate or CONTRACT_DELIVERY.sample_rate,
         timestamps=bool(request.timestamps),
     )
+
+
+class Unfit(NamedTuple):
+    """Why a job asks for what the model cannot do: the request field, and the client's text."""
+
+    field: str
+    message: str
+
+
+def unfit(job: SynthesisJob, capabilities: Capabilities | None) -> Unfit | None:
+    """What in ``job`` lies outside ``capabilities``, or None when the model can run it.
+
+    Every transport asks this before it queues a task, so such a request is refused at once
+    instead of failing after ``start``. ``None`` capabilities (not known yet: a gateway that has
+    seen no worker) admit every job.
+    """
+    if capabilities is None:
+        return None
+    model = capabilities.model
+    lang = job.lang
+    if lang is None and capabilities.detects_lang:
+        lang = detect_lang(job.text)
+    if lang is not None:
+        if lang not in capabilities.langs:
+            return Unfit("lang", texts.lang_unsupported(lang, model, "/".join(capabilities.langs)))
+        if lang in capabilities.missing_tokenizers:
+            return Unfit("lang", texts.lang_needs_tokenizer(lang, model))
+    if job.emo_mode == "text" and not capabilities.emotion_model:
+        return Unfit("emo_mode", texts.emo_text_unavailable(model))
+    if job.emo_mode not in capabilities.emo_modes:
+        modes = "/".join(capabilities.emo_modes)
+        return Unfit("emo_mode", texts.emo_mode_unsupported(job.emo_mode, model, modes))
+    low, high = capabilities.speed
+    if not low <= job.speed <= high:
+        return Unfit("speed", texts.speed_unsupported(low, high, model))
+    return None

@@ -20,9 +20,9 @@ from typing import Final, NamedTuple, Protocol, TypeVar, cast
 import numpy as np
 import torch
 
-from ...core import texts
 from ...core.config import EngineOptions
-from ...core.engine import PCM, SAMPLE_RATE, Lang, Segment, SynthesisJob
+from ...core.contract.jobs import unfit
+from ...core.engine import EMO_MODES, PCM, SAMPLE_RATE, Capabilities, Lang, Segment, SynthesisJob
 from . import batching
 from .speed import close_segments, stretched
 
@@ -294,6 +294,9 @@ class IndexTTS2Engine:
             "quick_streaming_tokens" in inspect.signature(self._model.tokenizer.split_segments).parameters
         )
         self._unit_scale = _unit_scale(model_cls)
+        self.capabilities = declared_capabilities(
+            "IndexTTS-2", LANGS, emotion_model=getattr(self._model, "qwen_emo", None) is not None
+        )
 
     # --- the Engine port ------------------------------------------------------------------------
 
@@ -303,8 +306,8 @@ class IndexTTS2Engine:
         ``lang``: this model reads Chinese and English (and needs no hint); ``speed`` is a
         time-stretch, as the model has no duration control.
         """
-        if job.lang is not None and job.lang not in LANGS:
-            raise SynthesisError(texts.lang_unsupported(job.lang, "IndexTTS-2", "/".join(LANGS)))
+        if (problem := unfit(job, self.capabilities)) is not None:  # refused before the queue
+            raise SynthesisError(problem.message)
         _require_file(job.prompt_audio, "speaker prompt")
         kwargs: dict[str, object] = {
             "interval_silence": job.interval_silence,
@@ -555,6 +558,28 @@ def _file_key(path: str) -> tuple[str, int, int, int] | None:
     except OSError:
         return None
     return (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def declared_capabilities(
+    model: str,
+    langs: tuple[Lang, ...],
+    *,
+    emotion_model: bool,
+    missing_tokenizers: tuple[Lang, ...] = (),
+    detects_lang: bool = False,
+) -> Capabilities:
+    """What a loaded model of either family can do: every emotion mode (``text`` only with its
+    emotion model) and every speed (what the model cannot render is time-stretched)."""
+    if not emotion_model:
+        log.warning("%s has no emotion model (qwen0.6bemo4-merge/): emo_mode text is refused", model)
+    return Capabilities(
+        model=model,
+        langs=langs,
+        missing_tokenizers=missing_tokenizers,
+        detects_lang=detects_lang,
+        emo_modes=tuple(mode for mode in EMO_MODES if emotion_model or mode != "text"),
+        emotion_model=emotion_model,
+    )
 
 
 def emotion_kwargs(job: SynthesisJob) -> dict[str, object]:

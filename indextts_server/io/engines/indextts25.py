@@ -26,11 +26,12 @@ from typing import Any, Final, NamedTuple, Protocol, cast
 import numpy as np
 import torch
 
-from ...core import texts
 from ...core.config import EngineOptions
+from ...core.contract.jobs import unfit
 from ...core.engine import (
     PCM,
     SAMPLE_RATE,
+    Capabilities,
     Lang,
     Segment,
     SynthesisJob,
@@ -48,12 +49,13 @@ from .indextts2 import (
     _require_file,
     _RngState,
     client_error,
+    declared_capabilities,
     emotion_kwargs,
     engine_step,
 )
 from .speed import close_segments, stretched
 
-__all__ = ["LANGS", "NATIVE_SPEEDS", "IndexTTS25Engine"]
+__all__ = ["LANGS", "NATIVE_SPEEDS", "IndexTTS25Engine", "capabilities25"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,20 @@ class _Emotion(Protocol):
 def japanese_available() -> bool:
     """Whether the Japanese segmenter (the ``indextts25-inference[ja]`` extra) is installed."""
     return all(importlib.util.find_spec(name) is not None for name in ("fugashi", "unidic_lite"))
+
+
+def capabilities25(*, emotion_model: bool, japanese: bool) -> Capabilities:
+    """IndexTTS-2.5's, as loaded: five languages (``ja`` only with its segmenter), the language
+    picked from the text when a request names none, ``text`` emotion with ``qwen0.6bemo4-merge/``."""
+    if not japanese:
+        log.warning('no Japanese segmenter: lang ja is refused (pip install "indextts25-inference[ja]")')
+    return declared_capabilities(
+        "IndexTTS-2.5",
+        LANGS,
+        emotion_model=emotion_model,
+        missing_tokenizers=() if japanese else ("ja",),
+        detects_lang=True,
+    )
 
 
 class IndexTTS25Engine:
@@ -171,8 +187,9 @@ class IndexTTS25Engine:
                 raise EngineLoadError(
                     f"the emotion model {qwen} failed to load: {type(exc).__name__}: {exc}"
                 ) from exc
-        else:
-            log.warning("no %s/ in %s: emo_mode 'text' will fail", QWEN_DIR, model_path)
+        self.capabilities = capabilities25(
+            emotion_model=self._emotion is not None, japanese=japanese_available()
+        )
 
     # --- the Engine port ------------------------------------------------------------------------
 
@@ -182,13 +199,9 @@ class IndexTTS25Engine:
         ``lang`` absent: `detect_lang`. ``speed`` within `NATIVE_SPEEDS` is the model's own
         ``duration_factor``; beyond it the rest is a time-stretch.
         """
+        if (problem := unfit(job, self.capabilities)) is not None:  # refused before the queue
+            raise SynthesisError(problem.message)
         lang = job.lang or detect_lang(job.text)
-        if lang not in LANGS:
-            raise SynthesisError(texts.lang_unsupported(lang, "IndexTTS-2.5", "/".join(LANGS)))
-        if lang == "ja" and not japanese_available():
-            raise SynthesisError(
-                'lang ja needs the Japanese segmenter: pip install "indextts25-inference[ja]"'
-            )
         _require_file(job.prompt_audio, "speaker prompt")
         native, stretch = split_speed(job.speed, NATIVE_SPEEDS)
         kwargs: dict[str, object] = {
@@ -202,8 +215,6 @@ class IndexTTS25Engine:
             kwargs["diffusion_steps"] = self.diffusion_steps
         kwargs.update(emotion_kwargs(job))
         if job.emo_mode == "text":
-            if self._emotion is None:
-                raise SynthesisError(f"emo_mode 'text' needs {QWEN_DIR}/ in the model directory")
             kwargs.update(emo_alpha=job.emo_alpha)
         return stretched(_Segments(self, job, lang, kwargs), stretch)
 

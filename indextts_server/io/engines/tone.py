@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ...core.engine import PCM, SAMPLE_RATE, Segment, SynthesisJob, pause_samples
+from ...core.engine import PCM, SAMPLE_RATE, Capabilities, Segment, SynthesisJob, pause_samples
 from ...core.segment import speech_seconds, split_segments, tokens
 from .speed import stretched
 
@@ -33,6 +33,8 @@ class ToneEngine:
     """
 
     name = "tone"
+    capabilities = Capabilities(model="tone")
+    """Every language, emotion mode and speed a request may name."""
 
     def __init__(self, rtf: float = 0.0, *, fail_on: str | None = None, gate: str | None = None):
         if rtf < 0:

@@ -25,12 +25,13 @@ from ...core.openai import (
     speech_audio_fields,
     speech_delivery,
     speech_job,
+    unfit_param,
 )
 from ...core.texts import SHUTTING_DOWN
 from ...core.voices import VoiceError
 from ..audio.encoding import Transcoder, media_type
 from ..audio.paths import AudioPathError
-from ..service.service import Refused, Service
+from ..service.service import Refused, Service, Unfit
 from ..service.session import Close, OutboxBudget, Session
 from ..transport.http import CutResponse
 from .asgi import BodyTooLarge, Request, chunk, encode_json, head
@@ -162,6 +163,9 @@ class Speech:
         async with self.service.hosting(session):
             try:
                 await self.service.submit(session, job, speech_delivery(speech))
+            except Unfit as unfit:
+                param = unfit_param(speech, unfit.field)
+                raise ApiError(400, str(unfit), param=param, code="unsupported_value") from None
             except Refused as refusal:
                 if str(refusal) == SHUTTING_DOWN:
                     raise task_error(SHUTTING_DOWN) from None

@@ -11,7 +11,7 @@ import trio
 from ...core import texts
 from ...core.contract import replies
 from ...core.contract.protocol import Cue
-from ...core.engine import Engine, SynthesisJob
+from ...core.engine import Capabilities, Engine, SynthesisJob, common_capabilities
 from ...core.tasks import Delivery
 from .batch import BatchWorker
 from .board import TaskBoard, TaskObserver
@@ -34,6 +34,9 @@ class Scheduler(Protocol):
     """
 
     engine_name: str
+    capabilities: Capabilities | None
+    """What the engines behind it can do (every one of them); None while not known (a gateway
+    that has seen no worker yet). The service refuses a job outside it before submitting it."""
 
     @property
     def queue_depth(self) -> int:
@@ -96,6 +99,7 @@ class EmbeddedScheduler:
         if not engines:
             raise ValueError("at least one engine is needed")
         self.engine_name = engines[0].name
+        self.capabilities = common_capabilities([engine.capabilities for engine in engines])
         self.board = TaskBoard(ttl=ttl, max_queue=max_queue)
         self.board.metrics = metrics
         self.workers: list[InferenceWorker | BatchWorker] = [

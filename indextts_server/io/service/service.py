@@ -11,6 +11,7 @@ import trio
 
 from ...core import texts
 from ...core.config import ServerConfig
+from ...core.contract.jobs import unfit
 from ...core.engine import Engine, SynthesisJob
 from ...core.tasks import Delivery
 from ..audio.paths import AudioPaths, resolve_roots
@@ -44,6 +45,15 @@ class ServiceMetrics(TaskObserver, Protocol):
 
 class Refused(Exception):
     """A request the service turns away before it becomes a task; ``str()`` is the client's text."""
+
+
+class Unfit(Refused):
+    """A request for what the model cannot do (`core.contract.jobs.unfit`); ``field`` names the
+    request field, ``str()`` is the client's text."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 class Service:
@@ -172,7 +182,11 @@ class Service:
             raise Refused(texts.too_many_in_flight(limit))
 
     async def submit(self, session: Session, job: SynthesisJob, delivery: Delivery) -> None:
-        """Queue ``job`` for ``session`` (its ``queued`` reply goes to the session); `Refused` if not."""
+        """Queue ``job`` for ``session`` (its ``queued`` reply goes to the session); `Refused` if
+        not, `Unfit` first if the model cannot do what it asks."""
+        problem = unfit(job, self.scheduler.capabilities)
+        if problem is not None:
+            raise Unfit(problem.field, problem.message)
         refusal = await self.scheduler.submit(session, job, delivery)
         if refusal is None:
             return

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from typing import Final
 
 import msgspec
 import trio
@@ -17,8 +18,15 @@ import trio
 from ....core import texts
 from ....core.contract import replies
 from ....core.contract.protocol import Cue, TaskState
-from ....core.engine import SynthesisJob
-from ....core.fleet import ReplyEvent, TaskOrder, decode_activity
+from ....core.engine import SynthesisJob, common_capabilities
+from ....core.fleet import (
+    FleetEngine,
+    ReplyEvent,
+    TaskOrder,
+    WorkerActivity,
+    decode_activity,
+    fleet_engine,
+)
 from ....core.tasks import Delivery, Task, iso
 from ..board import TaskObserver, new_task, report_finished
 from ..recipient import Recipient
@@ -27,6 +35,9 @@ from .store import BrokerDown, Store
 from .worker import BrokerWorker
 
 log = logging.getLogger("indextts_server")
+
+UNKNOWN_ENGINE: Final = "broker"
+"""A gateway's engine name before any worker has said what it runs."""
 
 
 @dataclass
@@ -73,7 +84,10 @@ class BrokerScheduler:
         self.max_deliveries = max_deliveries
         self.metrics = metrics
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.engine_name = self.workers[0].engine.name if self.workers else "broker"
+        # Until a worker has said what it runs (`_snapshot_workers`), this process's own workers'
+        # engine, or none known: then every request within the contract's bounds is admitted.
+        self.engine_name = self.workers[0].engine.name if self.workers else UNKNOWN_ENGINE
+        self.capabilities = common_capabilities([worker.engine.capabilities for worker in self.workers])
         self.local: dict[str, _Local] = {}
         self.connected = False
         self.draining = False
@@ -118,6 +132,7 @@ class BrokerScheduler:
         async with trio.open_nursery() as nursery:
             if self.gateway:
                 await self._beat_once()
+                await self._snapshot_workers()
                 nursery.start_soon(self._beat)
                 nursery.start_soon(self._read)
             else:
@@ -414,7 +429,28 @@ class BrokerScheduler:
         except BrokerDown:
             return
         snapshot: dict[str, tuple[bool, str | None, int]] = {}
+        live: list[WorkerActivity] = []
         for name, (alive, raw) in workers.items():
             activity = decode_activity(raw)
             snapshot[name] = (alive, activity.task, activity.done)
+            if alive:
+                live.append(activity)
         self.fleet.workers = snapshot
+        if self.gateway:
+            self._learn_engine(fleet_engine(live))
+
+    def _learn_engine(self, engine: FleetEngine | None) -> None:
+        """Serve what the live workers run; with none alive, what the last ones ran (the tasks
+        wait for workers like them)."""
+        if engine is None or (engine.name, engine.capabilities) == (self.engine_name, self.capabilities):
+            return
+        self.engine_name, self.capabilities = engine
+        caps = engine.capabilities
+        log.info(
+            "fleet engine %s (%s): lang %s, emo_mode %s, speed %g-%g",
+            engine.name,
+            caps.model,
+            "/".join(lang for lang in caps.langs if lang not in caps.missing_tokenizers),
+            "/".join(caps.emo_modes),
+            *caps.speed,
+        )

@@ -104,7 +104,14 @@ class BrokerWorker:
 
     async def _beat(self) -> None:
         while True:
-            activity = encode_activity(WorkerActivity(task=self.current, done=self.done))
+            activity = encode_activity(
+                WorkerActivity(
+                    task=self.current,
+                    done=self.done,
+                    engine=self.engine.name,
+                    capabilities=self.engine.capabilities,
+                )
+            )
             try:
                 await self.store.call(self.store.worker_beat, self.name, activity.decode())
                 self.connected = True
