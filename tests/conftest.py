@@ -353,6 +353,34 @@ async def upgrade(stream: trio.SocketStream, port: int, path: str = "/", headers
     return response
 
 
+TCP_STATES = {
+    "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+    "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING",
+}  # fmt: skip
+
+
+def kernel_view(server_port: int, client_port: int) -> dict[str, str]:
+    """What the kernel holds of one loopback connection: the state of its client's socket and of
+    its server's, for each that is still in the socket tables (a reset removes both)."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as lines:
+            next(lines)
+            for line in lines:
+                local, remote, state = line.split()[1:4]
+                ports = (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16))
+                if ports == (client_port, server_port):
+                    found["client"] = TCP_STATES[state]
+                elif ports == (server_port, client_port):
+                    found["server"] = TCP_STATES[state]
+    return found
+
+
+def local_port(stream: trio.SocketStream) -> int:
+    port: int = stream.socket.getsockname()[1]
+    return port
+
+
 class Unread:
     """A WebSocket client that sends requests and reads nothing until ``close_code``.
 

@@ -26,7 +26,17 @@ from indextts_server.io.operations.cli import _alive
 from indextts_server.io.scheduling.scheduler import EmbeddedScheduler
 from indextts_server.io.service.service import Service
 
-from .conftest import CliServer, GatedEngine, Running, serve_contract, tts, upgrade, wait_until
+from .conftest import (
+    CliServer,
+    GatedEngine,
+    Running,
+    kernel_view,
+    local_port,
+    serve_contract,
+    tts,
+    upgrade,
+    wait_until,
+)
 
 LONG = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"
 SHUTDOWN = "服务器正在关闭，请稍后重连"
@@ -341,9 +351,12 @@ async def test_peer_that_never_answers_pings_is_dropped(start_server: Any) -> No
     server: Running = await start_server(ping_interval=0.1, ping_timeout=0.1)
     stream, response = await raw_handshake(server.port)
     assert response.startswith(b"HTTP/1.1 101")
+    port = local_port(stream)
     await wait_until(lambda: len(server.service.sessions) == 1)
-    # It never reads its socket, so it never answers a ping: the server gives up on it.
+    # It never reads its socket, so it never answers a ping: the server gives up on it, and resets
+    # its connection: the kernel holds nothing of it on either side.
     await wait_until(lambda: len(server.service.sessions) == 0)
+    await wait_until(lambda: kernel_view(server.port, port) == {})
     await stream.aclose()
 
 

@@ -19,8 +19,8 @@ from ...core.contract.protocol import Cancel, TaskStatusQuery, TtsStream
 from ...core.voices import VoiceError
 from ..audio.paths import AudioPathError
 from ..service.service import GOING_AWAY, Refused, Service
-from ..service.session import Close, Session
-from .containment import ContainedWebSocketServer, Containment
+from ..service.session import CLOSE_GRACE, Close, Session
+from .containment import ContainedWebSocketServer, Containment, Cutoff
 
 log = logging.getLogger("indextts_server")
 
@@ -76,6 +76,7 @@ class WebSocketTransport:
                 self.containment,
                 handler_nursery=connections,
                 max_message_size=self.config.max_message_bytes,
+                disconnect_timeout=CLOSE_GRACE,
             )
             await listener.start(server.run)
             for endpoint in server.listeners:
@@ -88,7 +89,7 @@ class WebSocketTransport:
             listener.cancel_scope.cancel()
         self.service.listening = False
 
-    async def _serve_connection(self, request: WebSocketRequest, session_id: str) -> None:
+    async def _serve_connection(self, request: WebSocketRequest, session_id: str, cutoff: Cutoff) -> None:
         refusal = self._refusal(request)
         if refusal is not None:
             status, body = refusal
@@ -106,14 +107,14 @@ class WebSocketTransport:
         try:
             async with self.service.hosting(session):
                 async with trio.open_nursery() as nursery:
-                    session.bind(nursery.cancel_scope)
+                    session.bind(nursery.cancel_scope, cutoff)
                     # Not reading: its tasks end now, not when its connection is finally cut.
                     closed = self.service.scheduler.session_closed
                     session.on_overflow = lambda gone: nursery.start_soon(closed, gone)
-                    nursery.start_soon(self._write, ws, session)
+                    nursery.start_soon(self._read, ws, session, nursery.cancel_scope)
                     nursery.start_soon(self._heartbeat, ws, session)
                     session.send(replies.welcome(session.session_id))
-                    await self._read(ws, session)
+                    await self._write(ws, session, cutoff)
                     nursery.cancel_scope.cancel()
         finally:
             if metrics is not None:
@@ -140,18 +141,22 @@ class WebSocketTransport:
                 return 401, texts.TOKEN_REFUSED + "\n"
         return None
 
-    async def _write(self, ws: WebSocketConnection, session: Session) -> None:
+    async def _write(self, ws: WebSocketConnection, session: Session, cutoff: Cutoff) -> None:
+        """Send the outbox until the session's close handshake is done, or the connection is gone
+        (then the peer's closing handshake, if it started one, finishes without us)."""
         try:
             while True:
                 message, cost = await session.next_message()
                 if isinstance(message, Close):
+                    # The peer has the grace to answer; one that does not is reset.
+                    cutoff.at(trio.current_time() + CLOSE_GRACE)
                     await ws.aclose(message.code, message.reason)
                     return
                 assert isinstance(message, str | bytes)  # a WebSocket session queues only these
                 await ws.send_message(message)
                 session.written(cost)
         except ConnectionClosed:
-            session.drop()
+            return
 
     async def _heartbeat(self, ws: WebSocketConnection, session: Session) -> None:
         """Ping idle peers and drop dead ones; close sessions idle past ``idle_timeout``."""
@@ -176,17 +181,21 @@ class WebSocketTransport:
                     log.info(
                         "no pong in %gs; dropping session=%s", self.config.ping_timeout, session.session_id
                     )
-                    session.drop()
+                    session.abort()
                     return
 
-    async def _read(self, ws: WebSocketConnection, session: Session) -> None:
+    async def _read(self, ws: WebSocketConnection, session: Session, scope: trio.CancelScope) -> None:
+        """Handle the client's frames until it closes; a close the server started is the writer's
+        to finish."""
         while True:
             try:
                 frame = await ws.get_message()
             except ConnectionClosed:
+                if session.open:
+                    scope.cancel()
                 return
             session.last_activity = trio.current_time()
-            if session.open:  # a closing session still reads, for the close handshake
+            if session.open:
                 await self._handle(frame, session)
 
     async def _handle(self, frame: str | bytes, session: Session) -> None:
