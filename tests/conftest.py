@@ -125,18 +125,24 @@ class Client:
 
 async def serve_contract(nursery: trio.Nursery, service: Service) -> int:
     """Run ``service`` and the contract's WebSocket port on it, as the command line does; the port."""
+    return (await contract_transport(nursery, service)).port
+
+
+async def contract_transport(nursery: trio.Nursery, service: Service) -> WebSocketTransport:
+    """`serve_contract`, returning the transport itself."""
     await nursery.start(service.run)
     transport = WebSocketTransport(service)
     await nursery.start(transport.run)
-    return transport.port
+    return transport
 
 
 class Running:
     """A server started in-process for one test (with its HTTP port once ``http_port`` is set)."""
 
-    def __init__(self, service: Service, port: int):
+    def __init__(self, service: Service, port: int, transport: WebSocketTransport | None = None):
         self.service = service
         self.port = port
+        self.transport = transport
         self.url = f"ws://127.0.0.1:{port}"
         self.http_port = 0
         self.app: HttpApi | None = None
@@ -159,7 +165,8 @@ StartServer = Callable[..., Awaitable[Running]]
 def start_server(nursery: trio.Nursery) -> StartServer:
     async def start(engine: Engine | None = None, **config: Any) -> Running:
         service = Service(ServerConfig(host="127.0.0.1", port=0, **config), engine or ToneEngine())
-        return Running(service, await serve_contract(nursery, service))
+        transport = await contract_transport(nursery, service)
+        return Running(service, transport.port, transport)
 
     return start
 
@@ -175,6 +182,8 @@ def start_http(nursery: trio.Nursery, start_server: StartServer, tmp_path: Path)
         running.app = app
         serving = partial(serve_http, app, "127.0.0.1", 0, shutdown=running.service.drain_started.wait)
         running.http_port = bound_port(await nursery.start(serving))
+        assert running.transport is not None
+        running.transport.page_port = running.http_port  # as the command line does
         return running
 
     return start
@@ -334,12 +343,15 @@ class CliServer:
             self.process.kill()
 
 
-async def upgrade(stream: trio.SocketStream, port: int, path: str = "/", headers: str = "") -> bytes:
-    """Send a bare WebSocket handshake on ``stream``; the response head (empty if cut first)."""
+async def upgrade(
+    stream: trio.SocketStream, port: int, path: str = "/", headers: str = "", *, host: str | None = None
+) -> bytes:
+    """Send a bare WebSocket handshake on ``stream`` (Host: ``host``, else the address it was sent
+    to); the response head (empty if cut first), and whatever came with it."""
     key = base64.b64encode(os.urandom(16)).decode()
     await stream.send_all(
         (
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {host or f'127.0.0.1:{port}'}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
             f"{headers}\r\n"
         ).encode()

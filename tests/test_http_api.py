@@ -117,6 +117,15 @@ async def test_a_foreign_origin_is_refused_and_a_same_origin_page_is_not(api: Ru
     assert same.status_code == 200
 
 
+async def test_a_loopback_page_is_let_in_with_cors_headers(api: Running) -> None:
+    for origin in ("http://localhost:3000", "http://[::1]:5173"):
+        reply = await call("GET", f"{api.http}/v1/audio/voices", headers={"Origin": origin})
+        assert reply.status_code == 200
+        assert reply.headers["access-control-allow-origin"] == origin
+    same = await call("GET", f"{api.http}/v1/audio/voices", headers={"Origin": api.http})
+    assert "access-control-allow-origin" not in same.headers  # its own page needs none
+
+
 async def test_a_listed_origin_gets_cors_headers_and_its_preflight(start_http: StartServer) -> None:
     api = await start_http(allowed_origins=("http://app.example",))
     headers = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}

@@ -129,7 +129,8 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     allowed_origins: Annotated[
         tuple[str, ...],
         Flag(
-            "accept only handshakes from this Origin (repeatable; *: any; default: any)",
+            "also let browser pages from this origin use the WebSocket and the HTTP API (repeatable; "
+            "*: any); always let in: no Origin (non-browser clients), the server's own page, loopback pages",
             OPERATIONS,
             name="--allow-origin",
             metavar="ORIGIN",

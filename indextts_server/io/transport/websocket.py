@@ -16,6 +16,7 @@ from ...core.contract import replies
 from ...core.contract.decode import RequestError, decode_request
 from ...core.contract.jobs import audio_fields, delivery_from, job_from
 from ...core.contract.protocol import Cancel, TaskStatusQuery, TtsStream
+from ...core.origins import judge_origin
 from ...core.voices import VoiceError
 from ..audio.paths import AudioPathError
 from ..service.service import GOING_AWAY, Refused, Service
@@ -53,6 +54,7 @@ class WebSocketTransport:
         self.config = service.config
         self.port = service.config.port  # the bound port once listening (``--port 0`` picks one)
         self.containment = Containment("session", service.metrics)
+        self.page_port: int | None = None  # the HTTP port: its page is the server's own (`judge_origin`)
         self._adopted = list(listeners)
 
     async def run(self, *, task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED) -> None:
@@ -123,15 +125,17 @@ class WebSocketTransport:
 
     def _refusal(self, request: WebSocketRequest) -> tuple[int, str] | None:
         """Why the handshake must be refused (status, body), or ``None`` to accept it."""
-        headers = {name.lower(): value for name, value in request.headers}
-        if self.config.allowed_origins:
-            origin = headers.get(b"origin", b"").decode("latin-1")
-            if origin not in self.config.allowed_origins and "*" not in self.config.allowed_origins:
-                return 403, texts.ORIGIN_REFUSED + "\n"
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in request.headers}
+        origin = headers.get("origin")
+        pages = (self.page_port,) if self.page_port else ()
+        host = request._event.host  # wsproto keeps Host out of the headers trio-websocket shows
+        verdict = judge_origin(origin, host, self.config.allowed_origins, page_ports=pages)
+        if verdict == "foreign" and origin is not None:
+            return 403, texts.origin_refused(origin) + "\n"
         token = self.config.auth_token
         if token:
             offered = None
-            authorization = headers.get(b"authorization", b"").decode("latin-1")
+            authorization = headers.get("authorization", "")
             if authorization.lower().startswith("bearer "):
                 offered = authorization[7:].strip()
             else:
