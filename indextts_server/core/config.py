@@ -136,6 +136,14 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
             metavar="ORIGIN",
         ),
     ] = ()
+    public_voice_list: Annotated[
+        bool,
+        Flag(
+            "let GET /v1/audio/voices and the model lists (/v1/audio/models, /v1/models) be read "
+            "without the token of --auth-token, as Open WebUI asks for them without one",
+            HTTP,
+        ),
+    ] = False
     voices_dir: Annotated[str, Flag("where uploaded voices are kept", HTTP)] = "voices"
     default_voice: Annotated[
         str | None,

@@ -20,7 +20,7 @@ from ...core.openai import ApiError, model_ids, model_list
 from ...core.origins import Verdict, judge_origin
 from ..operations.metrics import CONTENT_TYPE, Metrics
 from ..service.service import Service
-from .asgi import TEXT, Request, respond, respond_error, respond_json, serve_lifespan
+from .asgi import TEXT, Request, refuse_websocket, respond, respond_error, respond_json, serve_lifespan
 from .speech import MidStreamFailure, Speech
 from .tasks import Tasks
 from .voices import Voices
@@ -41,6 +41,8 @@ CONTENT_TYPES: Final = {
     ".ico": "image/x-icon",
     ".wav": "audio/wav",
 }
+PUBLIC_LISTS: Final = (["models"], ["audio", "models"], ["audio", "voices"])
+"""What ``--public-voice-list`` lets anyone read without the token (with GET)."""
 CORS_METHODS: Final = "GET, POST, DELETE, OPTIONS"
 CORS_HEADERS: Final = "Authorization, Content-Type"
 
@@ -71,7 +73,8 @@ class HttpApi:
     """Everything on the HTTP port; ``ops_only`` keeps just ``/metrics``, ``/healthz`` and ``/readyz``.
 
     The API (``/v1/...``) asks for the server's token when it has one (``Authorization: Bearer``,
-    as OpenAI's clients send it, or ``?token=``). Browsers: same-origin and loopback pages always
+    as OpenAI's clients send it, or ``?token=``), except for the voice and model lists with
+    ``--public-voice-list``. Browsers: same-origin and loopback pages always
     work; another origin must be listed with ``--allow-origin`` (``*``: any), and is refused (403)
     otherwise, so a foreign page cannot upload or delete voices behind a user's back
     (`judge_origin`, the WebSocket's rule too). Other origins let in get CORS headers.
@@ -99,6 +102,10 @@ class HttpApi:
                     await serve_lifespan(receive, send)
                 finally:
                     self.speech.writers = None
+            return
+        if scope["type"] == "websocket":
+            # This port serves no WebSocket (the contract's is on its own port): 404, not hypercorn's 500.
+            await refuse_websocket(receive, send, not_found(scope["path"]))
             return
         if scope["type"] != "http":
             return
@@ -160,8 +167,9 @@ class HttpApi:
             ]
             await respond(send, 204, b"", None, [*headers, ("access-control-max-age", "600")])
             return
-        self._authorize(request)
         route = segments[2:]
+        if not (self.service.config.public_voice_list and method == "GET" and route in PUBLIC_LISTS):
+            self._authorize(request)
         handler: Handler | None = None
         allowed = "GET, HEAD"
         if route in (["models"], ["audio", "models"]):
