@@ -450,3 +450,33 @@ class Unread:
                             await self.stream.send_all(self.ws.send(event.response()))
                         await self.stream.aclose()
                     return event.code
+
+
+class UnreadHttp:
+    """An HTTP client that posts one speech request and reads nothing until ``read_to_end``."""
+
+    def __init__(self, stream: trio.SocketStream):
+        self.stream = stream
+
+    @classmethod
+    async def post(cls, port: int, body: dict[str, Any]) -> UnreadHttp:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connect: no autotuning
+        await sock.connect(("127.0.0.1", port))
+        stream = trio.SocketStream(sock)
+        data = json.dumps(body, ensure_ascii=False).encode()
+        head = (
+            f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        ).encode()
+        await stream.send_all(head + data)
+        return cls(stream)
+
+    async def read_to_end(self) -> bytes:
+        """Everything the server sent, until it closed the connection."""
+        parts = []
+        with contextlib.suppress(trio.BrokenResourceError):
+            while data := await self.stream.receive_some(1 << 16):
+                parts.append(data)
+        await self.stream.aclose()
+        return b"".join(parts)

@@ -8,11 +8,9 @@ the tests read from the kernel's socket tables: neither end is left in them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import socket
 import time
 from typing import Any
 
@@ -31,6 +29,7 @@ from .conftest import (
     CliServer,
     Running,
     Unread,
+    UnreadHttp,
     kernel_view,
     local_port,
     tts,
@@ -248,36 +247,6 @@ HTTP_GROWTH = 150 << 20
 # About 215 s of tone speech: a WAV of about 20 MB at 48 kHz.
 HTTP_LONG = "今天天气很好我们一起去公园散步吧。" * 54
 HTTP_BYTES = 20_000_000
-
-
-class UnreadHttp:
-    """An HTTP client that posts one speech request and reads nothing until ``read_to_end``."""
-
-    def __init__(self, stream: trio.SocketStream):
-        self.stream = stream
-
-    @classmethod
-    async def post(cls, port: int, body: dict[str, Any]) -> UnreadHttp:
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connect: no autotuning
-        await sock.connect(("127.0.0.1", port))
-        stream = trio.SocketStream(sock)
-        data = json.dumps(body, ensure_ascii=False).encode()
-        head = (
-            f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
-        ).encode()
-        await stream.send_all(head + data)
-        return cls(stream)
-
-    async def read_to_end(self) -> bytes:
-        """Everything the server sent, until it closed the connection."""
-        parts = []
-        with contextlib.suppress(trio.BrokenResourceError):
-            while data := await self.stream.receive_some(1 << 16):
-                parts.append(data)
-        await self.stream.aclose()
-        return b"".join(parts)
 
 
 def test_many_http_clients_that_never_read_are_cut_off_within_the_bounds() -> None:
