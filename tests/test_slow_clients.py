@@ -108,6 +108,8 @@ async def reset_after_the_grace(server_port: int, given_up: dict[int, Session]) 
                 if port not in gone and not kernel_view(server_port, port):
                     gone[port] = trio.current_time()
             await trio.sleep(0.01)
+    after = [when - overflowed[port] for port, when in gone.items()]
+    print(f"reset {min(after):.2f} to {max(after):.2f} s after the overflow (grace {GRACE:g} s)")
     # Seen from here, the overflow may come late (never early) and the reset late: a loose bound.
     for port, when in gone.items():
         assert when - overflowed[port] < GRACE + 3, f"gone {when - overflowed[port]:.2f} s after its overflow"
