@@ -38,14 +38,14 @@ from .conftest import (
 
 
 def tasks_named(name: str) -> list[trio.lowlevel.Task]:
-    """Every task of this run whose name ends with ``name``."""
+    """Every task of this run named ``name`` (a connection's: trio's serve_listeners's handler)."""
     found = []
     root = trio.lowlevel.current_root_task()
     assert root is not None
     pending = [root]
     while pending:
         task = pending.pop()
-        found += [task] if task.name.endswith(name) else []
+        found += [task] if task.name == name else []
         pending += [child for nursery in task.child_nurseries for child in nursery.child_tasks]
     return found
 
@@ -129,10 +129,12 @@ async def test_clients_that_never_read_and_keep_pinging_are_reset_once_their_gra
     for _ in range(8):
         for lazy in lazies:
             await lazy.send(tts(LONG))
+    connections = tasks_named("trio._highlevel_serve_listeners._run_handler")
+    assert len(connections) == len(lazies)
     await reset_after_the_grace(server.port, sessions)
-    # The server keeps nothing of them: no session, and no task waiting on a connection's reader.
+    # The server keeps nothing of them: no session, and no connection task (its reader included).
     assert server.service.sessions == {}
-    assert tasks_named("._reader_task") == []
+    await wait_until(lambda: tasks_named("trio._highlevel_serve_listeners._run_handler") == [])
     for lazy in lazies:
         with pytest.raises(trio.BrokenResourceError):  # reset, not closed
             while await lazy.stream.receive_some(1 << 16):
@@ -338,8 +340,10 @@ async def test_http_clients_that_never_read_are_reset_once_their_grace_has_passe
         lazies.append(await UnreadHttp.post(api.http_port, {"input": HTTP_LONG, "response_format": "wav"}))
         await wait_until(lambda: len(api.service.sessions) == len(lazies))
     sessions = dict(zip([local_port(lazy.stream) for lazy in lazies], api.service.sessions.values(), strict=True))
+    assert len(tasks_named("trio._highlevel_serve_listeners._run_handler")) == len(lazies)
     await reset_after_the_grace(api.http_port, sessions)
     assert api.service.sessions == {}
+    await wait_until(lambda: tasks_named("trio._highlevel_serve_listeners._run_handler") == [])
     for lazy in lazies:
         with pytest.raises(trio.BrokenResourceError):  # reset, not closed
             while await lazy.stream.receive_some(1 << 16):
