@@ -125,18 +125,24 @@ class Client:
 
 async def serve_contract(nursery: trio.Nursery, service: Service) -> int:
     """Run ``service`` and the contract's WebSocket port on it, as the command line does; the port."""
+    return (await contract_transport(nursery, service)).port
+
+
+async def contract_transport(nursery: trio.Nursery, service: Service) -> WebSocketTransport:
+    """`serve_contract`, returning the transport itself."""
     await nursery.start(service.run)
     transport = WebSocketTransport(service)
     await nursery.start(transport.run)
-    return transport.port
+    return transport
 
 
 class Running:
     """A server started in-process for one test (with its HTTP port once ``http_port`` is set)."""
 
-    def __init__(self, service: Service, port: int):
+    def __init__(self, service: Service, port: int, transport: WebSocketTransport | None = None):
         self.service = service
         self.port = port
+        self.transport = transport
         self.url = f"ws://127.0.0.1:{port}"
         self.http_port = 0
         self.app: HttpApi | None = None
@@ -159,7 +165,8 @@ StartServer = Callable[..., Awaitable[Running]]
 def start_server(nursery: trio.Nursery) -> StartServer:
     async def start(engine: Engine | None = None, **config: Any) -> Running:
         service = Service(ServerConfig(host="127.0.0.1", port=0, **config), engine or ToneEngine())
-        return Running(service, await serve_contract(nursery, service))
+        transport = await contract_transport(nursery, service)
+        return Running(service, transport.port, transport)
 
     return start
 
@@ -175,6 +182,8 @@ def start_http(nursery: trio.Nursery, start_server: StartServer, tmp_path: Path)
         running.app = app
         serving = partial(serve_http, app, "127.0.0.1", 0, shutdown=running.service.drain_started.wait)
         running.http_port = bound_port(await nursery.start(serving))
+        assert running.transport is not None
+        running.transport.page_port = running.http_port  # as the command line does
         return running
 
     return start
@@ -336,12 +345,15 @@ class CliServer:
             self.process.kill()
 
 
-async def upgrade(stream: trio.SocketStream, port: int, path: str = "/", headers: str = "") -> bytes:
-    """Send a bare WebSocket handshake on ``stream``; the response head (empty if cut first)."""
+async def upgrade(
+    stream: trio.SocketStream, port: int, path: str = "/", headers: str = "", *, host: str | None = None
+) -> bytes:
+    """Send a bare WebSocket handshake on ``stream`` (Host: ``host``, else the address it was sent
+    to); the response head (empty if cut first), and whatever came with it."""
     key = base64.b64encode(os.urandom(16)).decode()
     await stream.send_all(
         (
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {host or f'127.0.0.1:{port}'}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
             f"{headers}\r\n"
         ).encode()
@@ -353,6 +365,34 @@ async def upgrade(stream: trio.SocketStream, port: int, path: str = "/", headers
             break
         response += chunk
     return response
+
+
+TCP_STATES = {
+    "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+    "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING",
+}  # fmt: skip
+
+
+def kernel_view(server_port: int, client_port: int) -> dict[str, str]:
+    """What the kernel holds of one loopback connection: the state of its client's socket and of
+    its server's, for each that is still in the socket tables (a reset removes both)."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as lines:
+            next(lines)
+            for line in lines:
+                local, remote, state = line.split()[1:4]
+                ports = (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16))
+                if ports == (client_port, server_port):
+                    found["client"] = TCP_STATES[state]
+                elif ports == (server_port, client_port):
+                    found["server"] = TCP_STATES[state]
+    return found
+
+
+def local_port(stream: trio.SocketStream) -> int:
+    port: int = stream.socket.getsockname()[1]
+    return port
 
 
 class Unread:
@@ -412,3 +452,33 @@ class Unread:
                             await self.stream.send_all(self.ws.send(event.response()))
                         await self.stream.aclose()
                     return event.code
+
+
+class UnreadHttp:
+    """An HTTP client that posts one speech request and reads nothing until ``read_to_end``."""
+
+    def __init__(self, stream: trio.SocketStream):
+        self.stream = stream
+
+    @classmethod
+    async def post(cls, port: int, body: dict[str, Any]) -> UnreadHttp:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connect: no autotuning
+        await sock.connect(("127.0.0.1", port))
+        stream = trio.SocketStream(sock)
+        data = json.dumps(body, ensure_ascii=False).encode()
+        head = (
+            f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        ).encode()
+        await stream.send_all(head + data)
+        return cls(stream)
+
+    async def read_to_end(self) -> bytes:
+        """Everything the server sent, until it closed the connection."""
+        parts = []
+        with contextlib.suppress(trio.BrokenResourceError):
+            while data := await self.stream.receive_some(1 << 16):
+                parts.append(data)
+        await self.stream.aclose()
+        return b"".join(parts)

@@ -42,7 +42,18 @@ from indextts_server.core.texts import (
 )
 from indextts_server.io.scheduling.broker.store import PENDING, QUEUE, RETRY, WORKERS, key, task_key
 
-from .conftest import CLIENT_MAX_MESSAGE, REPO, Client, CliServer, Json, tts
+from .conftest import (
+    CLIENT_MAX_MESSAGE,
+    REPO,
+    Client,
+    CliServer,
+    Json,
+    Unread,
+    UnreadHttp,
+    kernel_view,
+    local_port,
+    tts,
+)
 
 LEASE = "1"
 LONG = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"  # 3 segments of 3 s
@@ -752,3 +763,29 @@ async def test_sigterm_drains_a_worker_handing_its_task_back_when_it_cannot_fini
     assert await trio.to_thread.run_sync(leaving.process.wait, 20) == 0
     await leaving.logged(f"task handed back task={task_id}")
     await staying.logged(f"task running task={task_id}")
+
+
+async def test_a_gateway_resets_the_clients_that_never_read_once_their_grace_has_passed(
+    fleet: Callable[..., Node], nursery: trio.Nursery
+) -> None:
+    # The gateway's two client ports are the same transports as a single server's: a WebSocket
+    # client that never reads but keeps pinging, and an HTTP client that never reads, are closed
+    # for not reading, then reset when their grace (10 s) has passed.
+    bounds = ["--max-session-buffer", str(1 << 20), "--max-total-buffer", str(64 << 20)]
+    gateway = fleet("gateway", "--http-port", "0", *bounds)
+    fleet("worker")
+    ws_port, http_port = (int(url.rsplit(":", 1)[1]) for url in (gateway.url, gateway.http))
+    lazy = await Unread.open(ws_port)
+    nursery.start_soon(lazy.keep_alive, 0.2)
+    for _ in range(8):
+        await lazy.send(tts("今天天气很好我们一起去公园散步吧。" * 10))
+    await gateway.logged("is not reading", 1)
+    unread_http = await UnreadHttp.post(http_port, {"input": "今天天气很好我们一起去公园散步吧。" * 54})
+    await gateway.logged("is not reading", 2)
+    given_up = trio.current_time()
+    ends = {ws_port: local_port(lazy.stream), http_port: local_port(unread_http.stream)}
+    assert kernel_view(ws_port, ends[ws_port]) == {"client": "ESTABLISHED", "server": "ESTABLISHED"}
+    with trio.fail_after(20):
+        while any(kernel_view(server, client) for server, client in ends.items()):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    assert trio.current_time() - given_up < 10 + 3

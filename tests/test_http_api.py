@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import httpx
 import pytest
 import trio
 
-from .conftest import Running, StartServer
+from .conftest import Running, StartServer, upgrade
 
 
 async def call(method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -108,6 +109,49 @@ async def test_the_api_asks_for_the_servers_token(start_http: StartServer) -> No
     assert (await call("GET", f"{api.http}/healthz")).status_code == 200  # operations stay open
 
 
+LISTS = ("/v1/audio/voices", "/v1/audio/models", "/v1/models")
+"""What Open WebUI reads without a token."""
+
+
+async def test_the_voice_and_model_lists_need_the_token_by_default(start_http: StartServer) -> None:
+    api = await start_http(auth_token="s3cret")
+    for path in LISTS:
+        assert (await call("GET", f"{api.http}{path}")).status_code == 401, path
+
+
+async def test_public_voice_list_opens_the_lists_and_nothing_else(start_http: StartServer) -> None:
+    api = await start_http(auth_token="s3cret", public_voice_list=True)
+    voices = await call("GET", f"{api.http}/v1/audio/voices")
+    assert voices.status_code == 200
+    assert [voice["id"] for voice in voices.json()["voices"]] == ["default"]
+    models = await call("GET", f"{api.http}/v1/audio/models")
+    assert models.status_code == 200 and "indextts2" in [model["id"] for model in models.json()["models"]]
+    assert (await call("GET", f"{api.http}/v1/models")).status_code == 200
+    assert (await call("HEAD", f"{api.http}/v1/audio/voices")).status_code == 200
+    # Changing the library, speaking and the tasks still need it.
+    for method, path in (
+        ("POST", "/v1/audio/voices"),
+        ("DELETE", "/v1/audio/voices/default"),
+        ("POST", "/v1/audio/speech"),
+        ("GET", "/v1/tasks/x"),
+    ):
+        assert (await call(method, f"{api.http}{path}", json={"input": "你好"})).status_code == 401, path
+
+
+async def test_a_websocket_handshake_on_the_http_port_gets_404(api: Running) -> None:
+    for path in ("/", "/v1/audio/speech", "/no/such/path"):
+        stream = await trio.open_tcp_stream("127.0.0.1", api.http_port)
+        with trio.fail_after(10):
+            response = await upgrade(stream, api.http_port, path)
+            while not response.endswith(b"}"):
+                response += await stream.receive_some(4096)
+        await stream.aclose()
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 404 "), head
+        assert json.loads(body)["error"]["code"] == "not_found"
+        assert json.loads(body)["error"]["message"] == f"接口不存在: {path}"
+
+
 async def test_a_foreign_origin_is_refused_and_a_same_origin_page_is_not(api: Running) -> None:
     foreign = await call("GET", f"{api.http}/v1/audio/voices", headers={"Origin": "http://evil.example"})
     assert foreign.status_code == 403
@@ -115,6 +159,15 @@ async def test_a_foreign_origin_is_refused_and_a_same_origin_page_is_not(api: Ru
     assert "access-control-allow-origin" not in foreign.headers
     same = await call("GET", f"{api.http}/v1/audio/voices", headers={"Origin": api.http})
     assert same.status_code == 200
+
+
+async def test_a_loopback_page_is_let_in_with_cors_headers(api: Running) -> None:
+    for origin in ("http://localhost:3000", "http://[::1]:5173"):
+        reply = await call("GET", f"{api.http}/v1/audio/voices", headers={"Origin": origin})
+        assert reply.status_code == 200
+        assert reply.headers["access-control-allow-origin"] == origin
+    same = await call("GET", f"{api.http}/v1/audio/voices", headers={"Origin": api.http})
+    assert "access-control-allow-origin" not in same.headers  # its own page needs none
 
 
 async def test_a_listed_origin_gets_cors_headers_and_its_preflight(start_http: StartServer) -> None:

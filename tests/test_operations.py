@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -26,7 +27,17 @@ from indextts_server.io.operations.cli import _alive
 from indextts_server.io.scheduling.scheduler import EmbeddedScheduler
 from indextts_server.io.service.service import Service
 
-from .conftest import CliServer, GatedEngine, Running, serve_contract, tts, upgrade, wait_until
+from .conftest import (
+    CliServer,
+    GatedEngine,
+    Running,
+    kernel_view,
+    local_port,
+    serve_contract,
+    tts,
+    upgrade,
+    wait_until,
+)
 
 LONG = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"
 SHUTDOWN = "服务器正在关闭，请稍后重连"
@@ -341,9 +352,12 @@ async def test_peer_that_never_answers_pings_is_dropped(start_server: Any) -> No
     server: Running = await start_server(ping_interval=0.1, ping_timeout=0.1)
     stream, response = await raw_handshake(server.port)
     assert response.startswith(b"HTTP/1.1 101")
+    port = local_port(stream)
     await wait_until(lambda: len(server.service.sessions) == 1)
-    # It never reads its socket, so it never answers a ping: the server gives up on it.
+    # It never reads its socket, so it never answers a ping: the server gives up on it, and resets
+    # its connection: the kernel holds nothing of it on either side.
     await wait_until(lambda: len(server.service.sessions) == 0)
+    await wait_until(lambda: kernel_view(server.port, port) == {})
     await stream.aclose()
 
 
@@ -399,20 +413,69 @@ async def test_auth_token_in_header_or_query(start_server: Any, path: str, heade
     await stream.aclose()
 
 
-async def test_allowed_origins(start_server: Any) -> None:
+async def handshake_status(port: int, headers: str, host: str | None = None) -> tuple[int, bytes]:
+    """A bare handshake with ``headers`` (and ``host`` as its Host): its status, a refusal's body."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    with trio.fail_after(10):
+        response = await upgrade(stream, port, "/", headers, host=host)
+        status = int(response.split(b" ")[1])
+        length = re.search(rb"(?i)content-length: *(\d+)", response)
+        while length and len(response.partition(b"\r\n\r\n")[2]) < int(length[1]):
+            response += await stream.receive_some(4096)
+    await stream.aclose()
+    return status, response.partition(b"\r\n\r\n")[2]
+
+
+async def test_a_foreign_origin_is_refused_with_403_saying_how_to_let_it_in(start_http: Any) -> None:
+    server: Running = await start_http()
+    status, body = await handshake_status(server.port, "Origin: https://evil.example\r\n")
+    assert (status, body) == (
+        403,
+        b"origin not allowed: https://evil.example (the server lets a page in with"
+        b" --allow-origin https://evil.example)\n",
+    )
+    # A page on another host, on the server's ports or not; a host only named like loopback; a file.
+    for origin in (
+        f"http://evil.example:{server.port}",
+        f"http://evil.example:{server.http_port}",
+        "http://127.0.0.1.evil.example",
+        "null",
+    ):
+        assert (await handshake_status(server.port, f"Origin: {origin}\r\n"))[0] == 403, origin
+
+
+async def test_no_origin_a_loopback_page_and_the_servers_own_page_are_let_in(start_http: Any) -> None:
+    server: Running = await start_http()
+    assert (await handshake_status(server.port, ""))[0] == 101
+    for origin in (
+        f"http://127.0.0.1:{server.http_port}",  # the demo page
+        f"https://127.0.0.1:{server.port}",  # the request's own origin
+        "http://localhost:3000",
+        "https://127.0.0.2",
+        "http://[::1]:8080",
+    ):
+        assert (await handshake_status(server.port, f"Origin: {origin}\r\n"))[0] == 101, origin
+    # By name: the page is the server's own when it comes from the host the handshake names.
+    named = f"tts.example:{server.port}"
+    for origin, status in (
+        (f"http://tts.example:{server.http_port}", 101),
+        (f"https://tts.example:{server.port}", 101),
+        (f"http://tts.example:{server.http_port + 1}", 403),
+        (f"http://other.example:{server.http_port}", 403),
+    ):
+        assert (await handshake_status(server.port, f"Origin: {origin}\r\n", named))[0] == status, origin
+
+
+async def test_allow_origin_lets_the_listed_origins_in(start_server: Any) -> None:
     server: Running = await start_server(allowed_origins=("https://app.example",))
-    for origin, status in (("https://app.example", b"101"), ("https://evil.example", b"403")):
-        stream, response = await raw_handshake(server.port, "/", f"Origin: {origin}\r\n")
-        assert response.split(b" ")[1] == status
-        await stream.aclose()
+    for origin, status in (("https://app.example", 101), ("https://evil.example", 403)):
+        assert (await handshake_status(server.port, f"Origin: {origin}\r\n"))[0] == status
 
 
 async def test_allow_origin_star_accepts_any_origin(start_server: Any) -> None:
     server: Running = await start_server(allowed_origins=("*",))
-    for origin in ("https://app.example", "http://elsewhere.example:8080"):
-        stream, response = await raw_handshake(server.port, "/", f"Origin: {origin}\r\n")
-        assert response.split(b" ")[1] == b"101"
-        await stream.aclose()
+    for origin in ("https://app.example", "http://elsewhere.example:8080", "null"):
+        assert (await handshake_status(server.port, f"Origin: {origin}\r\n"))[0] == 101
 
 
 async def test_two_workers_run_two_tasks_at_once_in_fifo_order(start_server: Any) -> None:

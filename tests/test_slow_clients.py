@@ -1,16 +1,16 @@
 """Clients that do not read: what the server holds for them is bounded in bytes, and they are closed with 1008.
 
 The clients keep pinging all along, as client libraries' keepalives do: a ping that meets the
-server's closing handshake must not take anything down (trio-websocket issue #184).
+server's closing handshake must not take anything down (trio-websocket issue #184), nor keep the
+connection open. A connection the server gives up on is reset once its grace has passed, which
+the tests read from the kernel's socket tables: neither end is left in them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import socket
 import time
 from typing import Any
 
@@ -22,8 +22,33 @@ from trio_websocket import open_websocket_url
 from indextts_server.core.engine import SAMPLE_RATE
 from indextts_server.io.engines.tone import ToneEngine
 from indextts_server.io.service import session as session_module
+from indextts_server.io.service.session import Session
 
-from .conftest import CLIENT_MAX_MESSAGE, CliServer, Running, Unread, tts, wait_until
+from .conftest import (
+    CLIENT_MAX_MESSAGE,
+    CliServer,
+    Running,
+    Unread,
+    UnreadHttp,
+    kernel_view,
+    local_port,
+    tts,
+    wait_until,
+)
+
+
+def tasks_named(name: str) -> list[trio.lowlevel.Task]:
+    """Every task of this run named ``name`` (a connection's: trio's serve_listeners's handler)."""
+    found = []
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    pending = [root]
+    while pending:
+        task = pending.pop()
+        found += [task] if task.name == name else []
+        pending += [child for nursery in task.child_nurseries for child in nursery.child_tasks]
+    return found
+
 
 NOT_READING = "客户端未及时读取消息，连接已关闭（1008）"
 KEEPALIVE = 0.2
@@ -57,6 +82,63 @@ async def test_a_client_that_does_not_read_is_closed_with_1008_and_its_tasks_can
         assert len(cancelled) >= 12 - 4
         assert {task.error_message for task in cancelled} == {NOT_READING}
     assert await lazy.close_code() == 1008
+
+
+GRACE = 1.0
+"""The close grace these tests run with (the server's is 10 s)."""
+
+
+async def reset_after_the_grace(server_port: int, given_up: dict[int, Session]) -> None:
+    """Each connection (its client's port: the session the server gives up on) is still there,
+    ESTABLISHED on both sides, when its session overflows, and gone from the kernel's tables on both
+    sides (no FIN_WAIT1, no CLOSE_WAIT, no TIME_WAIT) once its ``GRACE`` has passed."""
+    overflowed: dict[int, float] = {}
+    with trio.fail_after(30):
+        while len(overflowed) < len(given_up):
+            for port, session in given_up.items():
+                if session.overflowed and port not in overflowed:
+                    overflowed[port] = trio.current_time()
+                    view = kernel_view(server_port, port)
+                    assert view == {"client": "ESTABLISHED", "server": "ESTABLISHED"}, f"in its grace: {view}"
+            await trio.sleep(0.01)
+    gone: dict[int, float] = {}
+    with trio.fail_after(GRACE + 10):
+        while len(gone) < len(given_up):
+            for port in given_up:
+                if port not in gone and not kernel_view(server_port, port):
+                    gone[port] = trio.current_time()
+            await trio.sleep(0.01)
+    after = [when - overflowed[port] for port, when in gone.items()]
+    print(f"reset {min(after):.2f} to {max(after):.2f} s after the overflow (grace {GRACE:g} s)")
+    # Seen from here, the overflow may come late (never early) and the reset late: a loose bound.
+    for port, when in gone.items():
+        assert when - overflowed[port] < GRACE + 3, f"gone {when - overflowed[port]:.2f} s after its overflow"
+
+
+async def test_clients_that_never_read_and_keep_pinging_are_reset_once_their_grace_has_passed(
+    start_server: Any, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session_module, "CLOSE_GRACE", GRACE)
+    server: Running = await start_server(max_session_buffer=4 * LONG_WAV_BYTES)
+    lazies: list[Unread] = []
+    for _ in range(4):
+        lazies.append(await Unread.open(server.port))
+        nursery.start_soon(lazies[-1].keep_alive, KEEPALIVE)
+        await wait_until(lambda: len(server.service.sessions) == len(lazies))
+    sessions = dict(zip([local_port(lazy.stream) for lazy in lazies], server.service.sessions.values(), strict=True))
+    for _ in range(8):
+        for lazy in lazies:
+            await lazy.send(tts(LONG))
+    connections = tasks_named("trio._highlevel_serve_listeners._run_handler")
+    assert len(connections) == len(lazies)
+    await reset_after_the_grace(server.port, sessions)
+    # The server keeps nothing of them: no session, and no connection task (its reader included).
+    assert server.service.sessions == {}
+    await wait_until(lambda: tasks_named("trio._highlevel_serve_listeners._run_handler") == [])
+    for lazy in lazies:
+        with pytest.raises(trio.BrokenResourceError):  # reset, not closed
+            while await lazy.stream.receive_some(1 << 16):
+                pass
 
 
 async def test_past_the_total_bound_the_session_holding_most_is_closed(
@@ -171,36 +253,6 @@ HTTP_LONG = "今天天气很好我们一起去公园散步吧。" * 54
 HTTP_BYTES = 20_000_000
 
 
-class UnreadHttp:
-    """An HTTP client that posts one speech request and reads nothing until ``read_to_end``."""
-
-    def __init__(self, stream: trio.SocketStream):
-        self.stream = stream
-
-    @classmethod
-    async def post(cls, port: int, body: dict[str, Any]) -> UnreadHttp:
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connect: no autotuning
-        await sock.connect(("127.0.0.1", port))
-        stream = trio.SocketStream(sock)
-        data = json.dumps(body, ensure_ascii=False).encode()
-        head = (
-            f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
-        ).encode()
-        await stream.send_all(head + data)
-        return cls(stream)
-
-    async def read_to_end(self) -> bytes:
-        """Everything the server sent, until it closed the connection."""
-        parts = []
-        with contextlib.suppress(trio.BrokenResourceError):
-            while data := await self.stream.receive_some(1 << 16):
-                parts.append(data)
-        await self.stream.aclose()
-        return b"".join(parts)
-
-
 def test_many_http_clients_that_never_read_are_cut_off_within_the_bounds() -> None:
     server = CliServer(
         ["--engine", "tone", "--port", "0", "--max-queue", "1000", "--max-text-chars", "5000",
@@ -276,3 +328,26 @@ async def test_an_http_response_stuck_on_a_client_that_stopped_reading_is_cut_af
     async with httpx.AsyncClient(timeout=30) as http:
         after = await http.post(f"{api.http}/v1/audio/speech", json={"input": "我照常收到。", "stream": False})
     assert after.status_code == 200 and after.headers["content-type"] == "audio/mpeg"
+
+
+async def test_http_clients_that_never_read_are_reset_once_their_grace_has_passed(
+    start_http: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session_module, "CLOSE_GRACE", GRACE)
+    api: Running = await start_http(max_session_buffer=4 * LONG_WAV_BYTES // 10)
+    lazies: list[UnreadHttp] = []
+    for _ in range(3):
+        lazies.append(await UnreadHttp.post(api.http_port, {"input": HTTP_LONG, "response_format": "wav"}))
+        await wait_until(lambda: len(api.service.sessions) == len(lazies))
+    sessions = dict(zip([local_port(lazy.stream) for lazy in lazies], api.service.sessions.values(), strict=True))
+    assert len(tasks_named("trio._highlevel_serve_listeners._run_handler")) == len(lazies)
+    await reset_after_the_grace(api.http_port, sessions)
+    assert api.service.sessions == {}
+    await wait_until(lambda: tasks_named("trio._highlevel_serve_listeners._run_handler") == [])
+    for lazy in lazies:
+        with pytest.raises(trio.BrokenResourceError):  # reset, not closed
+            while await lazy.stream.receive_some(1 << 16):
+                pass
+    async with httpx.AsyncClient(timeout=30) as http:
+        after = await http.post(f"{api.http}/v1/audio/speech", json={"input": "我照常收到。", "stream": False})
+    assert after.status_code == 200

@@ -129,12 +129,21 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     allowed_origins: Annotated[
         tuple[str, ...],
         Flag(
-            "accept only handshakes from this Origin (repeatable; *: any; default: any)",
+            "also let browser pages from this origin use the WebSocket and the HTTP API (repeatable; "
+            "*: any); always let in: no Origin (non-browser clients), the server's own page, loopback pages",
             OPERATIONS,
             name="--allow-origin",
             metavar="ORIGIN",
         ),
     ] = ()
+    public_voice_list: Annotated[
+        bool,
+        Flag(
+            "let GET /v1/audio/voices and the model lists (/v1/audio/models, /v1/models) be read "
+            "without the token of --auth-token, as Open WebUI asks for them without one",
+            HTTP,
+        ),
+    ] = False
     voices_dir: Annotated[str, Flag("where uploaded voices are kept", HTTP)] = "voices"
     default_voice: Annotated[
         str | None,

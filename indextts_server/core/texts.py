@@ -186,7 +186,6 @@ def task_timed_out(seconds: float) -> str:
 CLOSE_SHUTTING_DOWN: Final = "server shutting down"
 CLOSE_IDLE: Final = "idle timeout"
 CLOSE_NOT_READING: Final = "client is not reading"
-ORIGIN_REFUSED: Final = "origin not allowed"
 TOKEN_REFUSED: Final = "missing or wrong token"
 
 
@@ -293,6 +292,11 @@ def body_too_large(limit: int) -> str:
 
 def origin_not_allowed(origin: str) -> str:
     return f"不允许来自该来源的请求: {origin}"
+
+
+def origin_refused(origin: str) -> str:
+    """A refused WebSocket handshake's body (plain text, like the close reasons)."""
+    return f"origin not allowed: {origin} (the server lets a page in with --allow-origin {origin})"
 
 
 def unknown_path(path: str) -> str:

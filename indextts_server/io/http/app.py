@@ -17,9 +17,10 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from ...core import texts
 from ...core.cues import SubtitleFormat
 from ...core.openai import ApiError, model_ids, model_list
+from ...core.origins import Verdict, judge_origin
 from ..operations.metrics import CONTENT_TYPE, Metrics
 from ..service.service import Service
-from .asgi import TEXT, Request, respond, respond_error, respond_json, serve_lifespan
+from .asgi import TEXT, Request, refuse_websocket, respond, respond_error, respond_json, serve_lifespan
 from .speech import MidStreamFailure, Speech
 from .tasks import Tasks
 from .voices import Voices
@@ -40,6 +41,8 @@ CONTENT_TYPES: Final = {
     ".ico": "image/x-icon",
     ".wav": "audio/wav",
 }
+PUBLIC_LISTS: Final = (["models"], ["audio", "models"], ["audio", "voices"])
+"""What ``--public-voice-list`` lets anyone read without the token (with GET)."""
 CORS_METHODS: Final = "GET, POST, DELETE, OPTIONS"
 CORS_HEADERS: Final = "Authorization, Content-Type"
 
@@ -70,9 +73,11 @@ class HttpApi:
     """Everything on the HTTP port; ``ops_only`` keeps just ``/metrics``, ``/healthz`` and ``/readyz``.
 
     The API (``/v1/...``) asks for the server's token when it has one (``Authorization: Bearer``,
-    as OpenAI's clients send it, or ``?token=``). Browsers: same-origin pages always work; another
-    origin must be listed with ``--allow-origin`` (``*``: any) to get CORS headers, and is refused
-    (403) otherwise, so a foreign page cannot upload or delete voices behind a user's back.
+    as OpenAI's clients send it, or ``?token=``), except for the voice and model lists with
+    ``--public-voice-list``. Browsers: same-origin and loopback pages always
+    work; another origin must be listed with ``--allow-origin`` (``*``: any), and is refused (403)
+    otherwise, so a foreign page cannot upload or delete voices behind a user's back
+    (`judge_origin`, the WebSocket's rule too). Other origins let in get CORS headers.
     """
 
     def __init__(
@@ -98,6 +103,10 @@ class HttpApi:
                 finally:
                     self.speech.writers = None
             return
+        if scope["type"] == "websocket":
+            # This port serves no WebSocket (the contract's is on its own port): 404, not hypercorn's 500.
+            await refuse_websocket(receive, send, not_found(scope["path"]))
+            return
         if scope["type"] != "http":
             return
         request = Request(scope, receive)
@@ -112,24 +121,20 @@ class HttpApi:
             log.exception("HTTP %s %s failed", request.method, request.path)
             await respond_error(send, ApiError(500, texts.INTERNAL_ERROR, code="internal_error"), cors)
 
+    def _origin(self, request: Request) -> Verdict:
+        origin, host = request.headers.get("origin"), request.headers.get("host", "")
+        return judge_origin(origin, host, self.service.config.allowed_origins)
+
     def _cors(self, request: Request) -> list[tuple[str, str]]:
+        """CORS headers for a page from another origin that is let in (loopback, or listed)."""
         origin = request.headers.get("origin")
-        allowed = self.service.config.allowed_origins
-        if origin is None or not (origin in allowed or "*" in allowed):
+        if origin is None or self._origin(request) not in ("loopback", "listed"):
             return []
         return [
             ("access-control-allow-origin", origin),
             ("vary", "Origin"),
             ("access-control-expose-headers", "X-Task-Id, Retry-After"),
         ]
-
-    def _foreign(self, request: Request, cors: list[tuple[str, str]]) -> bool:
-        """A browser request from another origin that is not allowed."""
-        origin = request.headers.get("origin")
-        if origin is None or cors:
-            return False
-        host = request.headers.get("host", "")
-        return origin not in (f"http://{host}", f"https://{host}")
 
     async def _route(self, request: Request, send: ASGISendCallable, cors: list[tuple[str, str]]) -> None:
         segments = request.segments
@@ -150,7 +155,7 @@ class HttpApi:
             else:
                 await self._static(request, send)
             return
-        if self._foreign(request, cors):
+        if self._origin(request) == "foreign":
             raise ApiError(
                 403, texts.origin_not_allowed(request.headers["origin"]), code="origin_not_allowed"
             )
@@ -162,8 +167,9 @@ class HttpApi:
             ]
             await respond(send, 204, b"", None, [*headers, ("access-control-max-age", "600")])
             return
-        self._authorize(request)
         route = segments[2:]
+        if not (self.service.config.public_voice_list and method == "GET" and route in PUBLIC_LISTS):
+            self._authorize(request)
         handler: Handler | None = None
         allowed = "GET, HEAD"
         if route in (["models"], ["audio", "models"]):

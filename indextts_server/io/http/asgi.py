@@ -1,4 +1,4 @@
-"""Just enough ASGI: a request read with a size limit, and whole or streamed responses."""
+"""Just enough ASGI: a request read with a size limit, whole or streamed responses, a refused WebSocket."""
 
 from __future__ import annotations
 
@@ -124,3 +124,12 @@ async def respond_json(send: ASGISendCallable, status: int, value: object, heade
 
 async def respond_error(send: ASGISendCallable, error: ApiError, headers: Headers = ()) -> None:
     await respond_json(send, error.status, error_body(error), [*headers, *error.headers])
+
+
+async def refuse_websocket(receive: ASGIReceiveCallable, send: ASGISendCallable, error: ApiError) -> None:
+    """Answer a WebSocket handshake with ``error`` as an HTTP response (ASGI's denial response)."""
+    await receive()  # websocket.connect
+    data = encode_json(error_body(error))
+    headers = [(b"content-type", JSON.encode()), (b"content-length", str(len(data)).encode())]
+    await send({"type": "websocket.http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": data, "more_body": False})

@@ -33,7 +33,7 @@ from ..audio.encoding import Transcoder, media_type
 from ..audio.paths import AudioPathError
 from ..service.service import Refused, Service, Unfit
 from ..service.session import Close, OutboxBudget, Session
-from ..transport.http import CutResponse
+from ..transport.http import CutResponse, connection_cutoff
 from .asgi import BodyTooLarge, Request, chunk, encode_json, head
 
 log = logging.getLogger("indextts_server")
@@ -175,7 +175,8 @@ class Speech:
             assert isinstance(queued, Queued)
             failure: ApiError | MidStreamFailure | None = None
             async with trio.open_nursery() as nursery:
-                session.bind(nursery.cancel_scope)  # a session closed for not reading is cut in time
+                # A session closed for not reading is cut in time (reset: see `Cutoff`).
+                session.bind(nursery.cancel_scope, connection_cutoff())
                 nursery.start_soon(self._watch, request, session, nursery.cancel_scope)
                 try:
                     await self._respond(queued.task_id, session, speech, Wire(send, self.writers))

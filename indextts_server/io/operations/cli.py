@@ -145,6 +145,7 @@ async def serve(
                     errors=metrics,
                 )
             )
+            contract.page_port = bound_port(urls)  # the page it serves may use the WebSocket
             log.info("http on http://%s:%s (OpenAI-compatible API under /v1)", host, bound_port(urls))
         notifier.ready(f"listening; engine {service.scheduler.engine_name}")
         nursery.start_soon(_report_status, service, notifier)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 import msgspec
 import trio
@@ -20,7 +20,7 @@ OUTBOX_SIZE: Final = 1024
 POLICY_VIOLATION: Final = 1008
 CLOSE_GRACE: Final = 10.0
 """Seconds a session closed for not reading has to take the message being written and the close
-frame; after that its connection is cut."""
+frame, and a WebSocket peer has to answer a close frame; after that the connection is cut."""
 
 _encoder: Final = msgspec.json.Encoder()
 
@@ -38,6 +38,14 @@ Outgoing = str | bytes | Close | Reply
 
 def encode(reply: Reply) -> str:
     return _encoder.encode(reply).decode()
+
+
+class Cutoff(Protocol):
+    """How a transport cuts a session's connection: a TCP reset, at once or at a deadline."""
+
+    def at(self, deadline: float) -> None: ...
+
+    def now(self) -> None: ...
 
 
 class OutboxBudget:
@@ -115,13 +123,16 @@ class Session:
         self._outbox: deque[tuple[Outgoing, int]] = deque()
         self._ready = trio.Event()
         self._scope: trio.CancelScope | None = None
+        self._cutoff: Cutoff | None = None
         self.on_overflow = on_overflow
         if budget is not None:
             budget.join(self)
 
-    def bind(self, scope: trio.CancelScope) -> None:
-        """The scope to cancel when this session must be dropped."""
+    def bind(self, scope: trio.CancelScope, cutoff: Cutoff | None = None) -> None:
+        """The scope to cancel when this session must be dropped, and how its connection is cut
+        (without one, cutting it is cancelling ``scope``)."""
         self._scope = scope
+        self._cutoff = cutoff
 
     def send(self, reply: Reply) -> None:
         data = _encoder.encode(reply)
@@ -178,7 +189,7 @@ class Session:
         """The client is not reading: forget what waits for it, close with 1008, stop its tasks.
 
         The message being written (if any) may still finish within ``CLOSE_GRACE``, then the
-        close frame follows; past that the connection is cut.
+        close frame follows; past that the connection is cut (reset: see `Cutoff`).
         """
         if not self.open:
             return
@@ -187,8 +198,7 @@ class Session:
         self.close_reason = texts.NOT_READING
         self._forget_queued()
         self.close(POLICY_VIOLATION, texts.CLOSE_NOT_READING)
-        if self._scope is not None:
-            self._scope.deadline = min(self._scope.deadline, trio.current_time() + CLOSE_GRACE)
+        self._cut_at(trio.current_time() + CLOSE_GRACE)
         if self.on_overflow is not None:
             self.on_overflow(self)
 
@@ -197,6 +207,18 @@ class Session:
         self.open = False
         if self._scope is not None:
             self._scope.cancel()
+
+    def abort(self) -> None:
+        """Abandon the connection and cut it at once: its peer is gone or does not answer."""
+        if self._cutoff is not None:
+            self._cutoff.now()
+        self.drop()
+
+    def _cut_at(self, deadline: float) -> None:
+        if self._cutoff is not None:
+            self._cutoff.at(deadline)
+        elif self._scope is not None:
+            self._scope.deadline = min(self._scope.deadline, deadline)
 
     def release(self) -> None:
         """The connection is gone: give every byte still buffered back to the budget."""

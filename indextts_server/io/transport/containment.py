@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import socket
+import struct
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol
@@ -18,6 +21,8 @@ log = logging.getLogger("indextts_server")
 
 TRACEBACK_EVERY: Final = 60.0
 """Seconds between two tracebacks of the same exception type (one line each in between)."""
+_RESET: Final = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on with a zero timeout: closing the socket sends RST and drops its buffers."""
 
 
 class ErrorCounter(Protocol):
@@ -77,6 +82,52 @@ def _kind(error: BaseException) -> str:
     return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
+class Cutoff:
+    """The end of a connection the server gives up on: a TCP reset, now or at a deadline.
+
+    A reset is what nginx's ``reset_timedout_connection`` does: ``SO_LINGER`` (1, 0), then close.
+    The kernel sends RST and frees the socket's buffers at once, instead of keeping them (in
+    FIN_WAIT1) for a peer that never reads, and nothing the peer keeps sending (pings) holds the
+    connection open. Every task blocked on the socket wakes with `trio.ClosedResourceError`, and
+    ``scope`` (the connection's) is cancelled for the rest.
+
+    ``now`` resets at once; ``at`` at a deadline (the earliest asked for), which ``run`` keeps.
+    A socket already closed is left alone.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, scope: trio.CancelScope | None = None):
+        self._socket: trio.socket.SocketType | None = getattr(stream, "socket", None)
+        self.scope = scope
+        self.deadline = math.inf
+        self.done = False
+        self._moved = trio.Event()
+
+    def at(self, deadline: float) -> None:
+        if deadline < self.deadline:
+            self.deadline = deadline
+            self._moved.set()
+
+    def now(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self._socket is not None and self._socket.fileno() != -1:
+            with contextlib.suppress(OSError):
+                self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            self._socket.close()
+        if self.scope is not None:
+            self.scope.cancel()
+
+    async def run(self) -> None:
+        """Reset the connection when its deadline comes (until cancelled with it)."""
+        while not self.done:
+            self._moved = trio.Event()
+            with trio.move_on_at(self.deadline) as waiting:
+                await self._moved.wait()
+            if waiting.cancelled_caught:
+                self.now()
+
+
 class ClosingSafeConnection(WebSocketConnection):
     """trio-websocket's connection, minus its crashes during a server-initiated close.
 
@@ -98,13 +149,19 @@ class ClosingSafeConnection(WebSocketConnection):
             await super()._handle_message_event(event)
 
 
-Handler = Callable[[WebSocketRequest, str], Awaitable[None]]
+Handler = Callable[[WebSocketRequest, str, Cutoff], Awaitable[None]]
 
 
 class ContainedWebSocketServer(WebSocketServer):
     """trio-websocket's server with each connection (its reader task included) run under a
-    `Containment`, on a `ClosingSafeConnection`. ``handler`` gets the request and the session id
-    the connection is logged under."""
+    `Containment`, on a `ClosingSafeConnection`. ``handler`` gets the request, the session id the
+    connection is logged under, and the connection's `Cutoff`.
+
+    Once the handler is done, what is left of the closing handshake (the peer's Close, after which
+    trio-websocket closes the TCP connection) gets ``disconnect_timeout`` seconds. A connection
+    trio-websocket has not closed by the time its task ends (the peer vanished, the handler failed
+    or gave up on it, the server stopped) is reset, never left half-closed with data queued.
+    """
 
     def __init__(
         self,
@@ -114,9 +171,14 @@ class ContainedWebSocketServer(WebSocketServer):
         *,
         handler_nursery: trio.Nursery,
         max_message_size: int,
+        disconnect_timeout: float,
     ):
         super().__init__(
-            _unused, listeners, handler_nursery=handler_nursery, max_message_size=max_message_size
+            _unused,
+            listeners,
+            handler_nursery=handler_nursery,
+            max_message_size=max_message_size,
+            disconnect_timeout=disconnect_timeout,
         )
         self._contained_handler = handler
         self._containment = containment
@@ -133,23 +195,30 @@ class ContainedWebSocketServer(WebSocketServer):
             max_message_size=self._max_message_size,
             receive_buffer_size=self._receive_buffer_size,
         )
+        cutoff = Cutoff(stream)
+        read = trio.Event()
+
+        async def reader() -> None:
+            try:
+                await connection._reader_task()
+            finally:
+                read.set()
+
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(connection._reader_task)
+                cutoff.scope = nursery.cancel_scope
+                nursery.start_soon(cutoff.run)
+                nursery.start_soon(reader)
                 request = None
                 with trio.move_on_after(self._connect_timeout):
                     request = await connection._get_request()
-                if request is None:
-                    nursery.cancel_scope.cancel()
-                    return
-                try:
-                    await self._contained_handler(request, session_id)
-                finally:
-                    with trio.move_on_after(self._disconnect_timeout):
-                        await connection.aclose()  # also ends the reader task
+                if request is not None:
+                    await self._contained_handler(request, session_id, cutoff)
+                    cutoff.at(trio.current_time() + self._disconnect_timeout)
+                    await read.wait()
+                nursery.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
+            cutoff.now()
 
 
 async def _unused(request: WebSocketRequest) -> None:  # pragma: no cover - never called

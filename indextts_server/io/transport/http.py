@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Final
@@ -14,7 +15,7 @@ from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import ASGIFramework
 
-from .containment import Containment, ErrorCounter
+from .containment import Containment, Cutoff, ErrorCounter
 
 log = logging.getLogger("indextts_server")
 
@@ -43,23 +44,52 @@ _ERROR_LOG.addFilter(_NoCutTracebacks())
 
 _CONTAINMENT: Final = ContextVar[Containment | None]("http_containment", default=None)
 """The containment of the `serve_http` call a connection belongs to (tasks inherit it)."""
+_CUTOFF: Final = ContextVar[Cutoff | None]("http_cutoff", default=None)
+"""The `Cutoff` of the connection a request came on (hypercorn starts its requests from the
+connection's task, so they inherit it)."""
+
+
+def connection_cutoff() -> Cutoff | None:
+    """How to cut the HTTP connection the calling request came on (``None`` outside `serve_http`)."""
+    return _CUTOFF.get()
 
 
 class _ContainedTCPServer(TCPServer):
-    """hypercorn's per-connection task, run under the containment of its `serve_http` call.
+    """hypercorn's per-connection task, run under the containment of its `serve_http` call, with
+    a `Cutoff` its requests can reach (`connection_cutoff`).
 
     hypercorn catches what the application raises (500, or a cut response), but not what its
     own connection handling raises: that would leave ``trio.serve_listeners`` and stop the port
     with everything else in the process. hypercorn's Trio worker looks ``TCPServer`` up in its
     module when a connection arrives, which is the seam used here (see `serve_http`).
+
+    hypercorn writes shielded from cancellation and closes a connection with a FIN queued behind
+    what it could not send, so a client that stops reading would hold the socket and its buffers.
+    A connection the server has given up on (its cutoff has a deadline) is therefore reset when
+    the deadline comes or when hypercorn closes it, whichever is first.
     """
+
+    _cutoff: Cutoff | None = None
 
     async def run(self) -> None:
         containment = _CONTAINMENT.get()
         if containment is None:
-            await super().run()
+            await self._serve()
             return
-        await containment.run(f"remote={_peer(self.stream)}", super().run)
+        await containment.run(f"remote={_peer(self.stream)}", self._serve)
+
+    async def _serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._cutoff = Cutoff(self.stream, nursery.cancel_scope)
+            _CUTOFF.set(self._cutoff)
+            nursery.start_soon(self._cutoff.run)
+            await super().run()
+            nursery.cancel_scope.cancel()
+
+    async def _close(self) -> None:
+        if self._cutoff is not None and self._cutoff.deadline < math.inf:
+            self._cutoff.now()
+        await super()._close()
 
 
 def _peer(stream: trio.abc.Stream) -> str:

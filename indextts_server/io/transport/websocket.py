@@ -16,11 +16,12 @@ from ...core.contract import replies
 from ...core.contract.decode import RequestError, decode_request
 from ...core.contract.jobs import audio_fields, delivery_from, job_from
 from ...core.contract.protocol import Cancel, TaskStatusQuery, TtsStream
+from ...core.origins import judge_origin
 from ...core.voices import VoiceError
 from ..audio.paths import AudioPathError
 from ..service.service import GOING_AWAY, Refused, Service
-from ..service.session import Close, Session
-from .containment import ContainedWebSocketServer, Containment
+from ..service.session import CLOSE_GRACE, Close, Session
+from .containment import ContainedWebSocketServer, Containment, Cutoff
 
 log = logging.getLogger("indextts_server")
 
@@ -53,6 +54,7 @@ class WebSocketTransport:
         self.config = service.config
         self.port = service.config.port  # the bound port once listening (``--port 0`` picks one)
         self.containment = Containment("session", service.metrics)
+        self.page_port: int | None = None  # the HTTP port: its page is the server's own (`judge_origin`)
         self._adopted = list(listeners)
 
     async def run(self, *, task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED) -> None:
@@ -76,6 +78,7 @@ class WebSocketTransport:
                 self.containment,
                 handler_nursery=connections,
                 max_message_size=self.config.max_message_bytes,
+                disconnect_timeout=CLOSE_GRACE,
             )
             await listener.start(server.run)
             for endpoint in server.listeners:
@@ -88,7 +91,7 @@ class WebSocketTransport:
             listener.cancel_scope.cancel()
         self.service.listening = False
 
-    async def _serve_connection(self, request: WebSocketRequest, session_id: str) -> None:
+    async def _serve_connection(self, request: WebSocketRequest, session_id: str, cutoff: Cutoff) -> None:
         refusal = self._refusal(request)
         if refusal is not None:
             status, body = refusal
@@ -106,14 +109,14 @@ class WebSocketTransport:
         try:
             async with self.service.hosting(session):
                 async with trio.open_nursery() as nursery:
-                    session.bind(nursery.cancel_scope)
+                    session.bind(nursery.cancel_scope, cutoff)
                     # Not reading: its tasks end now, not when its connection is finally cut.
                     closed = self.service.scheduler.session_closed
                     session.on_overflow = lambda gone: nursery.start_soon(closed, gone)
-                    nursery.start_soon(self._write, ws, session)
+                    nursery.start_soon(self._read, ws, session, nursery.cancel_scope)
                     nursery.start_soon(self._heartbeat, ws, session)
                     session.send(replies.welcome(session.session_id))
-                    await self._read(ws, session)
+                    await self._write(ws, session, cutoff)
                     nursery.cancel_scope.cancel()
         finally:
             if metrics is not None:
@@ -122,15 +125,17 @@ class WebSocketTransport:
 
     def _refusal(self, request: WebSocketRequest) -> tuple[int, str] | None:
         """Why the handshake must be refused (status, body), or ``None`` to accept it."""
-        headers = {name.lower(): value for name, value in request.headers}
-        if self.config.allowed_origins:
-            origin = headers.get(b"origin", b"").decode("latin-1")
-            if origin not in self.config.allowed_origins and "*" not in self.config.allowed_origins:
-                return 403, texts.ORIGIN_REFUSED + "\n"
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in request.headers}
+        origin = headers.get("origin")
+        pages = (self.page_port,) if self.page_port else ()
+        host = request._event.host  # wsproto keeps Host out of the headers trio-websocket shows
+        verdict = judge_origin(origin, host, self.config.allowed_origins, page_ports=pages)
+        if verdict == "foreign" and origin is not None:
+            return 403, texts.origin_refused(origin) + "\n"
         token = self.config.auth_token
         if token:
             offered = None
-            authorization = headers.get(b"authorization", b"").decode("latin-1")
+            authorization = headers.get("authorization", "")
             if authorization.lower().startswith("bearer "):
                 offered = authorization[7:].strip()
             else:
@@ -140,18 +145,22 @@ class WebSocketTransport:
                 return 401, texts.TOKEN_REFUSED + "\n"
         return None
 
-    async def _write(self, ws: WebSocketConnection, session: Session) -> None:
+    async def _write(self, ws: WebSocketConnection, session: Session, cutoff: Cutoff) -> None:
+        """Send the outbox until the session's close handshake is done, or the connection is gone
+        (then the peer's closing handshake, if it started one, finishes without us)."""
         try:
             while True:
                 message, cost = await session.next_message()
                 if isinstance(message, Close):
+                    # The peer has the grace to answer; one that does not is reset.
+                    cutoff.at(trio.current_time() + CLOSE_GRACE)
                     await ws.aclose(message.code, message.reason)
                     return
                 assert isinstance(message, str | bytes)  # a WebSocket session queues only these
                 await ws.send_message(message)
                 session.written(cost)
         except ConnectionClosed:
-            session.drop()
+            return
 
     async def _heartbeat(self, ws: WebSocketConnection, session: Session) -> None:
         """Ping idle peers and drop dead ones; close sessions idle past ``idle_timeout``."""
@@ -176,17 +185,21 @@ class WebSocketTransport:
                     log.info(
                         "no pong in %gs; dropping session=%s", self.config.ping_timeout, session.session_id
                     )
-                    session.drop()
+                    session.abort()
                     return
 
-    async def _read(self, ws: WebSocketConnection, session: Session) -> None:
+    async def _read(self, ws: WebSocketConnection, session: Session, scope: trio.CancelScope) -> None:
+        """Handle the client's frames until it closes; a close the server started is the writer's
+        to finish."""
         while True:
             try:
                 frame = await ws.get_message()
             except ConnectionClosed:
+                if session.open:
+                    scope.cancel()
                 return
             session.last_activity = trio.current_time()
-            if session.open:  # a closing session still reads, for the close handshake
+            if session.open:
                 await self._handle(frame, session)
 
     async def _handle(self, frame: str | bytes, session: Session) -> None:
