@@ -19,6 +19,8 @@ from ...core.cues import SubtitleFormat
 from ...core.openai import ApiError, model_ids, model_list
 from ..operations.metrics import CONTENT_TYPE, Metrics
 from ..service.service import Service
+from .agents import PATH as AGENTS_PATH
+from .agents import Agents
 from .asgi import TEXT, Request, respond, respond_error, respond_json, serve_lifespan
 from .speech import MidStreamFailure, Speech
 from .tasks import Tasks
@@ -85,6 +87,7 @@ class HttpApi:
         self.speech = Speech(service)
         self.tasks = Tasks(service)
         self.voices = Voices(service.voices)
+        self.agents = Agents(service)
         self.web_root = WEB_ROOT
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
@@ -97,6 +100,9 @@ class HttpApi:
                     await serve_lifespan(receive, send)
                 finally:
                     self.speech.writers = None
+            return
+        if scope["type"] == "websocket" and scope["path"] == AGENTS_PATH and not self.ops_only:
+            await self.agents.serve(scope, receive, send)  # voice agents: docs/voice-agents.md
             return
         if scope["type"] != "http":
             return

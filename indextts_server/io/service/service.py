@@ -18,6 +18,7 @@ from ..audio.sources import AudioSources
 from ..audio.voices import VoiceLibrary
 from ..scheduling.batch import BatchWorker
 from ..scheduling.board import TaskBoard, TaskObserver
+from ..scheduling.recipient import Recipient
 from ..scheduling.scheduler import EmbeddedScheduler, Scheduler
 from ..scheduling.worker import InferenceWorker
 from .session import OutboxBudget, Session
@@ -171,8 +172,10 @@ class Service:
         if limit and len(session.tasks) >= limit:
             raise Refused(texts.too_many_in_flight(limit))
 
-    async def submit(self, session: Session, job: SynthesisJob, delivery: Delivery) -> None:
-        """Queue ``job`` for ``session`` (its ``queued`` reply goes to the session); `Refused` if not."""
+    async def submit(self, session: Recipient, job: SynthesisJob, delivery: Delivery) -> None:
+        """Queue ``job`` for ``session`` (its ``queued`` reply goes to the session); `Refused` if not.
+
+        ``session`` is whatever scheduling delivers to: a session, or one voice-agent sentence."""
         refusal = await self.scheduler.submit(session, job, delivery)
         if refusal is None:
             return
