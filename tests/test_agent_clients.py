@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -295,3 +296,24 @@ def test_livekit_fails_on_an_unknown_voice(server: ThreadServer) -> None:
     with pytest.raises(APIError, match="no audio frames"):
         asyncio.run(unknown())
     assert server.states() == []
+
+
+# --- the docs' snippets run as written -----------------------------------------------------------
+
+
+def snippets() -> list[str]:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "voice-agents.md").read_text(encoding="utf-8")
+    return re.findall(r"```python\n(.*?)```", page, flags=re.S)
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["pipecat", "livekit"])
+def test_the_docs_snippet_runs_as_written(
+    server: ThreadServer, index: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = snippets()[index].replace("127.0.0.1:8771", f"127.0.0.1:{server.port}")
+    exec(compile(source, f"voice-agents.md snippet {index}", "exec"), {"__name__": "__main__"})
+    printed = capsys.readouterr().out
+    assert "Hello" in printed and "you?" in printed
+    if index == 0:
+        assert int(re.findall(r"(\d+) bytes of 16 kHz audio", printed)[0]) > 0
+    assert server.states() == ["completed", "completed"]
