@@ -14,6 +14,11 @@ from indextts_server.core import texts
 from indextts_server.core.agents.audio import alaw, encode, mulaw
 from indextts_server.core.agents.cartesia import EMOTIONS, Invalid, decode, emotion_vector, settings
 from indextts_server.core.agents.words import estimate, exact_tone, place, split_words, syllables, voiced_span
+from indextts_server.core.engine import SAMPLE_RATE, SynthesisJob
+from indextts_server.core.segment import tokens
+from indextts_server.io.engines.tone import ToneEngine
+
+from .conftest import PROMPT
 
 SAMPLES = np.array([0, -1, 1, 1000, -1000, 32767, -32768, 8159 * 4, -124], dtype=np.int16)
 
@@ -122,3 +127,63 @@ def test_a_regional_language_code_is_its_language() -> None:
 def test_a_named_speed_is_a_rate() -> None:
     message = decode(b'{"context_id": "x", "generation_config": {"speed": "fast"}}')
     assert settings(message).tuning.speed == 1.2
+
+
+# --- word timings measured on tone audio, where the truth is known ---------------------------------
+
+MEASURED = [
+    "Hello there.",
+    "How are you doing today?",
+    "The quick brown fox jumps over the lazy dog.",
+    "Extraordinary circumstances require unconventional solutions.",
+    "I am fine, thanks for asking.",
+    "Pi is roughly 3.14159, give or take.",
+    "大家好，我现在正在体验 AI 科技！",
+    "今天天气很好，我们去公园散步吧。",
+    "这是一个关于语音合成的测试句子。",
+    "我用 OpenAI 的 API 写了一个 agent。",
+    "No, absolutely not!",
+    "こんにちは、元気ですか？",
+]
+
+
+def _boundary_errors(text: str) -> list[float]:
+    """How far (seconds) each estimated word boundary lies from the tone engine's note boundary."""
+    (segment,) = ToneEngine().synthesize(SynthesisJob(text=text, prompt_audio=PROMPT))
+    truth = _tone_notes(segment.text, len(segment.pcm))
+    guess = estimate(segment.text, segment.pcm, SAMPLE_RATE)
+    assert [w.text for w in guess] == [w for w, _, _ in truth]
+    return [abs(g.start - t[1]) for g, t in zip(guess, truth, strict=True)] + [
+        abs(g.end - t[2]) for g, t in zip(guess, truth, strict=True)
+    ]
+
+
+def _tone_notes(text: str, samples: int) -> list[tuple[str, float, float]]:
+    """Each word's notes as the tone engine renders them: one per token, all of one length."""
+    notes = tokens(text)
+    per = samples // len(notes)
+    assert per * len(notes) == samples  # the notes fill the segment: no pause, no remainder
+    out, at = [], 0
+    for word in split_words(text):
+        count = len(tokens(word))
+        out.append((word, at * per / SAMPLE_RATE, (at + count) * per / SAMPLE_RATE))
+        at += count
+    return out
+
+
+@pytest.mark.parametrize("text", MEASURED)
+def test_tone_timings_are_the_notes_the_engine_played(text: str) -> None:
+    (segment,) = ToneEngine().synthesize(SynthesisJob(text=text, prompt_audio=PROMPT))
+    end = len(segment.pcm) / SAMPLE_RATE
+    truth = _tone_notes(segment.text, len(segment.pcm))
+    exact = exact_tone(segment.text, 0.0, end)
+    assert max(abs(a.start - b[1]) + abs(a.end - b[2]) for a, b in zip(exact, truth, strict=True)) <= 0.001
+
+
+def test_the_estimate_on_tone_audio_is_within_its_documented_error() -> None:
+    """The figures docs/voice-agents.md gives (tone gives every token the same time, so long
+    Latin words are where a syllable count errs most; CJK characters are one syllable each)."""
+    latin = np.array([e for text in MEASURED[:6] + MEASURED[10:11] for e in _boundary_errors(text)])
+    cjk = np.array([e for text in MEASURED[6:9] + MEASURED[11:] for e in _boundary_errors(text)])
+    assert np.median(latin) <= 0.1 and np.percentile(latin, 95) <= 0.25
+    assert cjk.max() <= 0.015
