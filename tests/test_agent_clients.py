@@ -120,11 +120,13 @@ def server(tmp_path: Path) -> Iterator[ThreadServer]:
 # --- pipecat -------------------------------------------------------------------------------------
 
 
-def pipecat_tts(server: ThreadServer, **options: Any) -> CartesiaTTSService:
+def pipecat_tts(server: ThreadServer | str, **options: Any) -> CartesiaTTSService:
+    """pipecat's Cartesia service aimed at ``server`` (or a ``ws://`` URL)."""
+    url = server if isinstance(server, str) else server.ws
     settings = CartesiaTTSService.Settings(voice=options.pop("voice", "default"))
     if "language" in options:
         settings.language = options.pop("language")
-    return CartesiaTTSService(api_key="unused", url=server.ws, settings=settings, **options)
+    return CartesiaTTSService(api_key="unused", url=url, settings=settings, **options)
 
 
 def turn(*pieces: str, after: Sequence[Frame] = (), wait: float = 1.0) -> list[Frame]:
@@ -205,12 +207,14 @@ def test_pipecat_sees_a_bad_format_as_an_error(server: ThreadServer) -> None:
 # --- LiveKit -------------------------------------------------------------------------------------
 
 
-async def livekit_speak(server: ThreadServer, text: str, **options: Any) -> tuple[bytes, list[Any], int]:
-    """``text`` through a livekit TTS stream: the audio, the timed words, the frames' rate."""
+async def livekit_speak(
+    server: ThreadServer | str, text: str, **options: Any
+) -> tuple[bytes, list[Any], int]:
+    """``text`` through a livekit TTS stream to ``server`` (or an ``http://`` base URL): the audio,
+    the timed words, the frames' rate."""
+    base = server if isinstance(server, str) else server.http
     async with aiohttp.ClientSession() as http:
-        tts = cartesia.TTS(
-            api_key="unused", base_url=server.http, voice="default", http_session=http, **options
-        )
+        tts = cartesia.TTS(api_key="unused", base_url=base, voice="default", http_session=http, **options)
         stream = tts.stream()
         stream.push_text(text)
         stream.end_input()

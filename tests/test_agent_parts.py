@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from indextts_server.core import texts
 from indextts_server.core.agents.audio import alaw, encode, mulaw
 from indextts_server.core.agents.cartesia import EMOTIONS, Invalid, decode, emotion_vector, settings
-from indextts_server.core.agents.words import estimate, exact_tone, place, split_words, syllables, voiced_span
+from indextts_server.core.agents.words import (
+    estimate,
+    exact_tone,
+    place,
+    split_words,
+    syllables,
+    take_words,
+    voiced_span,
+)
 from indextts_server.core.engine import SAMPLE_RATE, SynthesisJob
 from indextts_server.core.segment import tokens
 from indextts_server.io.engines.tone import ToneEngine
@@ -67,7 +75,7 @@ def test_words_are_placed_by_weight_end_to_end() -> None:
 
 
 def test_tone_words_share_the_span_by_tokens() -> None:
-    placed = exact_tone("It costs 3.14 now.", 0.0, 1.0)
+    placed = exact_tone(split_words("It costs 3.14 now."), 0.0, 1.0)
     assert [(w.text, w.start, w.end) for w in placed] == [
         ("It", 0.0, 0.2),
         ("costs", 0.2, 0.4),
@@ -89,10 +97,17 @@ def test_the_voiced_span_leaves_out_silence_at_both_ends() -> None:
 )
 def test_estimated_words_are_in_order_and_inside_the_segment(text: str, lead: int, sound: int) -> None:
     pcm = np.concatenate([np.zeros(lead, np.int16), np.full(sound, 5000, np.int16), np.zeros(300, np.int16)])
-    placed = estimate(text, pcm, 16000)
+    placed = estimate(split_words(text), pcm, 16000)
     seconds = len(pcm) / 16000
     assert all(0 <= w.start <= w.end <= seconds + 0.0005 for w in placed)
     assert all(a.end <= b.start + 1e-9 for a, b in itertools.pairwise(placed))
+
+
+def test_a_segment_gets_the_clients_words_however_the_model_normalized_them() -> None:
+    words = ["Hello", "there.", "It", "costs", "3.14."]
+    assert take_words(words, "HELLO THERE.") == (["Hello", "there."], ["It", "costs", "3.14."])
+    assert take_words(["3.14."], "THREE POINT ONE FOUR.") == (["3.14."], [])
+    assert take_words(words, "") == (words, [])
 
 
 def test_an_emotion_fits_its_dimension() -> None:
@@ -151,7 +166,7 @@ def _boundary_errors(text: str) -> list[float]:
     """How far (seconds) each estimated word boundary lies from the tone engine's note boundary."""
     (segment,) = ToneEngine().synthesize(SynthesisJob(text=text, prompt_audio=PROMPT))
     truth = _tone_notes(segment.text, len(segment.pcm))
-    guess = estimate(segment.text, segment.pcm, SAMPLE_RATE)
+    guess = estimate(split_words(segment.text), segment.pcm, SAMPLE_RATE)
     assert [w.text for w in guess] == [w for w, _, _ in truth]
     return [abs(g.start - t[1]) for g, t in zip(guess, truth, strict=True)] + [
         abs(g.end - t[2]) for g, t in zip(guess, truth, strict=True)
@@ -176,7 +191,7 @@ def test_tone_timings_are_the_notes_the_engine_played(text: str) -> None:
     (segment,) = ToneEngine().synthesize(SynthesisJob(text=text, prompt_audio=PROMPT))
     end = len(segment.pcm) / SAMPLE_RATE
     truth = _tone_notes(segment.text, len(segment.pcm))
-    exact = exact_tone(segment.text, 0.0, end)
+    exact = exact_tone(split_words(segment.text), 0.0, end)
     assert max(abs(a.start - b[1]) + abs(a.end - b[2]) for a, b in zip(exact, truth, strict=True)) <= 0.001
 
 

@@ -95,14 +95,23 @@ def voiced_span(pcm: PCM, rate: int) -> tuple[int, int]:
     return int(voiced[0]) * frame, min(len(pcm), (int(voiced[-1]) + 1) * frame)
 
 
-def estimate(text: str, pcm: PCM, rate: int) -> list[Word]:
-    """Each word of ``text`` in ``pcm``'s voiced span, by its syllables (seconds from ``pcm``'s start)."""
-    words = split_words(text)
+def estimate(words: list[str], pcm: PCM, rate: int) -> list[Word]:
+    """``words`` in ``pcm``'s voiced span, by their syllables (seconds from ``pcm``'s start)."""
     first, last = voiced_span(pcm, rate)
     return place(words, [syllables(word) for word in words], first / rate, last / rate)
 
 
-def exact_tone(text: str, start: float, end: float) -> list[Word]:
-    """Each word of ``text`` as the tone engine played it over ``[start, end]``."""
-    words = split_words(text)
+def exact_tone(words: list[str], start: float, end: float) -> list[Word]:
+    """``words`` as the tone engine played them over ``[start, end]``."""
     return place(words, [tone_share(word) for word in words], start, end)
+
+
+def take_words(words: list[str], spoken: str) -> tuple[list[str], list[str]]:
+    """The client's ``words`` a segment spoke, and the rest.
+
+    A model may normalize what it reads (``Hello`` as ``HELLO``, a number spelled out), so the
+    words sent back are the client's own: as many as the engine's text of the segment (``spoken``)
+    holds, in order (all of them when the engine cannot say).
+    """
+    count = len(split_words(spoken)) if spoken else len(words)
+    return words[:count], words[count:]

@@ -46,7 +46,7 @@ from ...core.agents.cartesia import (
     settings,
 )
 from ...core.agents.transcript import Transcript
-from ...core.agents.words import Word, estimate, exact_tone
+from ...core.agents.words import Word, estimate, exact_tone, split_words, take_words
 from ...core.contract.protocol import CueReply, End, Error, Reply
 from ...core.engine import PCM
 from ...core.voices import VoiceError
@@ -98,6 +98,7 @@ class Sentence:
         self.tasks: set[str] = set()
         self.close_reason: str | None = None
         self.task_id: str | None = None
+        self.words = split_words(text)  # not yet timed
         self._send, self.events = trio.open_memory_channel[Reply | bytes](math.inf)
 
     @property
@@ -309,11 +310,11 @@ class AgentSocket:
         self, sentence: Sentence, cue: CueReply | None, pcm: PCM, before: float, rate: int
     ) -> list[Word]:
         """The segment's words in the context's time: exact on tone, else estimated."""
-        text = (cue.text if cue is not None else "") or sentence.text
+        words, sentence.words = take_words(sentence.words, cue.text if cue is not None else "")
         if self._exact and cue is not None:
-            placed = exact_tone(text, cue.start - before, cue.start - before + cue.duration)
+            placed = exact_tone(words, cue.start - before, cue.start - before + cue.duration)
         else:
-            placed = estimate(text, pcm, rate)
+            placed = estimate(words, pcm, rate)
         offset = sentence.context.seconds
         return [Word(w.text, round(offset + w.start, 3), round(offset + w.end, 3)) for w in placed]
 
