@@ -448,3 +448,31 @@ async def test_a_closed_socket_stops_all_of_its_work(start_http: StartServer) ->
     await wait_until(lambda: _states(server) == ["cancelled"] * 3)
     assert engine.texts("begin") == [LONG]
     assert engine.texts("segment").count(LONG) == 2
+
+
+async def test_sentences_past_the_sockets_limit_wait_their_turn(start_http: StartServer) -> None:
+    engine = GatedEngine()
+    server = await start_http(engine, max_pending_per_session=2)
+    async with agent(server) as client:
+        await client.send(message(transcript=LONG))
+        assert (await client.recv())["type"] == "timestamps"  # running, the rest of it held
+        for sentence in ("Two.", "Three.", "Four.", "Five."):
+            await client.send(message(transcript=sentence))
+        await client.send("{")  # answered once every message before it has been handled
+        replies: list[Json] = []
+        while (reply := await client.recv())["type"] != "error":
+            replies.append(reply)
+        assert len(tasks_of(server)) == 2
+        engine.release()
+        await client.send(message(transcript="", more=False))
+        replies += await client.until_done()
+    assert [w for w, _, _ in words_of(replies)][-4:] == ["Two.", "Three.", "Four.", "Five."]
+    assert len(tasks_of(server)) == 5
+
+
+async def test_sentences_batched_together_still_play_in_order(start_http: StartServer) -> None:
+    server = await start_http(batch_size=4)
+    lines = ["A rather longer first sentence than the others.", "Two.", "Three four.", "Five."]
+    async with agent(server) as client:
+        replies = await client.speak(*lines)
+    assert " ".join(w for w, _, _ in words_of(replies)) == " ".join(lines)

@@ -21,6 +21,7 @@ import hmac
 import logging
 import math
 import uuid
+from collections import deque
 from typing import Final
 from urllib.parse import parse_qs
 
@@ -112,6 +113,8 @@ class Sentence:
 
     def send(self, reply: Reply) -> None:
         self._send.send_nowait(reply)
+        if isinstance(reply, (End, Error)):
+            self.context.socket.freed.set()  # room for a sentence held back (--max-pending-per-session)
 
     def deliver(self, message: str | bytes, size: int | None = None) -> None:
         if isinstance(message, bytes):
@@ -129,6 +132,7 @@ class Context:
         self.transcript = Transcript(config.max_buffer_delay)
         self.queue, self.played = trio.open_memory_channel[Sentence | Flush](math.inf)
         self.sentences: list[Sentence] = []
+        self.backlog: deque[str | Flush] = deque()  # committed, held back while the socket is at its limit
         self.live = True
         self.ended = False  # ``continue: false`` came: no more text
         self.flushes = 0
@@ -152,6 +156,7 @@ class AgentSocket:
         self.service = service
         self.session = Session(str(uuid.uuid4()), service.budget)
         self.contexts: dict[str, Context] = {}
+        self.freed = trio.Event()
         self._send = send
         self._exact = service.scheduler.engine_name == "tone"
 
@@ -159,6 +164,7 @@ class AgentSocket:
         async with self.service.hosting(self.session), trio.open_nursery() as nursery:
             self.session.bind(nursery.cancel_scope)
             nursery.start_soon(self._write)
+            nursery.start_soon(self._release)
             try:
                 await self._read(receive, nursery)
             finally:
@@ -218,13 +224,12 @@ class AgentSocket:
             return
         if message.flush or message.more is False:
             committed += context.transcript.flush()
-        await self._submit(context, committed)
-        if message.flush and context.live:
+        context.backlog.extend(committed)
+        if message.flush:
             context.flushes += 1
-            context.queue.send_nowait(Flush(context.flushes))
-        if message.more is False and context.live:
-            context.ended = True
-            context.queue.close()
+            context.backlog.append(Flush(context.flushes))
+        context.ended = message.more is False
+        await self._submit(context)
         context.poke()
 
     async def _open(self, message: AgentMessage, context_id: str, nursery: trio.Nursery) -> Context | None:
@@ -240,14 +245,27 @@ class AgentSocket:
         nursery.start_soon(self._serve_context, context)
         return context
 
-    async def _submit(self, context: Context, sentences: list[str]) -> None:
-        for text in sentences:
-            if not context.live:
+    def in_flight(self) -> int:
+        """The socket's sentences waiting or running (``--max-pending-per-session`` bounds them)."""
+        return sum(1 for context in self.contexts.values() for s in context.sentences if s.tasks)
+
+    async def _submit(self, context: Context) -> None:
+        """Submit the context's committed sentences, in order, while the socket is within its
+        limit; the rest wait for a sentence to finish. The context's queue ends after the last."""
+        limit = self.service.config.max_pending_per_session
+        while context.backlog and context.live:
+            item = context.backlog[0]
+            if isinstance(item, Flush):
+                context.queue.send_nowait(item)
+                context.backlog.popleft()
+                continue
+            if limit and self.in_flight() >= limit:
                 return
-            sentence = Sentence(context, text)
+            context.backlog.popleft()
+            sentence = Sentence(context, item)
             try:
                 await self.service.submit(
-                    sentence, context.settings.job(text, context.prompt_audio), context.settings.delivery
+                    sentence, context.settings.job(item, context.prompt_audio), context.settings.delivery
                 )
             except Refused as refusal:
                 await self._fail(context.context_id, str(refusal))
@@ -255,6 +273,16 @@ class AgentSocket:
             sentence.task_id = next(iter(sentence.tasks), None)
             context.sentences.append(sentence)
             context.queue.send_nowait(sentence)
+        if context.ended and not context.backlog:
+            context.queue.close()
+
+    async def _release(self) -> None:
+        """Submit held-back sentences whenever one of the socket's sentences finishes."""
+        while True:
+            await self.freed.wait()
+            self.freed = trio.Event()
+            for context in list(self.contexts.values()):
+                await self._submit(context)
 
     async def _serve_context(self, context: Context) -> None:
         """Play the context, and commit its text on time, until it is done or ended."""
@@ -272,7 +300,8 @@ class AgentSocket:
             with trio.move_on_at(math.inf if due is None else due):
                 await changed.wait()
                 continue
-            await self._submit(context, context.transcript.expire(trio.current_time()))
+            context.backlog.extend(context.transcript.expire(trio.current_time()))
+            await self._submit(context)
 
     async def _play(self, context: Context) -> None:
         async for item in context.played:
