@@ -11,8 +11,10 @@ versions, so later runs load them in seconds.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -57,6 +59,7 @@ from .conftest import (
     tts,
     wait_until,
 )
+from .test_agent_clients import livekit_speak
 from .test_contract_clients import contract_script
 
 MAX_MEL_TOKENS = 16
@@ -727,3 +730,15 @@ async def test_at_batch_size_8_a_timeout_fails_only_its_row_and_sigterm_lets_the
         assert "SIGTERM received; draining" in server.text
     finally:
         server.stop(timeout=60)
+
+
+def test_livekit_speaks_english_and_chinese_on_indextts25_with_timed_words(server25: CliServer) -> None:
+    """Voice agents (docs/voice-agents.md) on the other model family: the client's words, timed in
+    order inside the audio."""
+    for text, lang in (("Hello there. How are you?", "en"), ("今天天气很好。我们去散步吧。", "zh")):
+        audio, words, rate = asyncio.run(livekit_speak(server25.http, text, language=lang, sample_rate=16000))
+        assert rate == 16000 and audio
+        assert "".join(words).replace(" ", "") == text.replace(" ", "")
+        times = [(w.start_time, w.end_time) for w in words]
+        assert all(0 <= a <= b <= len(audio) / 2 / 16000 + 0.001 for a, b in times)
+        assert all(x[1] <= y[0] + 1e-6 for x, y in itertools.pairwise(times))
