@@ -192,6 +192,14 @@ async def test_text_without_a_sentence_end_goes_after_max_buffer_delay(server: R
     assert first["word_timestamps"]["words"] == ["no", "end", "in", "sight"]
 
 
+async def test_a_message_without_continue_is_the_whole_input(server: Running) -> None:
+    async with agent(server) as client:
+        await client.send({"context_id": "c1", "transcript": "Hello there.", "voice": VOICE})
+        replies = await client.until_done()
+    assert replies[-1]["type"] == "done"
+    assert audio_of(replies)
+
+
 async def test_flush_is_answered_after_the_audio_before_it(server: Running) -> None:
     async with agent(server) as client:
         await client.send(message(transcript="Hello there."))

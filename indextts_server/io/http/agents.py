@@ -222,13 +222,15 @@ class AgentSocket:
         if len(context.transcript.pending) > self.service.config.max_text_chars:
             await self._fail(context_id, texts.agent_transcript_too_long(self.service.config.max_text_chars))
             return
-        if message.flush or message.more is False:
+        # As Cartesia's: ``continue`` left out means the input is whole (a flush alone does not end it).
+        ended = message.more is False or (message.more is None and not message.flush)
+        if message.flush or ended:
             committed += context.transcript.flush()
         context.backlog.extend(committed)
         if message.flush:
             context.flushes += 1
             context.backlog.append(Flush(context.flushes))
-        context.ended = message.more is False
+        context.ended = ended
         await self._submit(context)
         context.poke()
 
