@@ -33,6 +33,7 @@ from pipecat.frames.frames import (
     TTSTextFrame,
 )
 from pipecat.services.cartesia.tts import CartesiaTTSService
+from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.transcriptions.language import Language
 
@@ -153,6 +154,15 @@ def test_pipecat_speaks_a_turn_with_its_words_timed(server: ThreadServer) -> Non
     assert any(isinstance(f, TTSStoppedFrame) for f in down)
     assert not [f for f in [*down, *up] if isinstance(f, ErrorFrame)]
     assert server.states() == ["completed", "completed"]
+
+
+def test_pipecat_streaming_tokens_split_mid_word_is_spoken_sentence_by_sentence(server: ThreadServer) -> None:
+    tts = pipecat_tts(server, sample_rate=16000, text_aggregation_mode=TextAggregationMode.TOKEN)
+    down, up = pipecat_run(tts, turn("Hel", "lo there", ". How", " are", " you?"))
+    assert not [f for f in [*down, *up] if isinstance(f, ErrorFrame)]
+    words = [f.text.strip() for f in down if isinstance(f, TTSTextFrame)]
+    assert words == ["Hello", "there.", "How", "are", "you?"]
+    assert server.states() == ["completed", "completed"]  # one task a sentence
 
 
 def test_pipecat_speaks_chinese_a_character_a_word(server: ThreadServer) -> None:
