@@ -192,8 +192,9 @@ class _Step:
                 next(outcomes) if isinstance(row.segments, Iterator) else row.segments for row in self._rows
             ]
             for row, result in zip(self._rows, results, strict=True):
-                if isinstance(row.segments, Iterator) and not (isinstance(result, Segment) and not result.last):
-                    close_rows([row.segments])  # it has no more to give: closed now, in this call
+                more = isinstance(result, Segment) and not result.last
+                if isinstance(row.segments, Iterator) and not more:  # closed now, in this call
+                    close_rows([row.segments])
                     row.segments = None
             return results
         finally:
