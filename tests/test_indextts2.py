@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -41,7 +41,17 @@ from indextts_server.devtools.tiny_checkpoint import (
     offline_env,
 )
 
-from .conftest import CLIENT_MAX_MESSAGE, EMO_PROMPT, REPO, Client, CliServer, decode_wav, tts
+from .conftest import (
+    CLIENT_MAX_MESSAGE,
+    EMO_PROMPT,
+    REPO,
+    Client,
+    CliServer,
+    assert_pipelined_in_order,
+    decode_wav,
+    tts,
+)
+from .test_contract_clients import assert_contract_javascript_client_runs, assert_contract_python_client_runs
 from .test_timestamps import assert_cues_fit_the_audio, srt_spans
 
 MAX_MEL_TOKENS = 24
@@ -91,6 +101,14 @@ def batch_server(tiny: TinyCheckpoint) -> Iterator[CliServer]:
         yield server
     finally:
         server.stop(timeout=60)
+
+
+@pytest.fixture(params=["1", "8"], ids=["batch-size-1", "batch-size-8"])
+def any_server(request: pytest.FixtureRequest) -> CliServer:
+    """The tiny IndexTTS-2 server at the contract's batch size 1, then at 8."""
+    return cast(
+        CliServer, request.getfixturevalue("engine_server" if request.param == "1" else "batch_server")
+    )
 
 
 @asynccontextmanager
@@ -189,7 +207,9 @@ async def test_cues_match_the_real_models_segments_within_10_ms(engine_server: C
     async with httpx.AsyncClient(timeout=30) as http:
         response = await http.get(f"{engine_server.http}/v1/tasks/{task_id}/subtitles.srt")
     assert response.status_code == 200
-    written = [edge for cue in cues if cue["text"].strip() for edge in (cue["start"], cue["start"] + cue["duration"])]
+    written = [
+        edge for cue in cues if cue["text"].strip() for edge in (cue["start"], cue["start"] + cue["duration"])
+    ]
     read = [edge for start, end, _ in srt_spans(response.text) for edge in (start, end)]
     assert len(written) == 2 * len(cues)  # every real segment says what it read
     assert read == pytest.approx(written, abs=0.001)
@@ -595,3 +615,21 @@ async def test_lang_beyond_zh_and_en_fails_its_task_naming_lang_and_speed_is_a_s
         _, normal = await client.request(tts("大家好。", lang="EN", seed=2))
         _, faster = await client.request(tts("大家好。", lang="zh", seed=2, speed=1.25))
     assert len(decode_wav(faster)[0]) == pytest.approx(len(decode_wav(normal)[0]) / 1.25, rel=0.05)
+
+
+def test_the_contracts_python_client_runs_unchanged(any_server: CliServer, tmp_path: Path) -> None:
+    # Random weights: a row sampled in a batch may meet its stop token within the first codes, so
+    # the audio can be shorter than the 10 kB the tone engine's always is.
+    assert_contract_python_client_runs(any_server.port, tmp_path, audio_bytes=r"\d+")
+
+
+def test_the_contracts_javascript_client_runs_unchanged(any_server: CliServer, tmp_path: Path) -> None:
+    assert_contract_javascript_client_runs(any_server.port, tmp_path)
+
+
+async def test_pipelined_requests_on_one_connection_get_each_tasks_replies_together_and_in_order(
+    any_server: CliServer,
+) -> None:
+    requests = [tts(text, seed=index) for index, text in enumerate(["第一个。", "第二个请求。", "第三。"])]
+    async with connect(any_server) as client:
+        await assert_pipelined_in_order(client, requests, binaries=[1, 1, 1])

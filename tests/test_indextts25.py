@@ -53,6 +53,7 @@ from .conftest import (
     REPO,
     Client,
     CliServer,
+    assert_pipelined_in_order,
     decode_wav,
     tts,
     wait_until,
@@ -374,6 +375,14 @@ def test_the_contracts_javascript_client_runs_unchanged(any25: CliServer, tmp_pa
         found = re.compile(rf"^{pattern}$", re.M).search(result.stdout, at)
         assert found, f"{pattern!r} missing after offset {at}:\n{result.stdout}"
         at = found.end()
+
+
+async def test_pipelined_requests_on_one_connection_get_each_tasks_replies_together_and_in_order(
+    any25: CliServer,
+) -> None:
+    requests = [tts(text, seed=index) for index, text in enumerate(["第一个。", "第二个请求。", "第三。"])]
+    async with connect(any25) as client:
+        await assert_pipelined_in_order(client, requests, binaries=[1, 1, 1])
 
 
 # --- lang --------------------------------------------------------------------------------------------

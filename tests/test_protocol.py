@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import cast
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ from .conftest import (
 @pytest.fixture(params=[1, 8], ids=["batch-1", "batch-8"])
 async def server(start_server: StartServer, request: pytest.FixtureRequest) -> Running:
     """The contract's protocol holds one task at a time and with ``--batch-size 8`` alike."""
-    return cast(Running, await start_server(batch_size=request.param))
+    return await start_server(batch_size=request.param)
 
 
 async def test_welcome_has_the_contract_fields(client: Client) -> None:

@@ -347,7 +347,8 @@ class TaskRunner(Generic[S]):
         began = trio.current_time()
         outcomes: list[Outcome] | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._expire, rows)
+            if any(row.deadline < math.inf for row in rows):
+                nursery.start_soon(self._expire, rows)
             with trio.CancelScope() as self._scope:
                 try:
                     outcomes = await self._call(step.run)
