@@ -343,21 +343,14 @@ class TaskRunner(Generic[S]):
 
     async def _step(self) -> None:
         rows = list(self.rows)
-        step = _Step(self.engine, rows, self._advance)
         began = trio.current_time()
-        outcomes: list[Outcome] | None = None
-        async with trio.open_nursery() as nursery:
-            if any(row.deadline < math.inf for row in rows):
+        if all(row.deadline == math.inf for row in rows):
+            outcomes = await self._advance_rows(rows)
+        else:
+            async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._expire, rows)
-            with trio.CancelScope() as self._scope:
-                try:
-                    outcomes = await self._call(step.run)
-                finally:
-                    self._scope = None
-                    if outcomes is None and step.hand_off():  # the thread closes them on its way out
-                        for row in rows:
-                            row.segments = None
-            nursery.cancel_scope.cancel()
+                outcomes = await self._advance_rows(rows)
+                nursery.cancel_scope.cancel()
         spent = trio.current_time() - began
         self.last_progress = trio.current_time()
         if outcomes is not None:
@@ -368,6 +361,22 @@ class TaskRunner(Generic[S]):
                         await self._settle(row, outcome)
             self._scope = None
         await self._aborted()
+
+    async def _advance_rows(self, rows: list[Row[S]]) -> list[Outcome] | None:
+        """One step in the engine's thread: each row's outcome, or ``None`` if ``abort`` gave up on it."""
+        step = _Step(self.engine, rows, self._advance)
+        outcomes: list[Outcome] | None = None
+        with trio.CancelScope() as self._scope:
+            if self._abort_reason is not None:  # aborted since the last step
+                self._scope.cancel()
+            try:
+                outcomes = await self._call(step.run)
+            finally:
+                self._scope = None
+                if outcomes is None and step.hand_off():  # the thread closes them on its way out
+                    for row in rows:
+                        row.segments = None
+        return outcomes
 
     async def _expire(self, rows: list[Row[S]]) -> None:
         """Fail each row at its deadline, while the step runs on."""
