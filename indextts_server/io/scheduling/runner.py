@@ -239,6 +239,8 @@ class TaskRunner(Generic[S]):
         self._advance: Advance = advance if advance is not None and batch_size > 1 else advance_each
         self._scope: trio.CancelScope | None = None
         self._abort_reason: str | None = None
+        self._stepping: list[Row[S]] = []  # the rows of the step in progress
+        self._expiry = trio.CancelScope()  # `_expire` sleeps in it until a row's deadline
 
     @property
     def live(self) -> list[Row[S]]:
@@ -263,7 +265,10 @@ class TaskRunner(Generic[S]):
         self.running = True
         task_status.started()
         try:
-            await self._serve()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._expire)
+                await self._serve()
+                nursery.cancel_scope.cancel()
         finally:
             self.running = False
 
@@ -344,13 +349,13 @@ class TaskRunner(Generic[S]):
     async def _step(self) -> None:
         rows = list(self.rows)
         began = trio.current_time()
-        if all(row.deadline == math.inf for row in rows):
+        self._stepping = rows
+        self._expiry.deadline = min(row.deadline for row in rows)  # `_expire` wakes then
+        try:
             outcomes = await self._advance_rows(rows)
-        else:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._expire, rows)
-                outcomes = await self._advance_rows(rows)
-                nursery.cancel_scope.cancel()
+        finally:
+            self._stepping = []
+            self._expiry.deadline = math.inf
         spent = trio.current_time() - began
         self.last_progress = trio.current_time()
         if outcomes is not None:
@@ -378,12 +383,17 @@ class TaskRunner(Generic[S]):
                         row.segments = None
         return outcomes
 
-    async def _expire(self, rows: list[Row[S]]) -> None:
-        """Fail each row at its deadline, while the step runs on."""
-        for row in sorted(rows, key=lambda row: row.deadline):
-            await trio.sleep_until(row.deadline)
-            if not row.ended:
-                await self._time_out(row)
+    async def _expire(self) -> None:
+        """For the runner's life: fail each row of the step in progress at its deadline, while the
+        step runs on (one long-lived task, so a step costs no task of its own)."""
+        while True:
+            deadline = min((row.deadline for row in self._stepping if not row.ended), default=math.inf)
+            with trio.CancelScope(deadline=deadline) as self._expiry:
+                await trio.sleep_forever()
+            now = trio.current_time()
+            for row in list(self._stepping):
+                if not row.ended and row.deadline <= now:
+                    await self._time_out(row)
 
     async def _time_out(self, row: Row[S]) -> None:
         log.warning("task timed out %s", row.sink.label)

@@ -136,6 +136,8 @@ class InferenceWorker(TaskRunner[BoardSink]):
 
     def _startable(self) -> Ticket | None:
         """The first held task that may start now (its session has none running or held before it)."""
+        if not self.held:
+            return None
         self.held = [ticket for ticket in self.held if ticket.task.state == "pending"]
         waiting: set[int] = set()  # sessions with a task held before
         for index, ticket in enumerate(self.held):
