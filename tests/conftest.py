@@ -147,6 +147,15 @@ async def assert_pipelined_in_order(
         assert flow.index(("queued", task)) < flow.index(("start", task))
 
 
+async def assert_three_pipelined_in_order(url: str) -> None:
+    """Three short seeded requests pipelined on a new connection to ``url`` (a real model's server),
+    each answered with one file: `assert_pipelined_in_order`."""
+    requests = [tts(text, seed=index) for index, text in enumerate(["第一个。", "第二个请求。", "第三。"])]
+    async with open_websocket_url(url, max_message_size=CLIENT_MAX_MESSAGE) as ws:
+        client = Client(ws, json.loads(await ws.get_message()))
+        await assert_pipelined_in_order(client, requests, binaries=[1, 1, 1])
+
+
 async def serve_contract(nursery: trio.Nursery, service: Service) -> int:
     """Run ``service`` and the contract's WebSocket port on it, as the command line does; the port."""
     await nursery.start(service.run)
