@@ -207,6 +207,14 @@ class EngineOptions(msgspec.Struct, frozen=True, kw_only=True):
     speaker_cache: Annotated[
         PositiveInt, Flag("prompt conditionings kept per model (speakers and emotion references)", ENGINE)
     ] = 8
+    chunked_streaming: Annotated[
+        bool,
+        Flag(
+            "experimental: streamed requests that do not say (chunked) get each segment in pieces"
+            " as the model makes them (docs/engines.md)",
+            ENGINE,
+        ),
+    ] = False
     tone_rtf: Annotated[NonNegative, Flag("tone engine: wall seconds spent per second of audio produced")] = (
         0.0
     )

@@ -65,6 +65,29 @@ class SynthesisJob(msgspec.Struct, frozen=True, kw_only=True):
     """None: the engine picks the language from the text (`detect_lang`)."""
     speed: float = 1.0
     """Speaking rate: 1.25 is a quarter faster (the audio lasts 1/1.25 as long)."""
+    chunked: bool | None = None
+    """Streaming inside a segment (experimental, `ChunkSchedule`): the engine yields each segment
+    in pieces as the model makes them. None: the server's default (``--chunked-streaming``).
+    Only a streamed request may chunk: whole-file delivery always sets False."""
+
+
+class ChunkSchedule(NamedTuple):
+    """How big a chunked segment's pieces are, in seconds of audio: the first ``first``, each next
+    one ``growth`` times the one before, at most ``cap``."""
+
+    first: float = 0.8
+    growth: float = 2.0
+    cap: float = 4.0
+
+    def sizes(self) -> Iterator[float]:
+        """The pieces' sizes in order, endlessly (the last ones all ``cap``)."""
+        size = self.first
+        while True:
+            yield min(size, self.cap)
+            size = min(size * self.growth, self.cap)
+
+
+DEFAULT_SCHEDULE: Final = ChunkSchedule()
 
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,6 +148,10 @@ class Segment(NamedTuple):
     pcm: PCM
     last: bool
     text: str = ""
+    partial: bool = False
+    """A piece of a segment that does not end it (chunked jobs only): more of the same segment
+    follows. Its ``text`` is the segment's; ``last`` is False. The piece that ends the segment
+    has ``partial`` False, so its cue covers every piece of the segment."""
 
 
 class Engine(Protocol):
@@ -135,6 +162,8 @@ class Engine(Protocol):
     so the concatenation of all segments is the whole utterance. ``last`` marks the final one, so
     the caller need not ask again to learn that the work is done. The caller advances the iterator
     one segment per worker-thread call and may ``close()`` it between segments to stop the work.
+    A chunked job (``job.chunked``) may yield a segment as several pieces (`Segment.partial`);
+    each counts as one step, so the caller may stop the work between pieces too.
     """
 
     name: str

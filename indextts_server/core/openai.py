@@ -226,6 +226,7 @@ def speech_job(request: SpeechRequest, resolved: Mapping[str, str]) -> Synthesis
         emo_mode=emo_mode(request),
         emo_audio=resolved.get("emo_voice") or resolved.get("emo_audio"),
         emo_text=text,
+        streaming=request.streaming,
     )
 
 

@@ -80,6 +80,8 @@ class AgentMessage(msgspec.Struct, kw_only=True):
     add_timestamps: bool | None = None
     max_buffer_delay_ms: int | None = None
     generation_config: GenerationConfig | None = None
+    chunked: bool | None = None
+    """Extension: stream inside each sentence (experimental); None: the server's default."""
 
 
 class _ContextOnly(msgspec.Struct):
@@ -98,6 +100,7 @@ class Tuning(msgspec.Struct, frozen=True, kw_only=True):
     quick_first: int | None = None
     lang: str | None = None
     speed: float | None = None
+    chunked: bool | None = None
 
 
 class ContextSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,6 +126,7 @@ class ContextSettings(msgspec.Struct, frozen=True, kw_only=True):
             emo_mode=self.emo_mode,
             emo_audio=None,
             emo_text=None,
+            streaming=True,
         )
 
     @property
@@ -195,6 +199,7 @@ def settings(message: AgentMessage) -> ContextSettings:
         lang=language(message.language, context),
         speed=speed(config.speed, context),
         emo_vector=emotion_vector(config.emotion),
+        chunked=message.chunked,
     )
     return ContextSettings(
         voice=voice.id,

@@ -57,6 +57,8 @@ class Tuning(Protocol):
     def lang(self) -> str | None: ...
     @property
     def speed(self) -> float | None: ...
+    @property
+    def chunked(self) -> bool | None: ...
 
 
 def job(
@@ -67,9 +69,11 @@ def job(
     emo_mode: EmoMode,
     emo_audio: str | None,
     emo_text: str | None,
+    streaming: bool,
 ) -> SynthesisJob:
     """A job with `SynthesisJob`'s defaults for what ``tuning`` leaves out (``None``), and the
-    fields of every ``emo_mode`` but ``emo_mode`` dropped."""
+    fields of every ``emo_mode`` but ``emo_mode`` dropped. Only a ``streaming`` delivery may
+    chunk: otherwise ``chunked`` is False whatever the request or the server's default says."""
     return SynthesisJob(
         text=text,
         prompt_audio=prompt_audio,
@@ -87,6 +91,7 @@ def job(
         quick_first=_DEFAULT.quick_first if tuning.quick_first is None else tuning.quick_first,
         lang=None if tuning.lang is None else cast(Lang, tuning.lang.lower()),  # checked by the decoder
         speed=_DEFAULT.speed if tuning.speed is None else tuning.speed,
+        chunked=tuning.chunked if streaming else False,
     )
 
 
@@ -103,6 +108,7 @@ def job_from(request: TtsStream, resolved: Mapping[str, str]) -> SynthesisJob:
         emo_mode=request.emo_mode or _DEFAULT.emo_mode,
         emo_audio=resolved.get("emo_voice") or resolved.get("emo_audio"),
         emo_text=request.emo_text,
+        streaming=bool(request.stream),
     )
 
 

@@ -54,13 +54,15 @@ class ModelFields(msgspec.Struct, kw_only=True):
     # audio segment by segment; ``quick_first`` keeps the first segment short; ``sample_rate``
     # resamples the output; ``lang`` names the text's language (any case; default: picked from
     # the text); ``speed`` is the speaking rate (the model's own duration control where it has
-    # one, else a time-stretch).
+    # one, else a time-stretch); ``chunked`` (with ``stream``) streams inside a segment, in pieces
+    # as the model makes them (experimental; default: the server's ``--chunked-streaming``).
     seed: Seed | None = None
     stream: bool | None = None
     quick_first: QuickFirst | None = None
     sample_rate: SampleRate | None = None
     lang: LangCode | None = None
     speed: Speed | None = None
+    chunked: bool | None = None
 
 
 class TtsStream(ModelFields, tag_field="type", tag="tts_stream", kw_only=True):
@@ -93,6 +95,7 @@ class TtsStream(ModelFields, tag_field="type", tag="tts_stream", kw_only=True):
                 self.details,
                 self.sample_rate,
                 self.timestamps,
+                self.chunked,
             )
         )
 

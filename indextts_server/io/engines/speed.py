@@ -28,7 +28,7 @@ def _stretch(segments: Iterator[Segment], factor: float) -> Iterator[Segment]:
             pcm = tempo.feed(segment.pcm)
             if segment.last:
                 pcm = np.concatenate([pcm, tempo.finish()])
-            yield Segment(pcm, segment.last, segment.text)
+            yield segment._replace(pcm=pcm)
     finally:
         close_segments(segments)
 

@@ -10,7 +10,16 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ...core.engine import PCM, SAMPLE_RATE, Capabilities, Segment, SynthesisJob, pause_samples
+from ...core.engine import (
+    DEFAULT_SCHEDULE,
+    PCM,
+    SAMPLE_RATE,
+    Capabilities,
+    ChunkSchedule,
+    Segment,
+    SynthesisJob,
+    pause_samples,
+)
 from ...core.segment import speech_seconds, split_segments, tokens
 from .speed import stretched
 
@@ -36,20 +45,33 @@ class ToneEngine:
     capabilities = Capabilities(model="tone")
     """Every language, emotion mode and speed a request may name."""
 
-    def __init__(self, rtf: float = 0.0, *, fail_on: str | None = None, gate: str | None = None):
+    def __init__(
+        self,
+        rtf: float = 0.0,
+        *,
+        fail_on: str | None = None,
+        gate: str | None = None,
+        chunked: bool = False,
+        schedule: ChunkSchedule = DEFAULT_SCHEDULE,
+    ):
         if rtf < 0:
             raise ValueError("rtf must be >= 0")
         self.rtf = rtf
         # Test hook: a job whose text contains this marker raises, as a broken model would.
         self.fail_on = fail_on
         self.gate = gate
+        self.chunked = chunked  # the server's default for jobs that do not say
+        self.schedule = schedule
 
     def warm_up(self) -> None:
         pass
 
     def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
         """One segment per text segment; ``job.speed`` by time-stretch (tones have no prosody)."""
-        return stretched(self._segments(job), job.speed)
+        segments = self._segments(job)
+        if self.chunked if job.chunked is None else job.chunked:
+            segments = in_pieces(segments, self.schedule)
+        return stretched(segments, job.speed)
 
     def _segments(self, job: SynthesisJob) -> Iterator[Segment]:
         segments = split_segments(job.text, job.max_tokens, job.quick_first)
@@ -121,3 +143,15 @@ class ToneEngine:
             notes.append(wave * envelope)
         audio = np.concatenate(notes) * np.float32(0.3 * 32767 / (1.0 + brightness))
         return audio.astype(np.int16)
+
+
+def in_pieces(segments: Iterator[Segment], schedule: ChunkSchedule) -> Iterator[Segment]:
+    """Each segment cut into pieces of ``schedule``'s sizes, as a chunked model yields them (the
+    tone engine renders a segment at once: this exercises the delivery, not the model)."""
+    for segment in segments:
+        sizes = schedule.sizes()
+        at = 0
+        while (size := int(next(sizes) * SAMPLE_RATE)) < len(segment.pcm) - at:
+            yield segment._replace(pcm=segment.pcm[at : at + size], last=False, partial=True)
+            at += size
+        yield segment._replace(pcm=segment.pcm[at:])

@@ -54,7 +54,9 @@ def build_engines(options: EngineOptions, progress: Callable[[str], None]) -> li
     if options.kind == "tone":
         from ..engines.tone import ToneEngine
 
-        tone = partial(ToneEngine, options.tone_rtf, gate=options.tone_gate)
+        tone = partial(
+            ToneEngine, options.tone_rtf, gate=options.tone_gate, chunked=options.chunked_streaming
+        )
         return [start_engine(tone, f"engine-tone-{index}") for index in range(options.workers)]
     from ..engines.loading import LoadFailed, load_engines
 

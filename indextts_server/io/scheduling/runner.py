@@ -13,6 +13,9 @@ Theory of operation: who may change what.
   (``engine.synthesize``) and advances every row by one segment. At ``batch_size`` 1 that is plain
   ``next()``, the library's own path; above it, the engine's ``advance`` when it has one (its rows
   together), else one after another. Whatever a row raises is that row's outcome; the others go on.
+- A chunked row's step may give a piece of a segment (`Segment.partial`): streamed at once as
+  one binary frame, its cue sent with the segment's last piece (the cue spans every piece). So
+  cancel, timeout and drain act between pieces as between segments.
 - A row whose iterator has no more to give (its last segment, its end, its error) has it closed
   in that same step. Between steps the runner ends rows whose sink says stop (``cancelled``, with
   the sink's reason) and closes their iterators in the engine's thread. A row past its
@@ -35,6 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Final, Generic, Literal, Protocol, TypeVar, cast
 
+import numpy as np
 import trio
 
 from ...core import texts
@@ -147,6 +151,7 @@ class Row(Generic[S]):
         self.segments: Iterator[Segment] | BaseException | None = None
         self.made = 0  # segments made so far
         self.chunks: list[PCM] = []
+        self.pieces: list[PCM] = []  # a chunked segment's pieces so far (its cue waits for them all)
         self.samples = 0
         self.compute = 0.0
         self.ended = False  # its sink was told its end; the row leaves at the next step
@@ -417,26 +422,39 @@ class TaskRunner(Generic[S]):
             await self._end(row, "failed", failure, engine_error=True)
             return
         if outcome is not None:
-            cue = row.cues.add(row.made, outcome.text, outcome.pcm, last=outcome.last)
-            row.made += 1
             row.samples += len(outcome.pcm)
+            if outcome.partial:  # a piece of a chunked segment: its audio now, its cue with the last piece
+                row.pieces.append(outcome.pcm)
+                await self._deliver(row, outcome)
+                return
+            whole = outcome.pcm
+            if row.pieces:
+                whole = np.concatenate([*row.pieces, outcome.pcm])
+                row.pieces = []
+            cue = row.cues.add(row.made, outcome.text, whole, last=outcome.last)
+            row.made += 1
             if not await sink.cue(cue):
                 await self._stop(row)
                 return
-            if row.stream:
-                data = await encode(row.files, [outcome.pcm], last=outcome.last)
-                if not await sink.audio(data, last=outcome.last):
-                    await self._stop(row)
-                    return
-            else:
-                row.chunks.append(outcome.pcm)
-            if not outcome.last:
+            if not await self._deliver(row, outcome) or not outcome.last:
                 return
         if not row.stream:
             await sink.audio(await encode(row.files, row.chunks, last=True), last=True)
         if not row.ended:
             row.ended = True
             await sink.end(row.samples, row.compute)
+
+    async def _deliver(self, row: Row[S], outcome: Segment) -> bool:
+        """A segment's (or a piece's) audio: sent now when streaming, else kept for the whole
+        file. False: the row was stopped."""
+        if not row.stream:
+            row.chunks.append(outcome.pcm)
+            return True
+        data = await encode(row.files, [outcome.pcm], last=outcome.last)
+        if not await row.sink.audio(data, last=outcome.last):
+            await self._stop(row)
+            return False
+        return True
 
     async def _stop(self, row: Row[S]) -> None:
         await self._end(row, "cancelled", row.sink.stopped() or texts.CANCELLED)
