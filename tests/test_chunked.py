@@ -89,3 +89,20 @@ async def test_the_server_default_chunks_streams_that_do_not_say(start_server: S
         off_kinds, _ = await _stream(client, chunked=False)
     assert default_kinds.count("audio") >= 3
     assert off_kinds.count("audio") == 1
+
+
+async def test_a_chunked_agent_sentence_has_the_same_audio_and_words_as_unchunked(
+    start_http: StartServer,
+) -> None:
+    from .test_agents import agent, audio_of, words_of
+
+    server = await start_http()
+    sentence = "This is a long sentence with many words to make several seconds of audio for chunks."
+    async with agent(server) as client:
+        whole = await client.speak(sentence)
+        chunked = await client.speak(sentence, context_id="c2", chunked=True)
+    assert audio_of(chunked, "c2") == audio_of(whole)
+    assert words_of(chunked) == words_of(whole)
+    # the words come after the sentence's first pieces, not before all of its audio
+    kinds = [reply["type"] for reply in chunked]
+    assert kinds.index("chunk") < kinds.index("timestamps")

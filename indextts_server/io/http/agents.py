@@ -315,21 +315,31 @@ class AgentSocket:
         self._forget(context)
 
     async def _play_sentence(self, context: Context, sentence: Sentence) -> bool:
-        """Send one sentence's segments as they come; False if its task failed (the context ends)."""
+        """Send one sentence's segments as they come; False if its task failed (the context ends).
+
+        A segment's cue comes before its last (or only) audio: a chunked segment's earlier pieces
+        go out at once, and its words are placed once the cue and the last piece are in."""
         cue: CueReply | None = None
-        task_samples = 0
+        fresh = False  # a cue whose segment's words are not out yet
+        segment: list[PCM] = []  # the current segment's audio so far (with timestamps)
+        segment_start = task_samples = 0
         rate = context.settings.sample_rate
         async for event in sentence.events:
             if isinstance(event, bytes):
                 pcm = np.frombuffer(event, dtype="<i2")
                 if context.settings.timestamps:
-                    words = self._words(sentence, cue, pcm, task_samples / rate, rate)
-                    if words:
-                        self._out(_timestamps(context, words))
+                    segment.append(pcm)
+                    if fresh:
+                        whole = segment[0] if len(segment) == 1 else np.concatenate(segment)
+                        sent = (task_samples - segment_start) / rate  # its pieces already out
+                        words = self._words(sentence, cue, whole, segment_start / rate, rate, sent)
+                        if words:
+                            self._out(_timestamps(context, words))
+                        fresh, segment, segment_start = False, [], task_samples + len(pcm)
                 self._chunks(context, pcm)
                 task_samples += len(pcm)
             elif isinstance(event, CueReply):
-                cue = event
+                cue, fresh = event, True
             elif isinstance(event, End):
                 return True
             elif isinstance(event, Error):
@@ -338,15 +348,16 @@ class AgentSocket:
         return False
 
     def _words(
-        self, sentence: Sentence, cue: CueReply | None, pcm: PCM, before: float, rate: int
+        self, sentence: Sentence, cue: CueReply | None, pcm: PCM, before: float, rate: int, sent: float
     ) -> list[Word]:
-        """The segment's words in the context's time: exact on tone, else estimated."""
+        """The segment's words in the context's time: exact on tone, else estimated (``sent``:
+        seconds of the segment already played)."""
         words, sentence.words = take_words(sentence.words, cue.text if cue is not None else "")
         if self._exact and cue is not None:
             placed = exact_tone(words, cue.start - before, cue.start - before + cue.duration)
         else:
             placed = estimate(words, pcm, rate)
-        offset = sentence.context.seconds
+        offset = sentence.context.seconds - sent
         return [Word(w.text, round(offset + w.start, 3), round(offset + w.end, 3)) for w in placed]
 
     def _chunks(self, context: Context, pcm: PCM) -> None:
