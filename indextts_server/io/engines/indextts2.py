@@ -22,8 +22,18 @@ import torch
 
 from ...core.config import EngineOptions
 from ...core.contract.jobs import unfit
-from ...core.engine import EMO_MODES, PCM, SAMPLE_RATE, Capabilities, Lang, Segment, SynthesisJob
-from . import batching
+from ...core.engine import (
+    DEFAULT_SCHEDULE,
+    EMO_MODES,
+    PCM,
+    SAMPLE_RATE,
+    Capabilities,
+    ChunkSchedule,
+    Lang,
+    Segment,
+    SynthesisJob,
+)
+from . import batching, chunked
 from .speed import close_segments, stretched
 
 __all__ = ["EMO_BIAS", "EngineLoadError", "IndexTTS2Engine", "SynthesisError", "normalize_emo_vector"]
@@ -231,6 +241,7 @@ class IndexTTS2Engine:
         *,
         warmup_prompt: str | os.PathLike[str] | None = None,
         deterministic: bool = False,
+        schedule: ChunkSchedule = DEFAULT_SCHEDULE,
     ) -> None:
         model_path = Path(options.model_dir)
         config_path = Path(options.cfg_path)
@@ -246,6 +257,9 @@ class IndexTTS2Engine:
         # s2mel noise from a generator of their own, so a row's output is independent of its batch.
         self.deterministic = deterministic
         self.max_mel_tokens = max_mel_tokens
+        self.chunked = options.chunked_streaming  # the default for jobs that do not say
+        self.schedule = schedule
+        self.window = chunked.Window()
         self.warmup_prompt = None if warmup_prompt is None else str(warmup_prompt)
         self._lock = threading.Lock()
         if speaker_cache < 1:
@@ -322,6 +336,8 @@ class IndexTTS2Engine:
         kwargs.update(emotion_kwargs(job))
         if job.emo_mode == "text":
             kwargs.update(use_emo_text=True, emo_text=job.emo_text, emo_alpha=job.emo_alpha)
+        if self.chunked if job.chunked is None else job.chunked:
+            return stretched(_Chunked(self, job, kwargs), job.speed)
         return stretched(_Segments(self, job, kwargs), job.speed)
 
     def advance(self, rows: Sequence[Iterator[Segment]]) -> list[Segment | BaseException | None]:
@@ -415,6 +431,29 @@ class IndexTTS2Engine:
         prepared = batching.prepare(self._model, kwargs, job.prompt_audio, job.text, split, self._memo)
         self._remember_conditioning(job)
         return prepared, [_segment_text(piece) for piece in pieces]
+
+    def _pieces(self, job: SynthesisJob, kwargs: dict[str, object]) -> Iterator[Segment]:
+        """A chunked job's pieces (`chunked`), each segment's last one with its pause."""
+        prepared, texts = self._prepare(job, kwargs)
+        seed = job.seed if job.seed is not None else int(torch.randint(0, 2**31 - 1, ()))
+        noise = torch.Generator().manual_seed(seed)
+        count = len(prepared.segments)
+        pause = np.zeros(int(SAMPLE_RATE * job.interval_silence / 1000.0), dtype=np.int16)
+        for index, tokens in enumerate(prepared.segments):
+            text = texts[index] if index < len(texts) else ""
+            last = index == count - 1
+            stages = chunked.stages2(self._model, prepared, tokens, self.max_mel_tokens)
+            pieces = chunked.segment_pieces(
+                self._model, stages, schedule=self.schedule, noise=noise, window=self.window
+            )
+            for wav, final in pieces:
+                pcm = _to_int16(wav, True)
+                if not final:
+                    yield Segment(pcm, False, text, partial=True)
+                elif last:
+                    yield Segment(pcm, True, text)
+                else:
+                    yield Segment(np.concatenate([pcm, pause]), False, text)
 
     def _restore_conditioning(self, job: SynthesisJob) -> None:
         """Put the job's prompt conditionings back into the model if they are remembered.
@@ -744,3 +783,45 @@ class _Segments(Iterator[Segment]):
         if gen is not None:
             with self._engine._lock, torch.inference_mode():
                 gen.close()
+
+
+class _Chunked(Iterator[Segment]):
+    """A chunked job (experimental): one piece of a segment per ``next()`` (`chunked`).
+
+    Each call runs under the engine's lock with the job's own RNG state, as `_Segments` does; it
+    is never batched with other rows (`IndexTTS2Engine.advance` runs it alone)."""
+
+    def __init__(self, engine: IndexTTS2Engine, job: SynthesisJob, kwargs: dict[str, object]) -> None:
+        self._engine = engine
+        self._job = job
+        self._kwargs = kwargs
+        self._pieces: Iterator[Segment] | None = None
+        self._done = False
+        self._rng: list[_RngState | int | None] = [job.seed]
+
+    def __next__(self) -> Segment:
+        if self._done:
+            raise StopIteration
+        try:
+            with self._engine._step(self._rng):
+                if self._pieces is None:
+                    self._pieces = self._engine._pieces(self._job, self._kwargs)
+                piece = next(self._pieces, None)
+        except Exception as exc:
+            self.close()
+            self._engine._free_device_memory()
+            raise client_error(exc, "IndexTTS2", "chunked synthesis") from exc
+        if piece is None:
+            self.close()
+            raise StopIteration
+        self._done = piece.last
+        return piece
+
+    def close(self) -> None:
+        """Stop the pieces' generator (idempotent)."""
+        self._done = True
+        pieces, self._pieces = self._pieces, None
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            with self._engine._lock, torch.inference_mode():
+                close()
