@@ -1,12 +1,13 @@
 """Streaming inside a segment on the real IndexTTS-2 engine: correctness checks and first audio.
 
     python -m indextts_server.bench.probes.chunked --model-dir DIR --cfg-path FILE [--codes 120]
+    python -m indextts_server.bench.probes.chunked --family indextts25 --model-dir DIR [--codes 60]
 
 Set ``HF_HUB_CACHE``/``HF_HUB_OFFLINE`` first for the tiny test checkpoint (it prints the exports).
 One engine is loaded on the CPU; prints one JSON line:
 
 - ``codes_match``: the step-by-step decoder's codes equal ``generate``'s with one sampled beam;
-- ``prefix_latents_match``: a prefix of the codes gets the latents of the whole pass (causal GPT);
+- ``prefix_latents_match`` (IndexTTS-2): a prefix of the codes gets the whole pass's latents;
 - ``vocoder_context``: the context (mel frames each side) that makes chunked vocoding equal whole
   vocoding, measured; ``vocoder_max_diff``: the largest sample difference at the engine's context;
 - for one segment of ``--codes`` codes, chunked against one window over the same codes and noise
@@ -35,6 +36,7 @@ from ...core.engine import ChunkSchedule, SynthesisJob
 REPO = Path(__file__).resolve().parents[3]
 PROMPT = str(REPO / "asset" / "zero_shot_prompt.wav")
 TEXT = "今天天气很好我们一起去公园散步吧"
+TEXT25 = "The weather is fine today so let us walk in the park"
 WHOLE = ChunkSchedule(first=1e6, growth=1.0, cap=1e6)
 """One piece per segment: the same pipeline over one window."""
 
@@ -42,7 +44,9 @@ WHOLE = ChunkSchedule(first=1e6, growth=1.0, cap=1e6)
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m indextts_server.bench.probes.chunked")
     p.add_argument("--model-dir", required=True)
-    p.add_argument("--cfg-path", required=True)
+    p.add_argument("--cfg-path", help="IndexTTS-2's config.yaml")
+    p.add_argument("--family", choices=["indextts2", "indextts25"], default="indextts2")
+    p.add_argument("--steps", type=int, default=None, help="IndexTTS-2.5's diffusion steps")
     p.add_argument("--codes", type=int, default=120, help="codes per segment (random weights never stop)")
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
@@ -51,36 +55,67 @@ def main(argv: Sequence[str] | None = None) -> None:
     import torch
 
     from ...io.engines import batching, chunked
-    from ...io.engines.indextts2 import IndexTTS2Engine
 
-    options = EngineOptions(model_dir=args.model_dir, cfg_path=args.cfg_path, max_mel_tokens=args.codes)
-    engine = IndexTTS2Engine(options, "cpu")
-    model: Any = engine._model
     report: dict[str, Any] = {}
-    job = SynthesisJob(text=TEXT, prompt_audio=PROMPT, seed=3, chunked=True)
-    with torch.inference_mode():
-        prepared, _ = engine._prepare(job, {"max_text_tokens_per_segment": 120})
+    engine: Any
+    if args.family == "indextts25":
+        from ...io.engines import indextts25
+
+        options = EngineOptions(
+            model_dir=args.model_dir, max_mel_tokens=args.codes, diffusion_steps=args.steps
+        )
+        engine = indextts25.IndexTTS25Engine(options, "cpu")
+        model: Any = engine._model
+        prepared25 = indextts25.prepare(model, {}, PROMPT, TEXT25, "en")
+        tokens = prepared25.segments[0]
+        conds = prepared25.conds
+        langs: torch.Tensor | None = torch.tensor([prepared25.lang], dtype=torch.long)
+
+        def stages() -> chunked.Stages:
+            return indextts25.stages25(model, prepared25, tokens, args.codes, args.steps or 25)
+
+        text = TEXT25
+    else:
+        from ...io.engines.indextts2 import IndexTTS2Engine
+
+        options = EngineOptions(model_dir=args.model_dir, cfg_path=args.cfg_path, max_mel_tokens=args.codes)
+        engine = IndexTTS2Engine(options, "cpu")
+        model = engine._model
+        job = SynthesisJob(text=TEXT, prompt_audio=PROMPT, seed=3, chunked=True)
+        with torch.inference_mode():
+            prepared, _ = engine._prepare(job, {"max_text_tokens_per_segment": 120})
         tokens = prepared.segments[0]
+        conds = prepared.conds
+        langs = None
+
+        def stages() -> chunked.Stages:
+            return chunked.stages2(model, prepared, tokens, args.codes)
+
+        text = TEXT
+        with torch.inference_mode():
+            torch.manual_seed(11)
+            codes = torch.tensor(list(chunked.decode_codes(model, conds, tokens, max_mel_tokens=args.codes)))
+            work = batching.Work(prepared, tokens, None)
+            whole_latent = batching.latents(model, [work], [codes])[0]
+            half = len(codes) // 2
+            prefix_latent = batching.latents(model, [work], [codes[:half]])[0]
+            report["prefix_latents_match"] = bool(
+                torch.allclose(prefix_latent, whole_latent[:, :half], atol=1e-5)
+            )
+    with torch.inference_mode():
         torch.manual_seed(11)
-        stepped = list(chunked.decode_codes(model, prepared.conds, tokens, max_mel_tokens=args.codes))
+        stepped = list(chunked.decode_codes(model, conds, tokens, max_mel_tokens=args.codes, langs=langs))
         torch.manual_seed(11)
         saved = batching.NUM_BEAMS
         batching.NUM_BEAMS = 1  # type: ignore[misc]  # the probe's own comparison
         try:
             generated = batching.generate(
-                model, [prepared.conds], [tokens], max_mel_tokens=args.codes, sample=True
+                model, [conds], [tokens], langs, max_mel_tokens=args.codes, sample=True
             )
         finally:
             batching.NUM_BEAMS = saved  # type: ignore[misc]
+        report["codes"] = len(stepped)
         report["codes_match"] = stepped == [int(c) for c in generated[0]]
-        codes = torch.tensor(stepped, dtype=torch.long)
-        work = batching.Work(prepared, tokens, None)
-        whole_latent = batching.latents(model, [work], [codes])[0]
-        half = len(stepped) // 2
-        prefix_latent = batching.latents(model, [work], [codes[:half]])[0]
-        report["prefix_latents_match"] = bool(
-            torch.allclose(prefix_latent, whole_latent[:, :half], atol=1e-5)
-        )
         report["vocoder_context"] = chunked.vocoder_context(model.bigvgan)
         mel = torch.randn(1, 80, 300, generator=torch.Generator().manual_seed(1)) - 5.0
         whole_wav = torch.clamp(model.bigvgan(mel).reshape(-1), -1.0, 1.0)
@@ -96,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         with torch.inference_mode():
             made = chunked.segment_pieces(
                 model,
-                chunked.stages2(model, prepared, tokens, args.codes),
+                stages(),
                 schedule=schedule,
                 noise=torch.Generator().manual_seed(noise_seed),
                 window=engine.window,
@@ -132,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     timings: dict[str, list[float]] = {}
     for round_ in range(args.rounds):
         for name, (on, schedule) in modes.items():
-            job = SynthesisJob(text=TEXT, prompt_audio=PROMPT, seed=100 + round_, chunked=on)
+            job = SynthesisJob(text=text, prompt_audio=PROMPT, seed=100 + round_, chunked=on)
             first, total = timed(job, schedule)
             timings.setdefault(f"first_{name}", []).append(first)
             timings.setdefault(f"total_{name}", []).append(total)

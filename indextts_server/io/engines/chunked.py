@@ -62,9 +62,15 @@ def frames_of(codes: int) -> int:
 
 
 def decode_codes(
-    model: object, conds: torch.Tensor, tokens: list[int], *, max_mel_tokens: int
+    model: object,
+    conds: torch.Tensor,
+    tokens: list[int],
+    *,
+    max_mel_tokens: int,
+    langs: torch.Tensor | None = None,
 ) -> Iterator[int]:
-    """The GPT's codes for one segment, one per ``next()``, until its stop token or the cap."""
+    """The GPT's codes for one segment, one per ``next()``, until its stop token or the cap
+    (``langs``: IndexTTS-2.5's language id)."""
     from transformers import DynamicCache, LogitsProcessorList
     from transformers.generation.logits_process import (
         RepetitionPenaltyLogitsProcessor,
@@ -87,7 +93,12 @@ def decode_codes(
     )
     text = torch.tensor([tokens], dtype=torch.int32, device=device)
     with batching._autocast(lib):
-        input_ids, embeds, mask = gpt.prepare_gpt_inputs(conds, text)
+        prefix = (
+            gpt.prepare_gpt_inputs(conds, text)
+            if langs is None
+            else gpt.prepare_gpt_inputs(conds, text, langs)
+        )
+        input_ids, embeds, mask = prefix
         inference = gpt.inference_model
         inference.store_mel_emb(embeds)
         ids = cast(torch.Tensor, input_ids)

@@ -29,16 +29,18 @@ import torch
 from ...core.config import EngineOptions
 from ...core.contract.jobs import unfit
 from ...core.engine import (
+    DEFAULT_SCHEDULE,
     PCM,
     SAMPLE_RATE,
     Capabilities,
+    ChunkSchedule,
     Lang,
     Segment,
     SynthesisJob,
     detect_lang,
     split_speed,
 )
-from . import batching
+from . import batching, chunked
 from .indextts2 import (
     _NOISE_SEED,
     _RNG_GATE,
@@ -124,6 +126,7 @@ class IndexTTS25Engine:
         cfg_path: str | os.PathLike[str] | None = None,
         warmup_prompt: str | os.PathLike[str] | None = None,
         deterministic: bool = False,
+        schedule: ChunkSchedule = DEFAULT_SCHEDULE,
     ) -> None:
         model_path = Path(options.model_dir)
         config_path = Path(cfg_path) if cfg_path is not None else model_path / "config.yaml"
@@ -134,6 +137,9 @@ class IndexTTS25Engine:
         self.device = _check_device(device)
         self.max_mel_tokens = options.max_mel_tokens
         self.diffusion_steps = options.diffusion_steps
+        self.chunked = options.chunked_streaming  # the default for jobs that do not say
+        self.schedule = schedule
+        self.window = WINDOW25
         # Test-only, as IndexTTS2Engine's: batched rows decode greedily and draw their noise
         # from a generator of their own, so a row's output is independent of its batch.
         self.deterministic = deterministic
@@ -216,6 +222,8 @@ class IndexTTS25Engine:
         kwargs.update(emotion_kwargs(job))
         if job.emo_mode == "text":
             kwargs.update(emo_alpha=job.emo_alpha)
+        if self.chunked if job.chunked is None else job.chunked:
+            return stretched(_Chunked25(self, job, lang, kwargs), stretch)
         return stretched(_Segments(self, job, lang, kwargs), stretch)
 
     def warm_up(self) -> None:
@@ -279,6 +287,30 @@ class IndexTTS25Engine:
         assert self._emotion is not None
         weights = self._emotion.inference(job.emo_text or job.text)
         return {**kwargs, "emo_vector": list(weights.values())}
+
+    def _pieces(self, job: SynthesisJob, lang: str, kwargs: dict[str, object]) -> Iterator[Segment]:
+        """A chunked job's pieces (`chunked`), each segment's last one with its pause; a segment
+        whose GPT stops at once is skipped, as the library skips it."""
+        prepared = prepare(self._model, self._with_emotion(job, kwargs), job.prompt_audio, job.text, lang)
+        seed = job.seed if job.seed is not None else int(torch.randint(0, 2**31 - 1, ()))
+        noise = torch.Generator().manual_seed(seed)
+        steps = self.diffusion_steps or batching.DIFFUSION_STEPS
+        count = len(prepared.segments)
+        pause = np.zeros(int(SAMPLE_RATE * job.interval_silence / 1000.0), dtype=np.int16)
+        for index, tokens in enumerate(prepared.segments):
+            text = prepared.texts[index].strip()
+            last = index == count - 1
+            stages = stages25(self._model, prepared, tokens, self.max_mel_tokens, steps)
+            for wav, final in chunked.segment_pieces(
+                self._model, stages, schedule=self.schedule, noise=noise, window=self.window
+            ):
+                pcm = (wav * 32767).to("cpu", torch.float32).to(torch.int16).numpy()
+                if not final:
+                    yield Segment(pcm, False, text, partial=True)
+                elif last:
+                    yield Segment(pcm, True, text if len(pcm) else "")
+                elif len(pcm):
+                    yield Segment(np.concatenate([pcm, pause]), False, text)
 
     def _start(self, job: SynthesisJob, lang: str, kwargs: dict[str, object]) -> _ModelGen:
         return self._model.infer_generator(
@@ -533,3 +565,79 @@ def speak(
     mel = batching.solve_euler(cfm, noise, ref_mel, condition, style, steps)[:, :, ref_mel.size(-1) :]
     wav = cast(torch.Tensor, lib.bigvgan(mel.float()))
     return [torch.clamp(32767 * wav[row].reshape(1, -1), -32767.0, 32767.0) for row in range(n)]
+
+
+WINDOW25: Final = chunked.Window(lookahead=18)
+"""IndexTTS-2.5's windows: 18 codes of lookahead (0.72 s at 25 Hz), so the codec's 12 ConvNeXt
+blocks of kernel 7 (±36 features at 50 Hz, ±18 codes) see every code they would see whole."""
+
+
+def stages25(
+    model: object, prepared: Prepared, tokens: list[int], max_mel_tokens: int, steps: int
+) -> chunked.Stages:
+    """IndexTTS-2.5's stages for the windowed pipeline: the codec decode of the codes so far
+    through the length regulator (each row's own ``duration_factor``)."""
+    lib: Any = model
+    device = prepared.conds.device
+    langs = torch.tensor([prepared.lang], dtype=torch.long, device=device)
+    factor = prepared.duration_factor
+
+    def frames(codes: int) -> int:
+        return int(2 * codes * 1.72 * factor)
+
+    def condition(codes: list[int]) -> torch.Tensor:
+        features = lib.semantic_codec.decode(torch.tensor([codes], dtype=torch.long, device=device))
+        target = torch.tensor([frames(len(codes))], dtype=torch.long, device=device)
+        return cast(torch.Tensor, lib.s2mel.models["length_regulator"](features, ylens=target))
+
+    return chunked.Stages(
+        codes=chunked.decode_codes(model, prepared.conds, tokens, max_mel_tokens=max_mel_tokens, langs=langs),
+        frames=frames,
+        condition=condition,
+        max_codes=max_mel_tokens,
+        prompt_condition=prepared.prompt_condition,
+        ref_mel=prepared.ref_mel,
+        style=prepared.style,
+        steps=steps,
+    )
+
+
+class _Chunked25(Iterator[Segment]):
+    """A chunked job (experimental): one piece of a segment per ``next()``, run alone (never
+    batched), under the engine's lock with the job's own RNG state."""
+
+    def __init__(self, engine: IndexTTS25Engine, job: SynthesisJob, lang: str, kwargs: dict[str, object]):
+        self._engine = engine
+        self._job = job
+        self._lang = lang
+        self._kwargs = kwargs
+        self._pieces: Iterator[Segment] | None = None
+        self._done = False
+        self._rng: list[_RngState | int | None] = [job.seed]
+
+    def __next__(self) -> Segment:
+        if self._done:
+            raise StopIteration
+        try:
+            with engine_step(self._engine._lock, self._engine.device, self._rng):
+                if self._pieces is None:
+                    self._pieces = self._engine._pieces(self._job, self._lang, self._kwargs)
+                piece = next(self._pieces, None)
+        except Exception as exc:
+            self.close()
+            self._engine._free_device_memory()
+            raise client_error(exc, "IndexTTS-2.5", "chunked synthesis") from exc
+        if piece is None:  # every segment stopped at once: an empty last one, as _Segments ends
+            self.close()
+            return Segment(np.zeros(0, np.int16), True, "")
+        self._done = piece.last
+        return piece
+
+    def close(self) -> None:
+        """Stop the pieces' generator (idempotent)."""
+        self._done = True
+        pieces, self._pieces = self._pieces, None
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            with self._engine._lock, torch.inference_mode():
+                close()
