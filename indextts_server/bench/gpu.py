@@ -9,7 +9,10 @@ One run, in order, each step a child process with a time limit:
    ``devtools.tiny_checkpoint --full-size``) under ``--workdir``, or reuses it;
 2. RTF at ``--batch-size 1`` served against the library called directly
    (``bench.probes.direct``: the same requests, one at a time, to a server and to a plain script);
-3. tasks/s with ``--clients`` connections at each ``--batch-size`` in ``--sizes``, one server per
+3. streaming inside a segment (``bench.probes.chunked``): first audio and RTF of one
+   ``--chunk-codes``-code segment chunked against the same pipeline in one window and against
+   today's unchunked path, interleaved, with the chunked mode's correctness checks;
+4. tasks/s with ``--clients`` connections at each ``--batch-size`` in ``--sizes``, one server per
    size, the same load on each (``python -m indextts_server.bench --batch-size 1,2,…``), every
    request a 2–3 segment text from ``bench/corpus-segments.txt`` and every segment capped at
    ``--max-mel-tokens`` codes (random weights decode exactly the cap).
@@ -51,6 +54,7 @@ class Plan:
         self.requests: int = args.requests or (2 if small else 32)
         self.rounds: int = args.rounds or (1 if small else 4)
         self.max_mel_tokens: int = args.max_mel_tokens or (8 if small else 40)
+        self.chunk_codes: int = args.chunk_codes or (90 if small else 250)
         self.step_timeout: float = args.step_timeout
         self.server_args: list[str] = shlex.split(args.server_args)
         self.results: dict[str, Any] = {}
@@ -75,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, help="requests per batch size (default 32)")
     parser.add_argument("--rounds", type=int, help="rounds of served against direct (default 4)")
     parser.add_argument("--max-mel-tokens", type=int, help="codes per segment (default 40, ~0.8 s of audio)")
+    parser.add_argument(
+        "--chunk-codes", type=int, help="codes of the chunked-streaming step's segment (default 250, ~5 s)"
+    )
     parser.add_argument("--server-args", default="", help="more server arguments, e.g. --fp16 (scaling only)")
     parser.add_argument("--step-timeout", type=float, default=420.0, help="seconds each step may take")
     plan = Plan(parser.parse_args(argv))
@@ -89,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "requests",
             "rounds",
             "max_mel_tokens",
+            "chunk_codes",
             "server_args",
         )
     }
@@ -98,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("no CUDA device: run on a machine with one GPU, or pass --smoke (CPU, tiny)", file=sys.stderr)
         return 2
     began = time.monotonic()
-    ok = _checkpoint(plan) and _direct(plan) and _scaling(plan)
+    ok = _checkpoint(plan) and _direct(plan) and _chunked(plan) and _scaling(plan)
     plan.results["total_s"] = round(time.monotonic() - began, 1)
     _write(plan)
     print((plan.out / "gpu-bench.md").read_text(encoding="utf-8"))
@@ -195,6 +203,32 @@ def _direct(plan: Plan) -> bool:
     return True
 
 
+def _chunked(plan: Plan) -> bool:
+    """First audio and RTF, chunked against whole (`bench.probes.chunked`), and its checks."""
+    command = [
+        sys.executable, "-m", "indextts_server.bench.probes.chunked", *_model_args(plan),
+        "--device", plan.device, "--codes", str(plan.chunk_codes), "--rounds", str(plan.rounds),
+    ]  # fmt: skip
+    if not _run(plan, "chunked", command):
+        return False
+    lines = (plan.out / "chunked.log").read_text(encoding="utf-8").splitlines()
+    report = json.loads(next(line for line in reversed(lines) if line.startswith("{")))
+    audio = float(report["audio_s"])
+    plan.results["chunked"] = {
+        **{key: report[key] for key in ("codes_match", "prefix_latents_match", "vocoder_context")},
+        **{key: report[key] for key in ("seam_jump", "inner_jump", "mel_l1_chunked", "mel_l1_seeds")},
+        "audio_s": audio,
+        **{
+            f"{mode}_{what}": report.get(f"{what}_{mode}")
+            for mode in ("chunked", "window", "off")
+            for what in ("first", "total")
+        },
+        **{f"{mode}_rtf": _ratio(report[f"total_{mode}"], audio) for mode in ("chunked", "window", "off")},
+    }
+    _write(plan)
+    return True
+
+
 def _scaling(plan: Plan) -> bool:
     out = plan.out / "scaling.json"
     server = [
@@ -256,6 +290,21 @@ def _write(plan: Plan) -> None:
             "|---|---|---|---|---|",
             f"| {direct['served_rtf']} | {direct['direct_rtf']} | {direct['served_over_direct']}x "
             f"| {direct['paired_ratio']}x | {direct['rounds']} |",
+            "",
+        ]
+    chunked = results.get("chunked")
+    if chunked:
+        lines += [
+            f"Streaming inside a segment, one segment of {plan.chunk_codes} codes "
+            f"({chunked['audio_s']} s of audio):",
+            "",
+            "| mode | first audio | total | RTF |",
+            "|---|---|---|---|",
+            *(
+                f"| {mode} | {chunked[f'{mode}_first']} s | {chunked[f'{mode}_total']} s "
+                f"| {chunked[f'{mode}_rtf']} |"
+                for mode in ("chunked", "window", "off")
+            ),
             "",
         ]
     scaling = results.get("scaling")

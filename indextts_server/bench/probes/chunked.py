@@ -4,7 +4,7 @@
     python -m indextts_server.bench.probes.chunked --family indextts25 --model-dir DIR [--codes 60]
 
 Set ``HF_HUB_CACHE``/``HF_HUB_OFFLINE`` first for the tiny test checkpoint (it prints the exports).
-One engine is loaded on the CPU; prints one JSON line:
+One engine is loaded on ``--device`` (default: the CPU); prints one JSON line:
 
 - ``codes_match``: the step-by-step decoder's codes equal ``generate``'s with one sampled beam;
 - ``prefix_latents_match`` (IndexTTS-2): a prefix of the codes gets the whole pass's latents;
@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="IndexTTS-2.5's diffusion steps")
     p.add_argument("--codes", type=int, default=120, help="codes per segment (random weights never stop)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -64,12 +65,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         options = EngineOptions(
             model_dir=args.model_dir, max_mel_tokens=args.codes, diffusion_steps=args.steps
         )
-        engine = indextts25.IndexTTS25Engine(options, "cpu")
+        engine = indextts25.IndexTTS25Engine(options, args.device)
         model: Any = engine._model
         prepared25 = indextts25.prepare(model, {}, PROMPT, TEXT25, "en")
         tokens = prepared25.segments[0]
         conds = prepared25.conds
-        langs: torch.Tensor | None = torch.tensor([prepared25.lang], dtype=torch.long)
+        langs: torch.Tensor | None = torch.tensor([prepared25.lang], dtype=torch.long, device=conds.device)
 
         def stages() -> chunked.Stages:
             return indextts25.stages25(model, prepared25, tokens, args.codes, args.steps or 25)
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from ...io.engines.indextts2 import IndexTTS2Engine
 
         options = EngineOptions(model_dir=args.model_dir, cfg_path=args.cfg_path, max_mel_tokens=args.codes)
-        engine = IndexTTS2Engine(options, "cpu")
+        engine = IndexTTS2Engine(options, args.device)
         model = engine._model
         job = SynthesisJob(text=TEXT, prompt_audio=PROMPT, seed=3, chunked=True)
         with torch.inference_mode():
@@ -94,7 +95,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         text = TEXT
         with torch.inference_mode():
             torch.manual_seed(11)
-            codes = torch.tensor(list(chunked.decode_codes(model, conds, tokens, max_mel_tokens=args.codes)))
+            codes = torch.tensor(
+                list(chunked.decode_codes(model, conds, tokens, max_mel_tokens=args.codes)),
+                device=conds.device,
+            )
             work = batching.Work(prepared, tokens, None)
             whole_latent = batching.latents(model, [work], [codes])[0]
             half = len(codes) // 2
@@ -116,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             batching.NUM_BEAMS = saved  # type: ignore[misc]
         report["codes"] = len(stepped)
         report["codes_match"] = stepped == [int(c) for c in generated[0]]
-        report["vocoder_context"] = chunked.vocoder_context(model.bigvgan)
-        mel = torch.randn(1, 80, 300, generator=torch.Generator().manual_seed(1)) - 5.0
+        report["vocoder_context"] = chunked.vocoder_context(model.bigvgan, device=conds.device)
+        mel = (torch.randn(1, 80, 300, generator=torch.Generator().manual_seed(1)) - 5.0).to(conds.device)
         whole_wav = torch.clamp(model.bigvgan(mel).reshape(-1), -1.0, 1.0)
         cuts = [0, 37, 100, 171, 300]
         pieces = [
@@ -136,13 +140,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 noise=torch.Generator().manual_seed(noise_seed),
                 window=engine.window,
             )
-            return [(wav * 32767).to(torch.int32).numpy() for wav, _ in made]
+            return [(wav * 32767).to("cpu", torch.int32).numpy() for wav, _ in made]
 
     chunks = render(ChunkSchedule(), 5)
     whole = render(WHOLE, 5)[0]
     other = render(WHOLE, 6)[0]
     joined = np.concatenate(chunks)
     report["pieces"] = [round(len(c) / 22050, 3) for c in chunks]
+    report["audio_s"] = round(len(joined) / 22050, 3)
     report["length_diff"] = int(len(joined) - len(whole))
     seams = np.cumsum([len(c) for c in chunks[:-1]])
     report["seam_jump"] = int(max(abs(joined[s] - joined[s - 1]) for s in seams)) if len(seams) else 0

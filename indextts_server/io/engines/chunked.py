@@ -134,13 +134,16 @@ def vocode_with(
 
 
 def vocoder_context(
-    vocoder: Callable[[torch.Tensor], torch.Tensor], frames: int = 240, tolerance: float = 1e-4
+    vocoder: Callable[[torch.Tensor], torch.Tensor],
+    frames: int = 240,
+    tolerance: float = 1e-4,
+    device: str | torch.device = "cpu",
 ) -> int:
     """The fewest frames of context each side that make chunked vocoding equal whole vocoding
     (largest sample difference within ``tolerance``) on a random mel, found by doubling then
     bisecting."""
     generator = torch.Generator().manual_seed(0)
-    mel = torch.randn(1, 80, frames, generator=generator) - 5.0
+    mel = (torch.randn(1, 80, frames, generator=generator) - 5.0).to(device)
     whole = torch.clamp(vocoder(mel).reshape(-1), -1.0, 1.0)
     middle = frames // 2
 
