@@ -103,8 +103,10 @@ class _Reader:
         self._span: tuple[str | None, float, Emotion | None] | None = None
         self._stack: list[_Frame] = []
         self._voices: set[str] = set()
+        self._source = ""
 
     def read(self, source: str) -> Plan:
+        self._source = source
         parser = self._parser
         parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
         parser.StartDoctypeDeclHandler = self._refuse_declaration
@@ -134,7 +136,12 @@ class _Reader:
         raise SsmlError(texts.ssml_invalid(self._field, line, column + 1, reason))
 
     def _refuse_declaration(self, *_: object) -> NoReturn:
-        self._fail(texts.SSML_DECLARATION)
+        # Expat reports a declaration where it ends: name where it starts.
+        start = self._source.find("<!DOCTYPE")
+        if start < 0:
+            self._fail(texts.SSML_DECLARATION)
+        before = self._source[:start]
+        self._fail(texts.SSML_DECLARATION, before.count("\n") + 1, start - (before.rfind("\n") + 1))
 
     def _refuse_external(self, *_: object) -> NoReturn:
         self._fail(texts.SSML_DECLARATION)
