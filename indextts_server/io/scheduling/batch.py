@@ -31,6 +31,7 @@ from ...core import texts
 from ...core.contract import replies
 from ...core.engine import PCM, Engine, Segment
 from ..audio.encoding import SegmentFiles
+from ..engines.plan import synthesize
 from .board import TaskBoard, Ticket
 from .worker import CLOSE_TIMEOUT, EngineTask, announce, deliver, timeline
 
@@ -101,7 +102,7 @@ class _Step:
             for row in self._rows:
                 if row.segments is None:
                     try:
-                        row.segments = self._engine.synthesize(row.ticket.task.job)
+                        row.segments = synthesize(self._engine, row.ticket.task.job)
                     except Exception as exc:
                         row.segments = exc
             iterators = [row.segments for row in self._rows if isinstance(row.segments, Iterator)]

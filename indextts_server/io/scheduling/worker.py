@@ -20,7 +20,6 @@ Theory of operation: who may change what.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -32,8 +31,10 @@ from ...core import texts
 from ...core.contract import replies
 from ...core.cues import Timeline
 from ...core.engine import PCM, Engine, Segment, SynthesisJob
+from ...core.plan import silences
 from ...core.tasks import Delivery, Task
 from ..audio.encoding import SegmentFiles
+from ..engines.plan import synthesize
 from ..engines.thread import home_thread
 from .board import TaskBoard, Ticket
 from .recipient import Recipient
@@ -55,8 +56,10 @@ def timeline(job: SynthesisJob, delivery: Delivery) -> Timeline:
     A ``speed`` below 1 that the engine renders as a time-stretch lengthens its pauses too: they
     may then last up to ``interval_silence / speed``.
     """
-    longest_pause = math.ceil(job.interval_silence / min(1.0, job.speed))
-    return Timeline(longest_pause, speed=delivery.speed, sample_rate=delivery.sample_rate)
+    between, opening, closing = silences(job)  # with SSML, its breaks too
+    return Timeline(
+        between, speed=delivery.speed, sample_rate=delivery.sample_rate, opening=opening, closing=closing
+    )
 
 
 def announce(task: Task, session: Recipient, cues: Timeline, segment: Segment, index: int) -> None:
@@ -104,7 +107,7 @@ class EngineRun:
             self._inside = True
         try:
             if self._segments is None:
-                self._segments = self._engine.synthesize(self._job)
+                self._segments = synthesize(self._engine, self._job)
             return next(self._segments, None)
         finally:
             with self._lock:

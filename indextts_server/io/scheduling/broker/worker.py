@@ -18,6 +18,7 @@ from ....core.engine import PCM, Engine, Segment, SynthesisJob
 from ....core.fleet import ReplyEvent, WorkerActivity, encode_activity
 from ....core.texts import SHUTTING_DOWN, engine_failed, task_timed_out
 from ...audio.encoding import SegmentFiles
+from ...engines.plan import synthesize
 from ...engines.thread import home_thread
 from ..worker import timeline
 from .store import BrokerDown, Started, Store, Taken
@@ -35,7 +36,7 @@ def worker_name(index: int) -> str:
 
 
 def _begin(engine: Engine, job: SynthesisJob) -> tuple[Iterator[Segment], Segment | None]:
-    segments = engine.synthesize(job)
+    segments = synthesize(engine, job)
     return segments, next(segments, None)
 
 
