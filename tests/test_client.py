@@ -106,13 +106,19 @@ def test_subtitles_are_written_beside_the_audio_and_match_it(
     done = say(server, LONG, "--max-tokens", "20", "--interval-silence", "300", "-o", str(out),
                "--subtitles", str(subtitles))  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
-    read = srt_spans(subtitles.read_text("utf-8")) if suffix == "srt" else vtt_spans(subtitles.read_text("utf-8"))
+    read = (
+        srt_spans(subtitles.read_text("utf-8"))
+        if suffix == "srt"
+        else vtt_spans(subtitles.read_text("utf-8"))
+    )
     assert [text for _, _, text in read] == split_segments(LONG, 20)
     pcm, rate, _ = decode_wav(out.read_bytes())
     assert_cues_fit_the_audio([(start, end) for start, end, _ in read], pcm, rate)
 
 
-def test_subtitles_need_an_srt_or_vtt_path_and_sample_rate_resamples(server: CliServer, tmp_path: Path) -> None:
+def test_subtitles_need_an_srt_or_vtt_path_and_sample_rate_resamples(
+    server: CliServer, tmp_path: Path
+) -> None:
     refused = say(server, TEXT, "--subtitles", str(tmp_path / "out.txt"))
     assert refused.returncode == 2 and b"--subtitles" in refused.stderr
     out = tmp_path / "out.wav"
@@ -136,8 +142,19 @@ def test_a_terminal_gets_one_rewritten_progress_line(server: CliServer, tmp_path
     main, terminal = pty.openpty()
     try:
         process = subprocess.run(
-            [*CLIENT, "say", TEXT, "--url", server.url, "--prompt", PROMPT, "-o", str(tmp_path / "t.wav"),
-             "--max-tokens", "20"],
+            [
+                *CLIENT,
+                "say",
+                TEXT,
+                "--url",
+                server.url,
+                "--prompt",
+                PROMPT,
+                "-o",
+                str(tmp_path / "t.wav"),
+                "--max-tokens",
+                "20",
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=terminal,
@@ -270,10 +287,25 @@ def test_each_emotion_option_fills_its_own_request_fields(
 
 def test_lang_and_speed_reach_the_server(server: CliServer, tmp_path: Path) -> None:
     out = tmp_path / "fast.wav"
-    done = say(server, "Hello there.", "--prompt", PROMPT, "--seed", "2", "--lang", "en", "--speed", "2", "-o", str(out))
+    done = say(
+        server,
+        "Hello there.",
+        "--prompt",
+        PROMPT,
+        "--seed",
+        "2",
+        "--lang",
+        "en",
+        "--speed",
+        "2",
+        "-o",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr.decode()
     assert out.read_bytes() == direct_wav(server.url, tts("Hello there.", seed=2, lang="en", speed=2.0))
-    plain = say(server, "Hello there.", "--prompt", PROMPT, "--seed", "2", "--lang", "en", "-o", "-", "-q").stdout
+    plain = say(
+        server, "Hello there.", "--prompt", PROMPT, "--seed", "2", "--lang", "en", "-o", "-", "-q"
+    ).stdout
     assert len(decode_wav(plain)[0]) > 1.5 * len(decode_wav(out.read_bytes())[0])
     bad = say(server, "Hello there.", "--prompt", PROMPT, "--speed", "9", "-o", str(tmp_path / "never.wav"))
     assert bad.returncode == 1 and "error: speed " in bad.stderr.decode()
@@ -306,7 +338,11 @@ def test_status_prints_the_servers_reply(server: CliServer) -> None:
     status = client("status", task_id.group(1), "--url", server.url)
     assert status.returncode == 0, status.stderr.decode()
     reply = json.loads(status.stdout)
-    assert (reply["type"], reply["task_id"], reply["status"]) == ("task_status", task_id.group(1), "completed")
+    assert (reply["type"], reply["task_id"], reply["status"]) == (
+        "task_status",
+        task_id.group(1),
+        "completed",
+    )
     unknown = client("status", "no-such-task", "--url", server.url)
     assert unknown.returncode == 1
     assert unknown.stderr.decode().strip() == "error: 任务不存在或已过期: no-such-task"
@@ -323,7 +359,13 @@ def test_the_token_comes_from_the_option_or_the_environment(guarded: CliServer) 
     given = say(guarded, "你好。", "--prompt", PROMPT, "-o", "-", "--token", TOKEN)
     assert given.returncode == 0 and given.stdout[:4] == b"RIFF"
     from_env = client(
-        "say", "你好。", "--prompt", PROMPT, "-o", "-", env=_env(INDEXTTS_URL=guarded.url, INDEXTTS_TOKEN=TOKEN)
+        "say",
+        "你好。",
+        "--prompt",
+        PROMPT,
+        "-o",
+        "-",
+        env=_env(INDEXTTS_URL=guarded.url, INDEXTTS_TOKEN=TOKEN),
     )
     assert from_env.returncode == 0 and from_env.stdout == given.stdout
 
@@ -334,7 +376,20 @@ def test_connection_options_may_come_before_the_command(guarded: CliServer) -> N
     after = say(guarded, "你好。", "--prompt", PROMPT, "-o", "-", "--token", TOKEN)
     assert before.stdout == after.stdout and before.stdout[:4] == b"RIFF"
     # Given in both places, the command's own copy wins.
-    both = client("--token", "nope", "say", "你好。", "--prompt", PROMPT, "-o", "-", "--url", guarded.url, "--token", TOKEN)
+    both = client(
+        "--token",
+        "nope",
+        "say",
+        "你好。",
+        "--prompt",
+        PROMPT,
+        "-o",
+        "-",
+        "--url",
+        guarded.url,
+        "--token",
+        TOKEN,
+    )
     assert both.returncode == 0, both.stderr.decode()
 
 
@@ -349,8 +404,20 @@ def test_ctrl_c_cancels_the_task_on_the_server(tmp_path: Path) -> None:
     try:
         out = tmp_path / "cut.wav"
         process = subprocess.Popen(
-            [*CLIENT, "say", LONG, "--url", slow.url, "--prompt", PROMPT, "--max-tokens", "20",
-             "--stream", "-o", str(out)],
+            [
+                *CLIENT,
+                "say",
+                LONG,
+                "--url",
+                slow.url,
+                "--prompt",
+                PROMPT,
+                "--max-tokens",
+                "20",
+                "--stream",
+                "-o",
+                str(out),
+            ],
             stdin=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=REPO,
@@ -413,7 +480,9 @@ def test_voices_add_list_use_replace_and_remove(server: CliServer) -> None:
     gone = voices(server, "rm", "声音_1")
     assert gone.returncode == 1 and gone.stderr.decode().startswith("error: ")
     unknown = say(server, "你好。", "--voice", "声音_1", "-o", "-")
-    assert unknown.returncode == 1 and unknown.stderr.decode().splitlines()[-1] == "error: voice 不存在: 声音_1"
+    assert (
+        unknown.returncode == 1 and unknown.stderr.decode().splitlines()[-1] == "error: voice 不存在: 声音_1"
+    )
 
 
 def test_a_refused_upload_exits_1_with_the_servers_message(server: CliServer, tmp_path: Path) -> None:
@@ -421,7 +490,10 @@ def test_a_refused_upload_exits_1_with_the_servers_message(server: CliServer, tm
     fake.write_bytes(b"RIFF but not really audio")
     refused = voices(server, "add", "fake", str(fake))
     assert refused.returncode == 1
-    assert refused.stderr.decode().strip() == "error: audio_sample 无法解码为音频（支持 wav/flac/mp3/ogg/webm/m4a）"
+    assert (
+        refused.stderr.decode().strip()
+        == "error: audio_sample 无法解码为音频（支持 wav/flac/mp3/ogg/webm/m4a）"
+    )
     evil = voices(server, "add", "../x", str(REPO / PROMPT))
     assert evil.returncode == 1 and "name 只能包含" in evil.stderr.decode()
     missing = voices(server, "add", "x", str(tmp_path / "nope.wav"))

@@ -423,7 +423,9 @@ async def test_a_task_run_again_sends_its_cues_again_and_ends_with_the_last_runs
         assert again[0] == first
         assert isinstance(await client.recv(), bytes)
         end = await client.recv_json()
-        assert end["cues"] == [{key: cue[key] for key in ("index", "text", "start", "duration")} for cue in again]
+        assert end["cues"] == [
+            {key: cue[key] for key in ("index", "text", "start", "duration")} for cue in again
+        ]
         await nothing_more(client)
 
 

@@ -60,7 +60,10 @@ def test_srt_and_vtt_carry_the_text_as_written_and_leave_out_cues_without_text()
         (2.9, 3.15, "Hello <b>world</b>!"),
     ]
     vtt = webvtt.from_buffer(io.StringIO(subtitles(cues, "vtt")))
-    assert [(c.start, c.end) for c in vtt.captions] == [("00:00:00.000", "00:00:01.500"), ("00:00:02.900", "00:00:03.150")]
+    assert [(c.start, c.end) for c in vtt.captions] == [
+        ("00:00:00.000", "00:00:01.500"),
+        ("00:00:02.900", "00:00:03.150"),
+    ]
     # WebVTT's markup is escaped: a player shows the text as written.
     assert [c.raw_text for c in vtt.captions] == ["大家好，{不是标签}。", "Hello &lt;b&gt;world&lt;/b&gt;!"]
 

@@ -7,7 +7,9 @@ never emit the stop token, so generation is capped with `--max-mel-tokens`.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -32,6 +34,7 @@ if os.environ.get("INDEXTTS_SERVER_LIGHT") == "1":
 # these imports fail the run instead of skipping it.
 import indextts  # type: ignore[import-untyped]  # noqa: F401 - untyped package, imported to fail early
 import torch  # noqa: F401
+from pipecat.frames.frames import ErrorFrame, TTSAudioRawFrame, TTSTextFrame
 from trio_websocket import open_websocket_url
 
 from indextts_server.core.engine import SAMPLE_RATE
@@ -42,6 +45,7 @@ from indextts_server.devtools.tiny_checkpoint import (
 )
 
 from .conftest import CLIENT_MAX_MESSAGE, EMO_PROMPT, REPO, Client, CliServer, decode_wav, tts
+from .test_agent_clients import livekit_speak, pipecat_run, pipecat_tts, turn
 from .test_timestamps import assert_cues_fit_the_audio, srt_spans
 
 MAX_MEL_TOKENS = 24
@@ -195,7 +199,9 @@ async def test_cues_match_the_real_models_segments_within_10_ms(engine_server: C
     async with httpx.AsyncClient(timeout=30) as http:
         response = await http.get(f"{engine_server.http}/v1/tasks/{task_id}/subtitles.srt")
     assert response.status_code == 200
-    written = [edge for cue in cues if cue["text"].strip() for edge in (cue["start"], cue["start"] + cue["duration"])]
+    written = [
+        edge for cue in cues if cue["text"].strip() for edge in (cue["start"], cue["start"] + cue["duration"])
+    ]
     read = [edge for start, end, _ in srt_spans(response.text) for edge in (start, end)]
     assert len(written) == 2 * len(cues)  # every real segment says what it read
     assert read == pytest.approx(written, abs=0.001)
@@ -635,3 +641,49 @@ async def test_lang_beyond_zh_and_en_is_a_400_naming_lang_over_http(engine_serve
         "param": "lang",
         "code": "unsupported_value",
     }
+
+
+# --- voice agents on the real model (docs/voice-agents.md) -----------------------------------------
+
+
+def _in_order_inside(words: list[Any], seconds: float) -> bool:
+    times = [(w.start_time, w.end_time) for w in words]
+    return all(0 <= a <= b <= seconds + 0.001 for a, b in times) and all(
+        x[1] <= y[0] + 1e-6 for x, y in itertools.pairwise(times)
+    )
+
+
+def test_livekit_speaks_english_and_chinese_on_the_real_model_with_timed_words(
+    engine_server: CliServer,
+) -> None:
+    for text, lang, expected in (
+        ("Hello there. How are you?", "en", "Hello there. How are you?"),
+        ("今天天气很好。我们去散步吧。", "zh", "今天天气很好。我们去散步吧。"),
+    ):
+        audio, words, rate = asyncio.run(
+            livekit_speak(engine_server.http, text, language=lang, sample_rate=16000)
+        )
+        assert rate == 16000 and audio
+        spoken = "".join(words) if lang == "zh" else " ".join(w.strip() for w in words)
+        assert spoken.replace(" ", "") == expected.replace(" ", "")  # the client's words, not the model's
+        assert _in_order_inside(words, len(audio) / 2 / 16000)
+
+
+def test_pipecat_speaks_on_the_real_model_in_8khz_mulaw(engine_server: CliServer) -> None:
+    tts = pipecat_tts(
+        f"ws://127.0.0.1:{engine_server.http_port}/tts/websocket",
+        sample_rate=8000,
+        encoding="pcm_mulaw",
+        stop_frame_timeout_s=60,
+    )
+    down, up = pipecat_run(tts, turn("Hello there. ", "How are you?", wait=20))
+    audio = b"".join(f.audio for f in down if isinstance(f, TTSAudioRawFrame))
+    assert audio
+    assert not [f for f in [*down, *up] if isinstance(f, ErrorFrame)]
+    assert [f.text.strip() for f in down if isinstance(f, TTSTextFrame)] == [
+        "Hello",
+        "there.",
+        "How",
+        "are",
+        "you?",
+    ]

@@ -11,8 +11,10 @@ versions, so later runs load them in seconds.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -58,6 +60,7 @@ from .conftest import (
     tts,
     wait_until,
 )
+from .test_agent_clients import livekit_speak
 from .test_cluster import Node, broker, fleet  # noqa: F401 - fixtures: a redis-server, its nodes
 from .test_contract_clients import contract_script
 
@@ -843,3 +846,15 @@ async def test_a_gateway_serves_its_indextts25_workers_model_and_refuses_what_th
         assert await client.error(tts("今日は。")) == client.error_reply(no_ja)  # ja picked from the text
         no_emotion = "emo_mode 不支持: text（IndexTTS-2.5 未加载情感模型 qwen0.6bemo4-merge/）"
         assert await client.error(tts(emo_mode="text", emo_text="开心")) == client.error_reply(no_emotion)
+
+
+def test_livekit_speaks_english_and_chinese_on_indextts25_with_timed_words(server25: CliServer) -> None:
+    """Voice agents (docs/voice-agents.md) on the other model family: the client's words, timed in
+    order inside the audio."""
+    for text, lang in (("Hello there. How are you?", "en"), ("今天天气很好。我们去散步吧。", "zh")):
+        audio, words, rate = asyncio.run(livekit_speak(server25.http, text, language=lang, sample_rate=16000))
+        assert rate == 16000 and audio
+        assert "".join(words).replace(" ", "") == text.replace(" ", "")
+        times = [(w.start_time, w.end_time) for w in words]
+        assert all(0 <= a <= b <= len(audio) / 2 / 16000 + 0.001 for a, b in times)
+        assert all(x[1] <= y[0] + 1e-6 for x, y in itertools.pairwise(times))

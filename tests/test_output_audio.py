@@ -24,7 +24,9 @@ async def api(start_http: StartServer) -> Running:
     return await start_http()
 
 
-def speak(api: Running, response_format: str, *, stream: bool = True, **extra: Any) -> tuple[dict[str, str], bytes]:
+def speak(
+    api: Running, response_format: str, *, stream: bool = True, **extra: Any
+) -> tuple[dict[str, str], bytes]:
     """One request through the openai SDK (streamed with ``with_streaming_response``)."""
     client = sdk(api)
     fields: dict[str, Any] = {"max_tokens": 20, **extra}
@@ -68,7 +70,10 @@ async def test_sse_pcm_read_at_24khz_lasts_as_long_as_the_wav(api: Running) -> N
 
     def sse() -> bytes:
         body = {"input": TEXT, "response_format": "pcm", "stream_format": "sse", "max_tokens": 20}
-        with httpx.Client(timeout=30) as http, http.stream("POST", f"{api.http}/v1/audio/speech", json=body) as r:
+        with (
+            httpx.Client(timeout=30) as http,
+            http.stream("POST", f"{api.http}/v1/audio/speech", json=body) as r,
+        ):
             events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
         return b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
 
@@ -92,7 +97,13 @@ async def test_every_sample_rate_gives_that_rate_and_the_same_duration(api: Runn
     for stream in (True, False):
         headers, wav = await in_thread(speak, api, "wav", stream=stream, sample_rate=rate)
         if stream:
-            wav = wav[:4] + struct.pack("<I", len(wav) - 8) + wav[8:40] + struct.pack("<I", len(wav) - 44) + wav[44:]
+            wav = (
+                wav[:4]
+                + struct.pack("<I", len(wav) - 8)
+                + wav[8:40]
+                + struct.pack("<I", len(wav) - 44)
+                + wav[44:]
+            )
         pcm, found, _ = decode_wav(wav)
         assert found == rate and len(pcm) / rate == pytest.approx(expected, abs=1 / rate + 1e-9)
         headers, raw = await in_thread(speak, api, "pcm", stream=stream, sample_rate=rate)
@@ -160,7 +171,12 @@ async def test_sample_rate_on_the_websocket_resamples_and_start_says_so(api: Run
         await client.send(tts(THREE_SEGMENTS, max_tokens=20, sample_rate=16000, stream=stream))
         queued = await client.recv_json()
         start = await client.recv_json()
-        assert (start["type"], start["sample_rate"], start["format"], start["stream"]) == ("start", 16000, "wav", stream)
+        assert (start["type"], start["sample_rate"], start["format"], start["stream"]) == (
+            "start",
+            16000,
+            "wav",
+            stream,
+        )
         files = []
         while isinstance(message := await client.recv(), bytes):
             files.append(message)

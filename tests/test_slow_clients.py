@@ -326,7 +326,9 @@ async def test_an_http_response_stuck_on_a_client_that_stopped_reading_is_cut_af
     (task,) = api.service.board.registry
     assert (task.state, task.error_message) == ("cancelled", NOT_READING)
     async with httpx.AsyncClient(timeout=30) as http:
-        after = await http.post(f"{api.http}/v1/audio/speech", json={"input": "我照常收到。", "stream": False})
+        after = await http.post(
+            f"{api.http}/v1/audio/speech", json={"input": "我照常收到。", "stream": False}
+        )
     assert after.status_code == 200 and after.headers["content-type"] == "audio/mpeg"
 
 

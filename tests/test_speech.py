@@ -81,21 +81,26 @@ async def reference(api: Running, text: str = TEXT, **extra: Any) -> bytes:
 
 
 @pytest.mark.parametrize("response_format", FORMATS)
-async def test_stream_false_gives_every_format_whole_with_its_length(api: Running, response_format: Any) -> None:
+async def test_stream_false_gives_every_format_whole_with_its_length(
+    api: Running, response_format: Any
+) -> None:
     expected = len(decode_wav(await reference(api))[0]) / SAMPLE_RATE
     client = sdk(api)
     response = await in_thread(
         client.audio.speech.create, model="tts-1", voice="alice", input=TEXT, response_format=response_format,
         extra_body={"stream": False},
     )  # fmt: skip
-    assert response.response.headers["content-type"] == {
-        "mp3": "audio/mpeg",
-        "opus": "audio/ogg; codecs=opus",
-        "aac": "audio/aac",
-        "flac": "audio/flac",
-        "wav": "audio/wav",
-        "pcm": "audio/pcm;rate=24000",
-    }[response_format]
+    assert (
+        response.response.headers["content-type"]
+        == {
+            "mp3": "audio/mpeg",
+            "opus": "audio/ogg; codecs=opus",
+            "aac": "audio/aac",
+            "flac": "audio/flac",
+            "wav": "audio/wav",
+            "pcm": "audio/pcm;rate=24000",
+        }[response_format]
+    )
     assert int(response.response.headers["content-length"]) == len(response.content)
     assert abs(seconds(response.content, response_format) - expected) < 0.08
 

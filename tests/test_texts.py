@@ -39,7 +39,7 @@ def catalogue() -> Iterator[tuple[str, str]]:
             yield name, _rendered(value)
 
 
-PAGES = ("docs/contract.md", "docs/http-api.md")
+PAGES = ("docs/contract.md", "docs/http-api.md", "docs/voice-agents.md")
 """Where the texts are listed: the contract's errors and replies, the HTTP API's errors."""
 
 

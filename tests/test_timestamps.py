@@ -30,7 +30,9 @@ async def api(start_http: StartServer) -> Running:
     return await start_http()
 
 
-def pauses(pcm: np.ndarray, rate: int, *, shortest: float = 0.1, level: int = 300) -> list[tuple[float, float]]:
+def pauses(
+    pcm: np.ndarray, rate: int, *, shortest: float = 0.1, level: int = 300
+) -> list[tuple[float, float]]:
     """Where the audio is silent for at least ``shortest`` seconds: (start, end) in seconds."""
     quiet = np.abs(pcm.astype(np.int32)) <= level
     edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))
@@ -70,7 +72,9 @@ async def test_each_streamed_segment_is_announced_by_its_cue_and_end_lists_them(
     api: Running, rate: int | None
 ) -> None:
     extra = {} if rate is None else {"sample_rate": rate}
-    request = tts(THREE_SEGMENTS, max_tokens=20, interval_silence=PAUSE_MS, stream=True, timestamps=True, **extra)
+    request = tts(
+        THREE_SEGMENTS, max_tokens=20, interval_silence=PAUSE_MS, stream=True, timestamps=True, **extra
+    )
     async with api.connect() as client:
         await client.send(request)
         queued = await client.recv_json()

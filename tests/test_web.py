@@ -119,7 +119,8 @@ def test_the_page_shows_the_text_of_the_segment_playing(page: Page) -> None:
     state = page.state
     # Each segment's text appeared when it began to sound, in order, and went when it ended.
     assert state["captions"] == [
-        {"segment": index, "text": text} for index, text in enumerate(split_segments(TWO_SEGMENTS, 20), start=1)
+        {"segment": index, "text": text}
+        for index, text in enumerate(split_segments(TWO_SEGMENTS, 20), start=1)
     ]
     assert state["caption"] == "" and not page.element("caption").is_displayed()
     texts = page.driver.find_elements("css selector", "#segments tbody td.text")

@@ -230,7 +230,8 @@ class OpsOptions(msgspec.Struct, frozen=True, kw_only=True):
     http_port: Annotated[
         Port | None,
         Flag(
-            "HTTP port: the OpenAI-compatible API, the voice library, /healthz, /readyz, /metrics "
+            "HTTP port: the OpenAI-compatible API, voice agents' /tts/websocket, the voice library, "
+            "/healthz, /readyz, /metrics "
             "and the demo page (0: any free port; off: none)",
             HTTP,
         ),

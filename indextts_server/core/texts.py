@@ -285,6 +285,43 @@ def builtin_voice(name: str) -> str:
     return f"内置声音不能删除: {name}"
 
 
+# -- voice agents (Cartesia's /tts/websocket on the HTTP port) ----------------------------------------
+
+AGENT_FIELD_ERRORS: Final[dict[str, str]] = {
+    "context_id": "缺少有效的 context_id",
+    "transcript": "transcript 必须是字符串",
+    "continue": "continue 必须是布尔值（true 或 false）",
+    "cancel": "cancel 必须是布尔值（true 或 false）",
+    "flush": "flush 必须是布尔值（true 或 false）",
+    "add_timestamps": "add_timestamps 必须是布尔值（true 或 false）",
+    "voice": 'voice 必须是 {"mode": "id", "id": 声音名称}',
+    "mode": 'voice 必须是 {"mode": "id", "id": 声音名称}',
+    "id": 'voice 必须是 {"mode": "id", "id": 声音名称}',
+    "output_format": 'output_format 必须是 {"container": "raw", "encoding": ..., "sample_rate": ...}',
+    "container": "output_format.container 必须是 raw",
+    "encoding": "output_format.encoding 必须是 pcm_s16le/pcm_f32le/pcm_mulaw/pcm_alaw 之一",
+    "sample_rate": "output_format.sample_rate 必须是 8000 到 48000 之间的整数",
+    "language": "language 必须是字符串（zh/en/ja/es/ar）",
+    "max_buffer_delay_ms": "max_buffer_delay_ms 必须是 0 到 5000 之间的整数（毫秒）",
+    "generation_config": 'generation_config 必须是 {"speed": ..., "emotion": ...}',
+    "speed": (
+        f"generation_config.speed 必须是 {SPEED_MIN} 到 {SPEED_MAX} 之间的数字"
+        "或 slowest/slow/normal/fast/fastest"
+    ),
+    "emotion": "generation_config.emotion 必须是字符串或字符串数组",
+}
+"""The voice-agent messages' fields (Cartesia's names), one text each."""
+
+
+def agent_language(language: str) -> str:
+    return f"language 不支持: {language}（可选值: zh/en/ja/es/ar）"
+
+
+def agent_transcript_too_long(limit: int) -> str:
+    """A context's text not yet spoken may not grow past the server's text limit."""
+    return f"context 中待合成的文本过长：最多 {limit} 个字符"
+
+
 # -- the HTTP API (OpenAI-compatible speech; errors in OpenAI's shape, texts as over the WebSocket) -
 
 INPUT_MISSING: Final = "缺少有效的 input"

@@ -20,6 +20,8 @@ from ...core.openai import ApiError, model_ids, model_list
 from ...core.origins import Verdict, judge_origin
 from ..operations.metrics import CONTENT_TYPE, Metrics
 from ..service.service import Service
+from .agents import PATH as AGENTS_PATH
+from .agents import Agents
 from .asgi import TEXT, Request, refuse_websocket, respond, respond_error, respond_json, serve_lifespan
 from .speech import MidStreamFailure, Speech
 from .tasks import Tasks
@@ -90,6 +92,7 @@ class HttpApi:
         self.speech = Speech(service)
         self.tasks = Tasks(service)
         self.voices = Voices(service.voices)
+        self.agents = Agents(service)
         self.web_root = WEB_ROOT
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
@@ -104,8 +107,10 @@ class HttpApi:
                     self.speech.writers = None
             return
         if scope["type"] == "websocket":
-            # This port serves no WebSocket (the contract's is on its own port): 404, not hypercorn's 500.
-            await refuse_websocket(receive, send, not_found(scope["path"]))
+            if scope["path"] == AGENTS_PATH and not self.ops_only:
+                await self.agents.serve(scope, receive, send)  # voice agents: docs/voice-agents.md
+            else:  # the contract's WebSocket is on its own port: 404, not hypercorn's 500
+                await refuse_websocket(receive, send, not_found(scope["path"]))
             return
         if scope["type"] != "http":
             return

@@ -19,6 +19,7 @@ from ..audio.sources import AudioSources
 from ..audio.voices import VoiceLibrary
 from ..scheduling.batch import BatchWorker
 from ..scheduling.board import TaskBoard, TaskObserver
+from ..scheduling.recipient import Recipient
 from ..scheduling.scheduler import EmbeddedScheduler, Scheduler
 from ..scheduling.worker import InferenceWorker
 from .session import OutboxBudget, Session
@@ -181,9 +182,11 @@ class Service:
         if limit and len(session.tasks) >= limit:
             raise Refused(texts.too_many_in_flight(limit))
 
-    async def submit(self, session: Session, job: SynthesisJob, delivery: Delivery) -> None:
+    async def submit(self, session: Recipient, job: SynthesisJob, delivery: Delivery) -> None:
         """Queue ``job`` for ``session`` (its ``queued`` reply goes to the session); `Refused` if
-        not, `Unfit` first if the model cannot do what it asks."""
+        not, `Unfit` first if the model cannot do what it asks.
+
+        ``session`` is whatever scheduling delivers to: a session, or one voice-agent sentence."""
         problem = unfit(job, self.scheduler.capabilities)
         if problem is not None:
             raise Unfit(problem.field, problem.message)
