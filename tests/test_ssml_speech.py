@@ -17,7 +17,8 @@ import trio
 from indextts_server.core.engine import PCM, SAMPLE_RATE, SynthesisJob, pause_samples
 from indextts_server.io.engines.tone import ToneEngine
 
-from .conftest import PROMPT, REPO, Running, StartServer, decode_wav, tts
+from .conftest import PROMPT, REPO, JobsEngine, Running, StartServer, decode_wav, tts
+from .test_agents import agent, audio_of, message
 from .test_voices import sample, stored, upload
 
 PROMPT_FILE = os.path.realpath(REPO / PROMPT)
@@ -191,3 +192,43 @@ async def test_http_refuses_malformed_markup_naming_input(api: Running) -> None:
             "code": "invalid_value",
         }
     }
+
+
+# --- voice agents (/tts/websocket, extension text_format) -----------------------------------------
+
+
+async def test_an_agents_element_spanning_sentences_is_held_until_it_closes(start_http: StartServer) -> None:
+    engine = JobsEngine()
+    server = await start_http(engine)
+    async with agent(server) as client:
+        await client.send(message(transcript='<prosody rate="slow">Hello there. ', text_format="ssml"))
+        await client.send(message(transcript="How are you?</prosody> Fine.", text_format="ssml"))
+        await client.send(message(transcript="", more=False, text_format="ssml"))
+        replies = await client.until_done()
+    assert replies[-1]["type"] == "done"
+    assert [(job.text, job.speed) for job in engine.jobs] == [
+        ("Hello there. How are you?", 0.75),
+        ("Fine.", 1.0),
+    ]
+
+
+async def test_an_agents_break_is_silence_of_its_length(api: Running) -> None:
+    async with agent(api) as client:
+        output = {"container": "raw", "encoding": "pcm_s16le", "sample_rate": SAMPLE_RATE}
+        replies = await client.speak(
+            'Hello.<break time="500ms"/>Bye.', text_format="ssml", output_format=output
+        )
+    pcm = np.frombuffer(audio_of(replies), dtype="<i2")
+    silent = np.flatnonzero(np.diff(np.concatenate([[0], (pcm == 0).astype(np.int8), [0]])))
+    longest = max(int(end - start) for start, end in zip(silent[::2], silent[1::2], strict=True))
+    assert pause_samples(500) <= longest <= pause_samples(500) + 4  # a note's fades end on a zero
+
+
+async def test_an_agents_malformed_markup_ends_its_context_naming_text(api: Running) -> None:
+    async with agent(api) as client:
+        replies = await client.speak("Hello <b.", text_format="ssml")
+    assert replies[-1]["type"] == "error"
+    assert (
+        replies[-1]["error"]
+        == "text 不是有效的 SSML（第 1 行第 10 列）：标记格式错误（not well-formed (invalid token)）"
+    )

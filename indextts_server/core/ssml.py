@@ -419,6 +419,21 @@ _SAY_AS: Final[dict[str, Callable[[str, str, str], str]]] = {
 }
 
 
+_TAG = re.compile(r"<(/?)[^<>]*?(/?)>")
+
+
+def complete(markup: str) -> bool:
+    """Whether ``markup`` (text arriving in pieces) closes every element it opens and cuts no tag:
+    a voice agent's sentences are held until they do, so an element may span sentences."""
+    depth = 0
+    for tag in _TAG.finditer(markup):
+        text = tag.group(0)
+        if text.startswith(("<?", "<!")) or tag.group(2):
+            continue
+        depth += -1 if tag.group(1) else 1
+    return depth <= 0 and "<" not in _TAG.sub("", markup)
+
+
 def voices(plan: Plan) -> list[str]:
     """The library voices ``plan`` names (spans' and emotions'), each once, in order."""
     names: dict[str, None] = {}

@@ -294,6 +294,7 @@ AGENT_FIELD_ERRORS: Final[dict[str, str]] = {
     "cancel": "cancel 必须是布尔值（true 或 false）",
     "flush": "flush 必须是布尔值（true 或 false）",
     "add_timestamps": "add_timestamps 必须是布尔值（true 或 false）",
+    "text_format": "text_format 必须是 text/ssml",
     "voice": 'voice 必须是 {"mode": "id", "id": 声音名称}',
     "mode": 'voice 必须是 {"mode": "id", "id": 声音名称}',
     "id": 'voice 必须是 {"mode": "id", "id": 声音名称}',
