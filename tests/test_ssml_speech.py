@@ -115,6 +115,26 @@ async def test_an_emotion_span_takes_its_emo_mode(api: Running) -> None:
     assert np.array_equal(pcm, np.concatenate([spoken("好。"), silence(PAUSE), sad]))
 
 
+async def test_at_batch_size_4_ssml_and_plain_tasks_share_steps_and_keep_their_audio(
+    start_http: StartServer,
+) -> None:
+    server = await start_http(batch_size=4)
+    markup = '<speak>一二三。<break time="300ms"/><prosody rate="slow">四五六。</prosody></speak>'
+    expected = np.concatenate([spoken("一二三。"), silence(300), spoken("四五六。", speed=0.75)])
+    results: dict[str, PCM] = {}
+
+    async def speak(name: str, request: dict[str, Any]) -> None:
+        results[name] = await pcm_of(server, request)
+
+    async with trio.open_nursery() as nursery:
+        for index in range(3):
+            nursery.start_soon(speak, f"ssml{index}", ssml(markup))
+            nursery.start_soon(speak, f"plain{index}", tts("七八九十。"))
+    for index in range(3):
+        assert np.array_equal(results[f"ssml{index}"], expected)
+        assert np.array_equal(results[f"plain{index}"], spoken("七八九十。"))
+
+
 # --- cues -----------------------------------------------------------------------------------------
 
 
