@@ -7,6 +7,7 @@ silences of the exact lengths the markup asks for.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from indextts_server.io.engines.tone import ToneEngine
 
 from .conftest import PROMPT, REPO, JobsEngine, Running, StartServer, decode_wav, tts
 from .test_agents import agent, audio_of, message
+from .test_cluster import Node, broker, fleet  # noqa: F401 - fixtures: a redis-server, its nodes
 from .test_voices import sample, stored, upload
 
 PROMPT_FILE = os.path.realpath(REPO / PROMPT)
@@ -133,6 +135,17 @@ async def test_at_batch_size_4_ssml_and_plain_tasks_share_steps_and_keep_their_a
     for index in range(3):
         assert np.array_equal(results[f"ssml{index}"], expected)
         assert np.array_equal(results[f"plain{index}"], spoken("七八九十。"))
+
+
+async def test_in_cluster_mode_the_plan_crosses_the_broker_to_a_worker(
+    fleet: Callable[..., Node],  # noqa: F811 - the fixture imported above
+) -> None:
+    gateway = fleet("gateway")
+    fleet("worker")
+    async with gateway.connect() as client:
+        _, wav = await client.request(ssml('一二三。<break time="700ms"/><prosody rate="fast">四五六。</prosody>'))
+    expected = np.concatenate([spoken("一二三。"), silence(700), spoken("四五六。", speed=1.25)])
+    assert np.array_equal(decode_wav(wav)[0], expected)
 
 
 # --- cues -----------------------------------------------------------------------------------------
