@@ -220,6 +220,32 @@ async def test_ssml_spans_are_the_engines_plain_output_with_exact_breaks(engine_
     assert around == first  # SSML around plain text changes nothing
 
 
+async def test_at_batch_size_8_ssml_spans_share_the_batched_steps_with_exact_breaks(
+    batch_server: CliServer,
+) -> None:
+    markup = '<speak><s>今天天气很好。</s><break time="600ms"/><s>我们一起去公园散步吧。</s></speak>'
+    wavs: list[bytes] = []
+
+    async def speak(request: dict[str, Any]) -> None:
+        async with connect(batch_server) as client:
+            wavs.append((await client.request(request))[1])
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(speak, tts(markup, text_format="ssml"))
+            nursery.start_soon(speak, tts(SEGMENTS, max_tokens=20))
+    for wav in wavs:
+        pcm, rate, _ = decode_wav(wav)
+        assert rate == SAMPLE_RATE and np.abs(pcm).max() > 0
+    breaks = 0
+    for wav in wavs:
+        zero = np.concatenate([[0], (decode_wav(wav)[0] == 0).astype(np.int8), [0]])
+        edges = np.flatnonzero(np.diff(zero))
+        runs = zip(edges[::2], edges[1::2], strict=True)
+        breaks += any(end - start >= 600 * SAMPLE_RATE // 1000 for start, end in runs)
+    assert breaks == 3  # each SSML task holds its break, whatever ran beside it
+
+
 async def test_ssml_pinyin_is_the_tone_numbered_pinyin_the_model_reads(engine_server: CliServer) -> None:
     markup = '<speak>我们<phoneme alphabet="pinyin" ph="xing2">行</phoneme>走吧。</speak>'
     async with connect(engine_server) as client:

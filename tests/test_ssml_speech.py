@@ -7,7 +7,7 @@ silences of the exact lengths the markup asks for.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 import trio
 
-from indextts_server.core.engine import PCM, SAMPLE_RATE, SynthesisJob, pause_samples
+from indextts_server.core.engine import PCM, SAMPLE_RATE, Segment, SynthesisJob, pause_samples
+from indextts_server.core.ssml import bind, parse
+from indextts_server.io.engines.plan import Chained, batched, synthesize
 from indextts_server.io.engines.tone import ToneEngine
+from indextts_server.io.scheduling.batch import advance_each
 
 from .conftest import PROMPT, REPO, JobsEngine, Running, StartServer, decode_wav, tts
 from .test_agents import agent, audio_of, message
@@ -143,9 +146,50 @@ async def test_in_cluster_mode_the_plan_crosses_the_broker_to_a_worker(
     gateway = fleet("gateway")
     fleet("worker")
     async with gateway.connect() as client:
-        _, wav = await client.request(ssml('一二三。<break time="700ms"/><prosody rate="fast">四五六。</prosody>'))
+        _, wav = await client.request(
+            ssml('一二三。<break time="700ms"/><prosody rate="fast">四五六。</prosody>')
+        )
     expected = np.concatenate([spoken("一二三。"), silence(700), spoken("四五六。", speed=1.25)])
     assert np.array_equal(decode_wav(wav)[0], expected)
+
+
+class BatchingTone(ToneEngine):
+    """A tone engine with an ``advance``, keeping the rows each step was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[list[Iterator[Segment]]] = []
+
+    def advance(self, rows: Sequence[Iterator[Segment]]) -> list[Segment | BaseException | None]:
+        self.steps.append(list(rows))
+        return advance_each(rows)
+
+
+def test_a_batched_step_advances_the_span_a_plan_is_speaking() -> None:
+    engine = BatchingTone()
+    markup = '<speak><break time="100ms"/>一二三。<break time="300ms"/><prosody rate="slow">四五六。</prosody></speak>'
+    plan = bind(parse(markup), {})
+    planned = SynthesisJob(text="一二三。 四五六。", prompt_audio=PROMPT_FILE, plan=plan)
+    rows = [
+        synthesize(engine, planned),
+        synthesize(engine, SynthesisJob(text="七。八。", prompt_audio=PROMPT_FILE, max_tokens=20)),
+    ]
+    step = batched(engine.advance)
+    audio: list[list[PCM]] = [[], []]
+    live = [0, 1]
+    while live:
+        outcomes = step([rows[index] for index in live])
+        for index, outcome in zip(list(live), outcomes, strict=True):
+            assert isinstance(outcome, Segment), outcome
+            audio[index].append(outcome.pcm)
+            if outcome.last:
+                live.remove(index)
+    expected = np.concatenate(
+        [silence(100), spoken("一二三。"), silence(300), spoken("四五六。", speed=0.75)]
+    )
+    assert np.array_equal(np.concatenate(audio[0]), expected)
+    assert np.array_equal(np.concatenate(audio[1]), spoken("七。八。", max_tokens=20))
+    assert not any(isinstance(row, Chained) for rows_ in engine.steps for row in rows_)  # the spans, batched
 
 
 # --- cues -----------------------------------------------------------------------------------------

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from ...core.engine import Engine, Segment, SynthesisJob, pause_samples
 from ...core.plan import expand, unmarked
 from .speed import close_segments
+
+Outcome = Segment | BaseException | None
+Advance = Callable[[Sequence[Iterator[Segment]]], list[Outcome]]
 
 
 def synthesize(engine: Engine, job: SynthesisJob) -> Iterator[Segment]:
@@ -78,6 +81,40 @@ class Chained(Iterator[Segment]):
         pcm = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return Segment(pcm, last, unmarked(segment.text))
 
+    # --- batched: the span being spoken is the row the engine advances ----------------------------
+
+    def span(self) -> Iterator[Segment] | None:
+        """The engine's iterator for the span to advance next (started if need be; a break before
+        it is taken); None when no span is left (then ``next()`` gives the end)."""
+        while self._current is None and not self._done and self._items:
+            item = self._items.popleft()
+            if isinstance(item, int):
+                self._lead += pause_samples(item)
+            else:
+                self._current = self._engine.synthesize(item)
+        return self._current
+
+    @property
+    def speaking(self) -> bool:
+        """A span is being spoken (`span` gave the engine's iterator, not this plan's end)."""
+        return self._current is not None
+
+    def take(self, outcome: Outcome) -> Outcome:
+        """What one batched step of `span` gives this plan: the segment placed, its error (the plan
+        stops), or, where the span ended with no segment, the plan's next segment."""
+        if isinstance(outcome, Segment):
+            return self._place(outcome)
+        if isinstance(outcome, BaseException):
+            self.close()
+            return outcome
+        self._current = None
+        try:
+            return next(self)
+        except StopIteration:
+            return None
+        except Exception as exc:
+            return exc
+
     def close(self) -> None:
         """Stop the span being spoken (idempotent); the rest are never started."""
         self._done = True
@@ -85,3 +122,33 @@ class Chained(Iterator[Segment]):
         current, self._current = self._current, None
         if current is not None:
             close_segments(current)
+
+
+def batched(advance: Advance) -> Advance:
+    """An engine's ``advance`` for rows that may be plans: each plan is advanced as the span it is
+    speaking, so a span shares the engine's batched step with plain rows as a request would."""
+
+    def run(rows: Sequence[Iterator[Segment]]) -> list[Outcome]:
+        spans: list[Iterator[Segment]] = []
+        failed: dict[int, BaseException] = {}  # a span that could not start: that row's error
+        for index, row in enumerate(rows):
+            span: Iterator[Segment] | None = row
+            if isinstance(row, Chained):
+                try:
+                    span = row.span()
+                except Exception as exc:
+                    row.close()
+                    failed[index] = exc
+                    continue
+            spans.append(row if span is None else span)
+        outcomes = iter(advance(spans))
+        results: list[Outcome] = []
+        for index, row in enumerate(rows):
+            if index in failed:
+                results.append(failed[index])
+                continue
+            outcome = next(outcomes)
+            results.append(row.take(outcome) if isinstance(row, Chained) and row.speaking else outcome)
+        return results
+
+    return run

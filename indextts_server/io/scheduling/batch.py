@@ -31,7 +31,7 @@ from ...core import texts
 from ...core.contract import replies
 from ...core.engine import PCM, Engine, Segment
 from ..audio.encoding import SegmentFiles
-from ..engines.plan import synthesize
+from ..engines.plan import batched, synthesize
 from .board import TaskBoard, Ticket
 from .worker import CLOSE_TIMEOUT, EngineTask, announce, deliver, timeline
 
@@ -107,8 +107,9 @@ class _Step:
                         row.segments = exc
             iterators = [row.segments for row in self._rows if isinstance(row.segments, Iterator)]
             advance = cast("Advance | None", getattr(self._engine, "advance", None))  # an optional capability
+            step = advance_each if advance is None else batched(advance)  # a plan's span joins the batch
             try:
-                outcomes = iter(advance(iterators) if advance is not None else advance_each(iterators))
+                outcomes = iter(step(iterators))
             except Exception as exc:  # an engine that cannot say whose it is: every row's
                 outcomes = iter([exc] * len(iterators))
             return [
