@@ -192,6 +192,17 @@ def test_a_batched_step_advances_the_span_a_plan_is_speaking() -> None:
     assert not any(isinstance(row, Chained) for rows_ in engine.steps for row in rows_)  # the spans, batched
 
 
+async def test_an_audio_emotion_span_names_a_library_voice(api: Running) -> None:
+    await upload(api.http, "angry", sample(1.0))
+    markup = (
+        f'<speak {ITTS}><itts:emotion mode="audio" voice="angry" alpha="0.7">走开！</itts:emotion></speak>'
+    )
+    pcm = await pcm_of(api, ssml(markup))
+    assert np.array_equal(
+        pcm, spoken("走开！", emo_mode="audio", emo_audio=stored(api, "angry"), emo_alpha=0.7)
+    )
+
+
 # --- cues -----------------------------------------------------------------------------------------
 
 
