@@ -164,9 +164,8 @@ class _Reader:
 
     def _end(self, _qname: str) -> None:
         frame = self._stack.pop()
-        if frame.capture is not None:
-            content = "".join(frame.capture)
-            self._add(self._finish(frame, content))
+        if frame.capture is not None and not frame.silent:
+            self._add(self._finish(frame, "".join(frame.capture)))
         if frame.name in ("p", "s"):
             self._close_span()
 
