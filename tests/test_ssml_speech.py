@@ -19,7 +19,7 @@ from indextts_server.core.engine import PCM, SAMPLE_RATE, Segment, SynthesisJob,
 from indextts_server.core.ssml import bind, parse
 from indextts_server.io.engines.plan import Chained, batched, synthesize
 from indextts_server.io.engines.tone import ToneEngine
-from indextts_server.io.scheduling.batch import advance_each
+from indextts_server.io.scheduling.runner import advance_each
 
 from .conftest import PROMPT, REPO, JobsEngine, Running, StartServer, decode_wav, tts
 from .test_agents import agent, audio_of, message
