@@ -478,30 +478,57 @@ async def test_allow_origin_star_accepts_any_origin(start_server: Any) -> None:
         assert (await handshake_status(server.port, f"Origin: {origin}\r\n"))[0] == 101
 
 
-async def test_two_workers_run_two_tasks_at_once_in_fifo_order(start_server: Any) -> None:
+async def test_two_workers_run_two_connections_tasks_at_once_in_fifo_order(start_server: Any) -> None:
     first, second = GatedEngine(), GatedEngine()
     server: Running = await start_server([first, second])
-    async with server.connect() as client:
-        texts = [f"第{i}个任务在这里呀呀呀呀。第二段文字在这里呀呀呀呀。" for i in range(3)]
-        for text in texts:
+    texts = [f"第{i}个任务在这里呀呀呀呀。第二段文字在这里呀呀呀呀。" for i in range(3)]
+    async with server.connect() as one, server.connect() as two, server.connect() as three:
+        clients = [one, two, three]
+        for client, text in zip(clients, texts, strict=True):
             await client.send(tts(text, max_tokens=20))
-        kinds: list[str] = []
-        while kinds.count("queued") < 3 or kinds.count("start") < 2:
-            kinds.append((await client.recv_json())["type"])
-        assert kinds.count("start") == 2
+            assert (await client.recv_json())["type"] == "queued"
+        assert (await one.recv_json())["type"] == "start"
+        assert (await two.recv_json())["type"] == "start"
         await first.first_segment()
         await second.first_segment()
         began = first.texts("begin") + second.texts("begin")
         assert sorted(began) == texts[:2]  # the first two, at the same time
         first.release()
         second.release()
-        ends = 0
-        while ends < 3:
-            message = await client.recv()
-            if isinstance(message, dict) and message.get("type") == "end":
-                ends += 1
+        for client in clients:
+            while not isinstance(message := await client.recv(), dict) or message["type"] != "end":
+                pass
     # The third ran after the first two, on whichever worker came free.
     assert sorted(first.texts("begin") + second.texts("begin")) == texts
+
+
+async def test_one_connections_tasks_run_one_after_another_on_two_workers(start_server: Any) -> None:
+    # Binary frames carry no task id: with an engine free, a connection's next task still waits for
+    # its previous one, and its replies come task by task.
+    first, second = GatedEngine(), GatedEngine()
+    server: Running = await start_server([first, second])
+    scheduler = server.service.scheduler
+    assert isinstance(scheduler, EmbeddedScheduler)
+    workers, registry = scheduler.workers, scheduler.board.registry
+    texts = [f"第{i}个任务在这里呀呀呀呀。第二段文字在这里呀呀呀呀。" for i in range(3)]
+    async with server.connect() as client:
+        for text in texts:
+            await client.send(tts(text, max_tokens=20))
+        replies = [await client.recv_json() for _ in range(4)]  # three queued, and the first's start
+        ids = [reply["task_id"] for reply in replies if reply["type"] == "queued"]
+        assert [reply for reply in replies if reply["type"] != "queued"] == [client.reply("start", ids[0])]
+        await wait_until(lambda: bool(first.texts("segment") + second.texts("segment")))  # held mid-task
+        await wait_until(lambda: sum(len(worker.held) for worker in workers) == 2)  # the free one waits
+        assert first.texts("begin") + second.texts("begin") == texts[:1]
+        assert [task.state for task in map(registry.get, ids) if task] == ["running", "pending", "pending"]
+        first.release()
+        second.release()
+        for index, task_id in enumerate(ids):
+            if index:
+                assert await client.recv_json() == client.reply("start", task_id)
+            assert isinstance(await client.recv(), bytes)
+            assert (await client.recv_json())["type"] == "end"
+    assert sorted(first.texts("begin") + second.texts("begin")) == sorted(texts)
 
 
 @settings(max_examples=300, deadline=None)

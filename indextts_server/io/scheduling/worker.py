@@ -7,11 +7,13 @@ Theory of operation: who may change what.
   table's check). Waiting tasks are moved by the board (cancel, disconnect, drain); a task a
   worker has taken is moved only by that worker: to ``running`` when it joins, then to its final
   state.
-- A task joins when a slot is free and its session has no other task running on this worker:
-  binary frames carry no task id, so one connection's tasks run one after another, while other
-  sessions' tasks fill the batch meanwhile. Tasks taken from the FIFO whose session is busy wait,
-  in queue order, among the board's waiting tickets (``queued`` positions count them); ``start``
-  goes out in queue order among the tasks that may start.
+- A task joins when a slot is free and its session has no other task running, on this worker or
+  another (several engines): binary frames carry no task id, so one connection's tasks run one
+  after another, while other sessions' tasks fill the batch meanwhile. Tasks taken from the FIFO
+  whose session is busy are held, in queue order, among the board's waiting tickets (``queued``
+  positions count them); a worker holding tasks wakes on every board change, since the task
+  their session waits on may end on another engine. ``start`` goes out in queue order among the
+  tasks that may start.
 - ``Task.stop_reason`` is set by the transport (a client's ``cancel``) and by the drain
   (``InferenceWorker.stop``); it is read only by the worker, between segments. Once set it is
   never cleared or replaced, and it becomes the task's final error message.
@@ -115,12 +117,12 @@ class InferenceWorker(TaskRunner[BoardSink]):
         while True:
             ticket = self._startable()
             if ticket is None:
-                try:
-                    ticket = await self.receive.receive() if wait else self.receive.receive_nowait()
-                except trio.EndOfChannel:
-                    if self.held:  # they may start once their sessions' tasks end
-                        raise trio.WouldBlock from None
-                    raise
+                if not wait:
+                    ticket = self.receive.receive_nowait()  # WouldBlock, EndOfChannel: the caller's
+                else:
+                    ticket = await self._next_or_change()
+                    if ticket is None:
+                        continue  # a task ended somewhere: a held one may start now
                 if ticket.task.state != "pending":
                     continue  # cancelled while it waited
                 if self._running(ticket) or any(held.session is ticket.session for held in self.held):
@@ -131,8 +133,42 @@ class InferenceWorker(TaskRunner[BoardSink]):
             session.send(replies.start(task.task_id, session.session_id, task.delivery))
             return self._row(task.job, task.delivery, BoardSink(self.board, ticket))
 
+    async def _next_or_change(self) -> Ticket | None:
+        """The next ticket from the FIFO; with tickets held, ``None`` as soon as the board changes
+        (the task their session was running may have ended, on this engine or another).
+
+        Raises ``trio.EndOfChannel`` once the FIFO is closed and nothing is held.
+        """
+        changed = self.board.changed
+        if not self.held:
+            return await self.receive.receive()
+        ended = False
+        ticket: Ticket | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                await changed.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            try:
+                ticket = await self.receive.receive()
+            except trio.EndOfChannel:
+                ended = True  # held tickets still start once their sessions' tasks end
+            if not ended:
+                nursery.cancel_scope.cancel()
+        if ended:
+            await changed.wait()
+        return ticket
+
     def _running(self, ticket: Ticket) -> bool:
-        return any(row.sink.ticket.session is ticket.session for row in self.live)
+        """Whether the ticket's session has a task running, on this engine or another."""
+        registry = self.board.registry
+        for task_id in ticket.session.tasks:
+            task = registry.get(task_id)
+            if task is not None and task.state == "running":
+                return True
+        return False
 
     def _startable(self) -> Ticket | None:
         """The first held task that may start now (its session has none running or held before it)."""
