@@ -269,7 +269,12 @@ async def test_ssml_pinyin_is_the_tone_numbered_pinyin_the_model_reads(engine_se
     async with connect(engine_server) as client:
         _, marked = await client.request(tts(markup, text_format="ssml", seed=3))
         _, pinyin = await client.request(tts("我们XING2走吧。", seed=3))
+        await client.send(tts(markup, text_format="ssml", seed=3, timestamps=True))
+        while not isinstance(end := await client.recv(), dict) or end["type"] != "end":
+            pass
     assert marked == pinyin
+    shown = " ".join(cue["text"] for cue in end["cues"])
+    assert "行" in shown and "XING2" not in shown.upper()  # the cue shows the word, not the pinyin
 
 
 async def test_seed_makes_identical_requests_identical(engine_server: CliServer) -> None:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from indextts_server.core.contract.decode import RequestError, decode_request
 from indextts_server.core.contract.jobs import job_from, unfit
 from indextts_server.core.engine import Capabilities, SynthesisJob
-from indextts_server.core.plan import Emotion, Pause, Speech, Word, expand, render, silences, unmarked
+from indextts_server.core.plan import Emotion, Pause, Speech, Word, expand, render, shown, silences
 from indextts_server.core.ssml import MAX_DEPTH, MAX_STEPS, MAX_VOICES, SsmlError, bind, parse, voices
 
 from .conftest import encode, tts
@@ -415,7 +415,13 @@ def test_pronunciation_is_rendered_as_each_model_reads_it(model: str, text: str)
         Word(text="上手", alphabet="kana", ph="じょうず"),
     )
     assert render(pieces, model) == text
-    assert unmarked(render(pieces, "IndexTTS-2.5")) == "行 minute 上手"
+    words = tuple(piece for piece in pieces if isinstance(piece, Word))
+    assert shown(render(pieces, model), words) == "行 minute 上手"
+
+
+def test_a_cue_shows_the_word_as_the_normalizer_left_its_markup() -> None:
+    words = (Word(text="行", alphabet="pinyin", ph="xing2"),)
+    assert shown("我们<|SPECIAL_TOKEN_2|>XING2<|SPECIAL_TOKEN_2|>走吧", words) == "我们行走吧"
 
 
 def test_a_span_the_model_cannot_do_is_refused_before_the_queue() -> None:

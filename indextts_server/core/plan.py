@@ -113,11 +113,29 @@ def render(pieces: tuple[Piece, ...], model: str) -> str:
 
 
 _MARKUP = re.compile(r"<([^<>|]*)\|[^<>]*>")
+_SPECIAL = re.compile(r"<\|SPECIAL_TOKEN_\d+\|>")
 
 
-def unmarked(text: str) -> str:
-    """A segment's text as a cue shows it: IndexTTS-2.5's pronunciation markup back to its word."""
-    return _MARKUP.sub(r"\1", text)
+def shown(text: str, words: tuple[Word, ...]) -> str:
+    """A segment's text as a cue shows it: each pronounced word as written, not as the model read
+    it (IndexTTS-2.5's markup ``<行|XING2>``, its normalized ``<|SPECIAL_TOKEN_2|>XING2<|...|>``,
+    IndexTTS-2's ``XING2``)."""
+    text = _SPECIAL.sub("", _MARKUP.sub(r"\1", text))
+    for word in words:
+        forms = (word.ph, word.ph.upper(), "".join(word.ph.split()).upper())
+        form = next((form for form in forms if form and form in text), None)
+        if form is not None:
+            text = text.replace(form, word.text, 1)
+    return text
+
+
+def words(plan: Plan) -> list[tuple[Word, ...]]:
+    """Each span's pronounced words, span by span (as `expand` gives the spans' jobs)."""
+    return [
+        tuple(piece for piece in step.pieces if isinstance(piece, Word))
+        for step in plan
+        if isinstance(step, Speech)
+    ]
 
 
 def expand(job: SynthesisJob, model: str) -> list[SynthesisJob | int]:

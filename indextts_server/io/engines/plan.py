@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from ...core.engine import Engine, Segment, SynthesisJob, pause_samples
-from ...core.plan import expand, unmarked
+from ...core.plan import Word, expand, shown, words
 from .speed import close_segments
 
 Outcome = Segment | BaseException | None
@@ -24,7 +24,7 @@ def synthesize(engine: Engine, job: SynthesisJob) -> Iterator[Segment]:
     """
     if job.plan is None:
         return engine.synthesize(job)
-    return Chained(engine, expand(job, engine.capabilities.model))
+    return Chained(engine, expand(job, engine.capabilities.model), words(job.plan))
 
 
 class Chained(Iterator[Segment]):
@@ -37,9 +37,11 @@ class Chained(Iterator[Segment]):
     markup shown as its word.
     """
 
-    def __init__(self, engine: Engine, items: list[SynthesisJob | int]):
+    def __init__(self, engine: Engine, items: list[SynthesisJob | int], spoken: list[tuple[Word, ...]]):
         self._engine = engine
         self._items: deque[SynthesisJob | int] = deque(items)
+        self._words: deque[tuple[Word, ...]] = deque(spoken)  # each span's, as its cue shows them
+        self._span_words: tuple[Word, ...] = ()
         self._current: Iterator[Segment] | None = None
         self._lead = 0  # samples of silence that open the next segment
         self._done = False
@@ -54,6 +56,7 @@ class Chained(Iterator[Segment]):
                 if isinstance(item, int):
                     self._lead += pause_samples(item)
                     continue
+                self._span_words = self._words.popleft() if self._words else ()
                 self._current = self._engine.synthesize(item)
             segment = next(self._current, None)
             if segment is None:
@@ -79,7 +82,7 @@ class Chained(Iterator[Segment]):
             if after:
                 parts.append(np.zeros(after, dtype=np.int16))
         pcm = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return Segment(pcm, last, unmarked(segment.text))
+        return Segment(pcm, last, shown(segment.text, self._span_words) if self._span_words else segment.text)
 
     # --- batched: the span being spoken is the row the engine advances ----------------------------
 
@@ -91,6 +94,7 @@ class Chained(Iterator[Segment]):
             if isinstance(item, int):
                 self._lead += pause_samples(item)
             else:
+                self._span_words = self._words.popleft() if self._words else ()
                 self._current = self._engine.synthesize(item)
         return self._current
 
