@@ -129,7 +129,9 @@ class ContextSettings(msgspec.Struct, frozen=True, kw_only=True):
     def delivery(self) -> Delivery:
         """Raw 16-bit samples at the context's rate, segment by segment, each after its cue (the
         cue gives the segment's text and span, the words are placed from them)."""
-        return Delivery(stream=True, format="pcm", sample_rate=self.sample_rate, timestamps=True)
+        return Delivery(
+            stream=True, format="pcm", sample_rate=self.sample_rate, timestamps=True, realtime=True
+        )
 
 
 class Invalid(Exception):
