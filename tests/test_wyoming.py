@@ -310,3 +310,24 @@ async def test_a_client_that_never_reads_is_reset(start_wyoming: Callable[..., A
         while await stream.receive_some(1 << 20):
             pass
     assert not server.service.sessions
+
+
+async def test_zeroconf_advertises_the_port_as_wyoming_tcp_until_the_drain() -> None:
+    """Multicast on loopback: a browser on 127.0.0.1 resolves what the server announced there."""
+    zeroconf = pytest.importorskip("zeroconf")
+    from indextts_server.io.operations.discovery import SERVICE_TYPE, advertise
+
+    def resolve(name: str) -> Any:
+        browser = zeroconf.Zeroconf(interfaces=["127.0.0.1"])
+        try:
+            return browser.get_service_info(SERVICE_TYPE, name, timeout=5000)
+        finally:
+            browser.close()
+
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        name = await nursery.start(advertise, "127.0.0.1", 10200, stop)
+        found = await trio.to_thread.run_sync(resolve, name)
+        stop.set()
+    assert name.endswith("._wyoming._tcp.local.")
+    assert (found.port, found.parsed_addresses()) == (10200, ["127.0.0.1"])
