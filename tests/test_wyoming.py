@@ -44,6 +44,29 @@ LONG = " ".join(["word"] * 250) + "."
 STREAM_DONE = ("synthesize-stopped", "error")
 
 
+async def on_client(port: int, script: Callable[[AsyncTcpClient], Awaitable[T]]) -> T:
+    """Run ``script`` with a client connected to ``port``, on a thread of its own."""
+
+    async def main() -> T:
+        async with AsyncTcpClient("127.0.0.1", port) as client:
+            return await asyncio.wait_for(script(client), 120)
+
+    return await trio.to_thread.run_sync(asyncio.run, main())
+
+
+async def exchange(
+    port: int, events: Sequence[Event], until: Sequence[str] = ("audio-stop", "error")
+) -> list[Event]:
+    """Send ``events``, then read until an event of a type in ``until``."""
+
+    async def script(client: AsyncTcpClient) -> list[Event]:
+        for event in events:
+            await client.write_event(event)
+        return await read_until(client, until)
+
+    return await on_client(port, script)
+
+
 class Wyoming:
     """A service and its Wyoming port, started in the test's nursery."""
 
@@ -52,25 +75,12 @@ class Wyoming:
         self.port = port
 
     async def client(self, script: Callable[[AsyncTcpClient], Awaitable[T]]) -> T:
-        """Run ``script`` with a connected client, on a thread of its own."""
-
-        async def main() -> T:
-            async with AsyncTcpClient("127.0.0.1", self.port) as client:
-                return await asyncio.wait_for(script(client), 60)
-
-        return await trio.to_thread.run_sync(asyncio.run, main())
+        return await on_client(self.port, script)
 
     async def exchange(
         self, events: Sequence[Event], until: Sequence[str] = ("audio-stop", "error")
     ) -> list[Event]:
-        """Send ``events``, then read until an event of a type in ``until``."""
-
-        async def script(client: AsyncTcpClient) -> list[Event]:
-            for event in events:
-                await client.write_event(event)
-            return await read_until(client, until)
-
-        return await self.client(script)
+        return await exchange(self.port, events, until)
 
 
 async def read_until(client: AsyncTcpClient, until: Sequence[str]) -> list[Event]:
