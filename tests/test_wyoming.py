@@ -341,3 +341,21 @@ async def test_zeroconf_advertises_the_port_as_wyoming_tcp_until_the_drain() -> 
         stop.set()
     assert name.endswith("._wyoming._tcp.local.")
     assert (found.port, found.parsed_addresses()) == (10200, ["127.0.0.1"])
+
+
+async def test_the_drain_says_so_with_an_error_and_closes_the_connection(
+    start_wyoming: Callable[..., Awaitable[Wyoming]], nursery: trio.Nursery
+) -> None:
+    server = await start_wyoming()
+
+    async def script(client: AsyncTcpClient) -> list[Event | None]:
+        await client.write_event(Describe().event())
+        got: list[Event | None] = [await client.read_event()]
+        trio.from_thread.run_sync(nursery.start_soon, server.service.drain)
+        got += [await client.read_event(), await client.read_event()]
+        return got
+
+    info, error, closed = await server.client(script)
+    assert info is not None and info.type == "info"
+    assert error is not None and Error.from_event(error) == Error(texts.SHUTTING_DOWN, "shutting_down")
+    assert closed is None
