@@ -359,3 +359,18 @@ async def test_the_drain_says_so_with_an_error_and_closes_the_connection(
     assert info is not None and info.type == "info"
     assert error is not None and Error.from_event(error) == Error(texts.SHUTTING_DOWN, "shutting_down")
     assert closed is None
+
+
+async def test_sentences_past_max_pending_per_session_wait_their_turn_instead_of_being_refused(
+    start_wyoming: Callable[..., Awaitable[Wyoming]],
+) -> None:
+    engine = RecordingEngine(ToneEngine())
+    server = await start_wyoming(engine, max_pending_per_session=1)
+    sent = [
+        SynthesizeStart().event(),
+        SynthesizeChunk(text="One. Two. Three.").event(),
+        SynthesizeStop().event(),
+    ]
+    events = await server.exchange(sent, until=STREAM_DONE)
+    assert types(events) == ["audio-start", "audio-chunk", "audio-stop"] * 3 + ["synthesize-stopped"]
+    assert engine.texts("begin") == ["One.", "Two.", "Three."]
