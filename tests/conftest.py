@@ -123,6 +123,39 @@ class Client:
         }
 
 
+async def assert_pipelined_in_order(
+    client: Client, requests: Sequence[Json], binaries: Sequence[int]
+) -> None:
+    """Send ``requests`` back to back on one connection; each task's ``start``, its ``binaries``
+    audio frames and its ``end`` must arrive together, task after task in the order sent, each
+    after the task's ``queued`` (binary frames carry no task id: nothing else may come between)."""
+    for request in requests:
+        await client.send(request)
+    flow: list[tuple[str, str | None]] = []
+    while sum(kind == "end" for kind, _ in flow) < len(requests):
+        message = await client.recv()
+        flow.append(("audio", None) if isinstance(message, bytes) else (message["type"], message["task_id"]))
+    ids = [task for kind, task in flow if kind == "queued"]
+    assert len(set(ids)) == len(requests), flow
+    expected = [
+        step
+        for task, count in zip(ids, binaries, strict=True)
+        for step in [("start", task), *[("audio", None)] * count, ("end", task)]
+    ]
+    assert [step for step in flow if step[0] != "queued"] == expected
+    for task in ids:
+        assert flow.index(("queued", task)) < flow.index(("start", task))
+
+
+async def assert_three_pipelined_in_order(url: str) -> None:
+    """Three short seeded requests pipelined on a new connection to ``url`` (a real model's server),
+    each answered with one file: `assert_pipelined_in_order`."""
+    requests = [tts(text, seed=index) for index, text in enumerate(["第一个。", "第二个请求。", "第三。"])]
+    async with open_websocket_url(url, max_message_size=CLIENT_MAX_MESSAGE) as ws:
+        client = Client(ws, json.loads(await ws.get_message()))
+        await assert_pipelined_in_order(client, requests, binaries=[1, 1, 1])
+
+
 async def serve_contract(nursery: trio.Nursery, service: Service) -> int:
     """Run ``service`` and the contract's WebSocket port on it, as the command line does; the port."""
     return (await contract_transport(nursery, service)).port

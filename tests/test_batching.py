@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -11,7 +12,7 @@ import trio
 
 from indextts_server.core.engine import Segment, SynthesisJob
 from indextts_server.io.engines.tone import ToneEngine
-from indextts_server.io.scheduling.batch import Outcome, advance_each
+from indextts_server.io.scheduling.runner import Outcome, advance_each
 
 from .conftest import Client, Running, tts, wait_until
 
@@ -121,12 +122,12 @@ async def test_tasks_join_in_fifo_order_at_the_next_step_and_advance_together(st
 async def test_queued_positions_count_only_tasks_not_started(start_server: Any) -> None:
     engine = SteppedEngine()
     server: Running = await start_server(engine, batch_size=2)
-    async with server.connect() as client:
-        ids = []
-        for index in range(4):
-            await client.send(tts(f"第{index}个。", max_tokens=20, details=True))
+    texts = [f"第{index}个。" for index in range(4)]
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(server.connect()) for _ in texts]
+        for index, (client, text) in enumerate(zip(clients, texts, strict=True)):
+            await client.send(tts(text, max_tokens=20, details=True))
             queued = await client.recv_json()
-            ids.append(queued["task_id"])
             if index == 0:
                 assert queued["position"] == 1
                 assert (await client.recv_json())["type"] == "start"
@@ -134,22 +135,46 @@ async def test_queued_positions_count_only_tasks_not_started(start_server: Any) 
             else:  # the first has started; the others wait behind each other
                 assert queued["position"] == index
         engine.run_freely()
-        seen = [await client.recv() for _ in range(3 * 4 - 1)]
-    starts = [m["task_id"] for m in seen if isinstance(m, dict) and m["type"] == "start"]
-    ends = [m["task_id"] for m in seen if isinstance(m, dict) and m["type"] == "end"]
-    assert starts == ids[1:]
-    assert sorted(ends) == sorted(ids)
-    assert max(len(step) for step in engine.steps) == 2
+        for client in clients:
+            seen = [await client.recv() for _ in range(2 if client is clients[0] else 3)]
+            assert [m["type"] for m in seen if isinstance(m, dict)] == (
+                ["end"] if client is clients[0] else ["start", "end"]
+            )
+    # In queue order, two at a time.
+    assert engine.steps == [texts[:1], texts[1:3], texts[3:]]
+
+
+async def test_a_sessions_next_task_waits_for_its_previous_while_other_sessions_fill_the_batch(
+    start_server: Any,
+) -> None:
+    engine = SteppedEngine()
+    server: Running = await start_server(engine, batch_size=8)
+    async with server.connect() as a, server.connect() as b:
+        first = await send(a, TWO)
+        assert await a.recv_json() == a.reply("start", first)
+        await trio.to_thread.run_sync(engine.waiting.wait, 10)  # step 1: the first task alone
+        second = await send(a, "甲的第二个。")
+        other = await send(b, TWO)
+        await engine.step()
+        assert await b.recv_json() == b.reply("start", other)  # joins ahead of a's second
+        await a.send({"type": "task_status", "task_id": second})
+        assert (await a.recv_json())["status"] == "pending"
+        engine.run_freely()
+        await finish(a, first)
+        assert await a.recv_json() == a.reply("start", second)
+        await finish(a, second)
+        await finish(b, other)
+    assert engine.steps == [[TWO], [TWO, TWO], [TWO, "甲的第二个。"]]
 
 
 async def test_cancel_ends_only_its_row_and_frees_its_slot(start_server: Any) -> None:
     engine = SteppedEngine()
     server: Running = await start_server(engine, batch_size=2)
-    async with server.connect() as a, server.connect() as b:
+    async with server.connect() as a, server.connect() as b, server.connect() as c:
         cancelled = await send(a, THREE)
         await a.recv_json()  # start
         kept = await send(b, THREE)
-        waiting = await send(b, "等空位。")
+        waiting = await send(c, "等空位。")
         await engine.step()  # step 1: the first task alone
         assert await b.recv_json() == b.reply("start", kept)
         await trio.to_thread.run_sync(engine.waiting.wait, 10)  # step 2 holds both rows
@@ -157,10 +182,10 @@ async def test_cancel_ends_only_its_row_and_frees_its_slot(start_server: Any) ->
         assert (await a.recv_json())["status"] == "cancelling"
         await engine.step()
         assert await a.recv_json() == a.error_reply("任务已取消", cancelled)
-        assert await b.recv_json() == b.reply("start", waiting)  # its slot, at the next step
+        assert await c.recv_json() == c.reply("start", waiting)  # its slot, at the next step
         engine.run_freely()
-        seen = [await b.recv() for _ in range(4)]
-    assert [m for m in seen if isinstance(m, dict)] == [b.reply("end", waiting), b.reply("end", kept)]
+        await finish(c, waiting)
+        await finish(b, kept)
     assert engine.steps[2] == [THREE, "等空位。"]
 
 
@@ -185,17 +210,16 @@ async def test_a_disconnect_ends_only_its_row(start_server: Any) -> None:
 async def test_an_engine_exception_fails_only_its_row(start_server: Any) -> None:
     engine = SteppedEngine(fail_on="💥")
     server: Running = await start_server(engine, batch_size=8)
-    async with server.connect() as client:
-        fails = await send(client, "第一段文字在这里呀呀呀呀。第二段会失败💥呀呀呀呀呀。")
-        await client.recv_json()
-        ok = await send(client, TWO)
+    async with server.connect() as a, server.connect() as b:
+        fails = await send(a, "第一段文字在这里呀呀呀呀。第二段会失败💥呀呀呀呀呀。")
+        await a.recv_json()
+        ok = await send(b, TWO)
         await engine.step()
-        assert await client.recv_json() == client.reply("start", ok)
+        assert await b.recv_json() == b.reply("start", ok)
         engine.run_freely()
-        seen = [await client.recv() for _ in range(3)]
-    message = "音频生成失败: tone engine failed on purpose ('💥')"
-    assert client.error_reply(message, fails) in seen
-    assert client.reply("end", ok) in seen
+        message = "音频生成失败: tone engine failed on purpose ('💥')"
+        assert await a.recv() == a.error_reply(message, fails)
+        await finish(b, ok)
 
 
 async def test_a_timed_out_row_fails_at_once_mid_step_and_the_queue_moves_on(start_server: Any) -> None:
@@ -232,33 +256,33 @@ async def test_streaming_is_unchanged_per_task(start_server: Any) -> None:
 async def test_drain_finishes_running_rows_and_cancels_the_waiting(start_server: Any) -> None:
     engine = SteppedEngine()
     server: Running = await start_server(engine, batch_size=2)
-    async with server.connect() as client:
-        running = [await send(client, TWO)]
-        await client.recv_json()
-        running.append(await send(client, TWO))
-        waiting = await send(client, "等待中。")
+    async with server.connect() as a, server.connect() as b:
+        first = await send(a, TWO)
+        await a.recv_json()
+        second = await send(b, TWO)
+        waiting = await send(a, "等待中。")
         await engine.step()
-        assert await client.recv_json() == client.reply("start", running[1])
+        assert await b.recv_json() == b.reply("start", second)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.service.drain)
-            assert await client.recv_json() == client.error_reply(SHUTDOWN, waiting)
+            assert await a.recv_json() == a.error_reply(SHUTDOWN, waiting)
             engine.run_freely()
-            seen = [await client.recv() for _ in range(4)]
-    assert [m for m in seen if isinstance(m, dict)] == [client.reply("end", task) for task in running]
+            await finish(a, first)
+            await finish(b, second)
 
 
 async def test_drain_timeout_stops_every_running_row_at_the_next_step(start_server: Any) -> None:
     engine = SteppedEngine()
     server: Running = await start_server(engine, batch_size=8, drain_timeout=0.2)
-    async with server.connect() as client:
-        first, second = await two_running(engine, client, client)
+    async with server.connect() as a, server.connect() as b:
+        first, second = await two_running(engine, a, b)
         tasks = [server.service.board.registry.get(task_id) for task_id in (first, second)]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.service.drain)
             await wait_until(lambda: all(task is not None and task.stop_reason for task in tasks))
             engine.run_freely()
-            errors = [await client.recv() for _ in range(2)]
-    assert errors == [client.error_reply(SHUTDOWN, first), client.error_reply(SHUTDOWN, second)]
+            assert await a.recv() == a.error_reply(SHUTDOWN, first)
+            assert await b.recv() == b.error_reply(SHUTDOWN, second)
 
 
 @pytest.mark.parametrize("batch_size", [2, 8])

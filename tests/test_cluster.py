@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
 
 from indextts_server.core import texts
+from indextts_server.core.config import ServerConfig
 from indextts_server.core.fleet import ReplyEvent, TaskRecord, orphan_verdict
 from indextts_server.core.texts import (
     BROKER_LOST,
@@ -41,7 +42,10 @@ from indextts_server.core.texts import (
     gave_up,
     worker_lost_after_audio,
 )
-from indextts_server.io.scheduling.broker.store import PENDING, QUEUE, RETRY, WORKERS, key, task_key
+from indextts_server.io.scheduling.broker.gateway import BrokerScheduler
+from indextts_server.io.scheduling.broker.store import PENDING, QUEUE, RETRY, WORKERS, Store, key, task_key
+from indextts_server.io.scheduling.broker.worker import BrokerWorker
+from indextts_server.io.service.service import Service
 
 from .conftest import (
     CLIENT_MAX_MESSAGE,
@@ -53,8 +57,10 @@ from .conftest import (
     UnreadHttp,
     kernel_view,
     local_port,
+    serve_contract,
     tts,
 )
+from .test_operations import HangingEngine
 
 LEASE = "1"
 LONG = "第一段文字在这里呀呀呀呀。第二段文字在这里呀呀呀呀。第三段文字在这里呀呀呀呀。"  # 3 segments of 3 s
@@ -820,3 +826,31 @@ async def test_a_gateways_wyoming_port_streams_speech_made_by_the_fleet(fleet: C
     kinds = await trio.to_thread.run_sync(asyncio.run, stream())
     assert kinds == ["audio-start", "audio-chunk", "audio-stop"] * 2 + ["synthesize-stopped"]
     await worker.logged(r"task completed task=", count=2)
+
+
+async def test_a_timed_out_task_on_a_cluster_worker_has_its_engine_iterator_closed_by_the_engines_thread(
+    broker: RedisServer,
+) -> None:
+    # In-process (a gateway and its worker, role "all") so that the engine can hang on purpose.
+    engine = HangingEngine()
+    store = Store(broker.url, lease=1.0, task_ttl=60, max_queue=10)
+    worker = BrokerWorker(engine, store, name="hanging-w0", task_timeout=0.5)
+    scheduler = BrokerScheduler(store, workers=[worker])
+    service = Service(ServerConfig(host="127.0.0.1", port=0, task_timeout=0.5), scheduler=scheduler)
+    try:
+        async with trio.open_nursery() as nursery:
+            port = await serve_contract(nursery, service)
+            async with open_websocket_url(f"ws://127.0.0.1:{port}") as ws:
+                client = Client(ws, json.loads(await ws.get_message()))
+                await client.send(tts("这里会挂起。"))
+                hung = (await client.recv_json())["task_id"]
+                assert await client.recv_json() == client.reply("start", hung)
+                assert await client.recv_json() == client.error_reply("任务超时：超过 0.5 秒未完成", hung)
+                assert not engine.closed.is_set()  # the engine still holds it
+                engine.released.set()
+                await client.request(tts("下一个任务。"))
+            nursery.cancel_scope.cancel()
+    finally:
+        engine.released.set()
+        store.close()
+    assert engine.closed.is_set() and engine.closed_in != threading.main_thread().name

@@ -67,8 +67,9 @@ def test_contract_python_client_runs_unchanged(cli_server: CliServer, tmp_path: 
     assert_contract_python_client_runs(cli_server.port, tmp_path)
 
 
-def assert_contract_python_client_runs(port: int, tmp_path: Path) -> None:
-    """The contract's Python example against the server on ``port``: welcome, queued, start, audio, end."""
+def assert_contract_python_client_runs(port: int, tmp_path: Path, *, audio_bytes: str = r"\d{5,}") -> None:
+    """The contract's Python example against the server on ``port``: welcome, queued, start, audio
+    (its size in bytes matching ``audio_bytes``), end."""
     script = contract_script("Python", port, tmp_path / "contract_client.py")
     env = dict(os.environ)
     if find_spec("torchaudio") is None:
@@ -89,18 +90,23 @@ def assert_contract_python_client_runs(port: int, tmp_path: Path) -> None:
     assert lines[0] == "连接成功: 已连接到 IndexTTS WebSocket"
     assert re.fullmatch(r"任务已排队: [0-9a-f]{8}\.\.\.", lines[1])
     assert lines[2] == "开始生成音频"
-    assert re.fullmatch(r"收到音频数据 \(\d{5,} 字节\)", lines[3])
+    assert re.fullmatch(rf"收到音频数据 \({audio_bytes} 字节\)", lines[3])
     assert lines[4:] == ["生成完成"]
 
 
 def test_contract_javascript_client_runs_unchanged(cli_server: CliServer, tmp_path: Path) -> None:
+    assert_contract_javascript_client_runs(cli_server.port, tmp_path)
+
+
+def assert_contract_javascript_client_runs(port: int, tmp_path: Path) -> None:
+    """The contract's JavaScript example under Node against the server on ``port``."""
     # Not skipped without Node: scripts/test installs it, and a missing one fails here.
     node = shutil.which("node")
     assert node is not None, "Node.js is needed (scripts/test installs it with apt-get)"
     version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout
     major = int(version.strip().lstrip("v").split(".")[0])
     assert major >= 20, f"Node.js 20 or later is needed for its WebSocket, found {version.strip()}"
-    script = contract_script("JavaScript", cli_server.port, tmp_path / "contract_client.js")
+    script = contract_script("JavaScript", port, tmp_path / "contract_client.js")
     # Node 20 and 21 have the browser's WebSocket (binaryType "blob") behind a flag; 22+ by default.
     flags = ["--experimental-websocket"] if major < 22 else []
     result = subprocess.run(

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -48,8 +48,18 @@ from indextts_server.devtools.tiny_checkpoint import (
     offline_env,
 )
 
-from .conftest import CLIENT_MAX_MESSAGE, EMO_PROMPT, REPO, Client, CliServer, decode_wav, tts
+from .conftest import (
+    CLIENT_MAX_MESSAGE,
+    EMO_PROMPT,
+    REPO,
+    Client,
+    CliServer,
+    assert_three_pipelined_in_order,
+    decode_wav,
+    tts,
+)
 from .test_agent_clients import livekit_speak, pipecat_run, pipecat_tts, turn
+from .test_contract_clients import assert_contract_javascript_client_runs, assert_contract_python_client_runs
 from .test_timestamps import assert_cues_fit_the_audio, srt_spans
 from .test_wyoming import audio, error_text, exchange, types
 
@@ -108,6 +118,14 @@ def batch_server(tiny: TinyCheckpoint) -> Iterator[CliServer]:
         yield server
     finally:
         server.stop(timeout=60)
+
+
+@pytest.fixture(params=["1", "8"], ids=["batch-size-1", "batch-size-8"])
+def any_server(request: pytest.FixtureRequest) -> CliServer:
+    """The tiny IndexTTS-2 server at the contract's batch size 1, then at 8."""
+    return cast(
+        CliServer, request.getfixturevalue("engine_server" if request.param == "1" else "batch_server")
+    )
 
 
 @asynccontextmanager
@@ -711,3 +729,19 @@ async def test_wyoming_streams_each_sentence_on_the_real_model(engine_server: Cl
 async def test_wyoming_refuses_a_language_the_real_model_cannot_read(engine_server: CliServer) -> None:
     event = Event("synthesize", {"text": "今日は。", "voice": {"language": "ja"}})
     assert error_text(await exchange(engine_server.wyoming_port, [event])) == LANG_JA_REFUSED
+
+
+def test_the_contracts_python_client_runs_unchanged(any_server: CliServer, tmp_path: Path) -> None:
+    # Random weights: a row sampled in a batch may meet its stop token within the first codes, so
+    # the audio can be shorter than the 10 kB the tone engine's always is.
+    assert_contract_python_client_runs(any_server.port, tmp_path, audio_bytes=r"\d+")
+
+
+def test_the_contracts_javascript_client_runs_unchanged(any_server: CliServer, tmp_path: Path) -> None:
+    assert_contract_javascript_client_runs(any_server.port, tmp_path)
+
+
+async def test_pipelined_requests_on_one_connection_get_each_tasks_replies_together_and_in_order(
+    any_server: CliServer,
+) -> None:
+    await assert_three_pipelined_in_order(any_server.url)

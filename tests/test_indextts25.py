@@ -56,6 +56,7 @@ from .conftest import (
     REPO,
     Client,
     CliServer,
+    assert_three_pipelined_in_order,
     decode_wav,
     tts,
     wait_until,
@@ -379,6 +380,12 @@ def test_the_contracts_javascript_client_runs_unchanged(any25: CliServer, tmp_pa
         found = re.compile(rf"^{pattern}$", re.M).search(result.stdout, at)
         assert found, f"{pattern!r} missing after offset {at}:\n{result.stdout}"
         at = found.end()
+
+
+async def test_pipelined_requests_on_one_connection_get_each_tasks_replies_together_and_in_order(
+    any25: CliServer,
+) -> None:
+    await assert_three_pipelined_in_order(any25.url)
 
 
 # --- lang --------------------------------------------------------------------------------------------

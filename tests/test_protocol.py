@@ -1,14 +1,31 @@
-"""The contract's protocol, message by message, as a client sees it (tone engine)."""
+"""The contract's protocol, message by message, as a client sees it (tone engine, at --batch-size 1 and 8)."""
 
 from __future__ import annotations
 
 import re
 
 import numpy as np
+import pytest
 
 from indextts_server.core.engine import SAMPLE_RATE
 
-from .conftest import EMO_PROMPT, ISO_RE, UUID_RE, Client, Running, decode_wav, tts
+from .conftest import (
+    EMO_PROMPT,
+    ISO_RE,
+    UUID_RE,
+    Client,
+    Running,
+    StartServer,
+    assert_pipelined_in_order,
+    decode_wav,
+    tts,
+)
+
+
+@pytest.fixture(params=[1, 8], ids=["batch-1", "batch-8"])
+async def server(start_server: StartServer, request: pytest.FixtureRequest) -> Running:
+    """The contract's protocol holds one task at a time and with ``--batch-size 8`` alike."""
+    return await start_server(batch_size=request.param)
 
 
 async def test_welcome_has_the_contract_fields(client: Client) -> None:
@@ -190,3 +207,12 @@ async def test_pipelined_requests_on_one_connection_each_get_their_messages_in_o
         assert kinds == ["queued", "start", "end"]
         start, end = positions[1], positions[2]
         assert flow[end - 1][0] == "audio" and flow[start:end].count(("audio", None)) == 1
+
+
+async def test_pipelined_streamed_requests_get_each_tasks_replies_together_and_in_order(
+    client: Client,
+) -> None:
+    # Two, three and one segments of 11 tokens at max_tokens 20, each streamed per segment.
+    sentence = "这一句话在这里呀呀呀呀。"
+    requests = [tts(sentence * count, max_tokens=20, stream=True) for count in (2, 3, 1)]
+    await assert_pipelined_in_order(client, requests, binaries=[2, 3, 1])

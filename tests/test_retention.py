@@ -85,3 +85,15 @@ async def test_expired_task_status_is_an_unknown_task(start_server: Any) -> None
         await trio.sleep(0.3)
         reply = await client.error({"type": "task_status", "task_id": task_id})
         assert reply == client.error_reply(f"任务不存在或已过期: {task_id}", task_id)
+
+
+def test_a_task_that_never_ran_may_fail_but_never_complete() -> None:
+    # Cluster mode: the broker can lose a waiting task; only a running task completes.
+    registry = TaskRegistry(ttl=1)
+    lost, unstarted = Task("lost", "s", JOB, datetime.now()), Task("unstarted", "s", JOB, datetime.now())
+    registry.add(lost)
+    registry.add(unstarted)
+    registry.move(lost, "failed", wall=datetime.now(), now=5, error="lost")
+    assert (lost.state, lost.error_message, lost.finished_at, lost.started_at) == ("failed", "lost", 5, None)
+    with pytest.raises(InvalidTransition):
+        registry.move(unstarted, "completed", wall=datetime.now(), now=5)

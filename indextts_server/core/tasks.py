@@ -1,4 +1,26 @@
-"""The task registry: every task's state, its legal transitions, and how long it is kept."""
+"""The task registry: every task's state, its legal transitions, and how long it is kept.
+
+Theory of operation: the state table, and who moves a task along it.
+
+    pending ──▶ running ──▶ completed   the last segment's audio went out, then ``end``
+       │           ├──────▶ failed      engine error, ``--task-timeout``, the drain's abort,
+       │           │                    (cluster) a lost worker past its deliveries, a lost broker
+       │           └──────▶ cancelled   stopped between segments: cancel, session closed, drain
+       ├──────────────────▶ cancelled   never ran: cancel, session closed, drain
+       └──────────────────▶ failed      (cluster) never ran: the broker lost it, the gateway's drain
+
+- Every change of ``Task.state`` goes through `transition`, which checks the edge against
+  ``TRANSITIONS`` (a missing edge is a bug: `InvalidTransition`) and sets the times that go with it
+  (``started_at`` on ``running``; ``finished_at``, ``completed_at`` and ``error_message`` on a
+  final state). Nothing else writes ``state``.
+- The embedded board moves its tasks with `TaskRegistry.move` (`transition`, then the finished
+  task is kept ``ttl`` seconds): waiting tasks by the board (cancel, disconnect, drain), a task a
+  worker has taken only by that worker (`io.scheduling.worker`).
+- A cluster gateway moves the tasks it admitted with `transition` as its workers' replies arrive
+  (`io.scheduling.broker.gateway`); the broker keeps the fleet's record of each task. A
+  ``completed`` whose ``start`` never reached the gateway passes through ``running`` first.
+- A final state is final: its task is never moved again.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +35,7 @@ from .contract.protocol import AudioFormat, Cue, TaskState, Timing
 from .engine import SAMPLE_RATE, SynthesisJob
 
 TRANSITIONS: Final[dict[TaskState, frozenset[TaskState]]] = {
-    "pending": frozenset({"running", "cancelled"}),
+    "pending": frozenset({"running", "cancelled", "failed"}),
     "running": frozenset({"completed", "failed", "cancelled"}),
     "completed": frozenset(),
     "failed": frozenset(),
@@ -24,6 +46,20 @@ FINISHED: Final[frozenset[TaskState]] = frozenset({"completed", "failed", "cance
 
 class InvalidTransition(Exception):
     """A task was moved along an edge the state table does not have (a bug, never client input)."""
+
+
+def transition(task: Task, state: TaskState, *, wall: datetime, now: float, error: str | None = None) -> None:
+    """Move ``task`` to ``state`` along the table, with its times: ``wall`` for the timestamps
+    clients see, ``now`` (monotonic seconds) for the timings and retention."""
+    if state not in TRANSITIONS[task.state]:
+        raise InvalidTransition(f"{task.task_id}: {task.state} -> {state}")
+    task.state = state
+    if state == "running":
+        task.started_at = now
+    if state in FINISHED:
+        task.completed_at = wall
+        task.error_message = error
+        task.finished_at = now
 
 
 def iso(moment: datetime) -> str:
@@ -161,15 +197,8 @@ class TaskRegistry:
         now: float,
         error: str | None = None,
     ) -> None:
-        if state not in TRANSITIONS[task.state]:
-            raise InvalidTransition(f"{task.task_id}: {task.state} -> {state}")
-        task.state = state
-        if state == "running":
-            task.started_at = now
+        transition(task, state, wall=wall, now=now, error=error)
         if state in FINISHED:
-            task.completed_at = wall
-            task.error_message = error
-            task.finished_at = now
             self._finished.append(task)
 
     def next_expiry(self) -> float | None:

@@ -13,7 +13,6 @@ from ...core.contract import replies
 from ...core.contract.protocol import Cue
 from ...core.engine import Capabilities, Engine, SynthesisJob, common_capabilities
 from ...core.tasks import Delivery
-from .batch import BatchWorker
 from .board import TaskBoard, TaskObserver
 from .recipient import Recipient
 from .worker import InferenceWorker
@@ -82,8 +81,8 @@ class Scheduler(Protocol):
 class EmbeddedScheduler:
     """The default: one process, the in-memory FIFO (`TaskBoard`) and its inference tasks.
 
-    ``batch_size`` 1 (the contract's behaviour) runs one task at a time per engine
-    (`InferenceWorker`); more advances up to that many together (`BatchWorker`).
+    Each engine has its `InferenceWorker`: ``batch_size`` 1 (the contract's behaviour) runs one
+    task at a time on it; more advances up to that many together.
     """
 
     def __init__(
@@ -102,16 +101,8 @@ class EmbeddedScheduler:
         self.capabilities = common_capabilities([engine.capabilities for engine in engines])
         self.board = TaskBoard(ttl=ttl, max_queue=max_queue)
         self.board.metrics = metrics
-        self.workers: list[InferenceWorker | BatchWorker] = [
+        self.workers = [
             InferenceWorker(
-                engine,
-                self.board,
-                self.board.receive.clone(),
-                task_timeout=task_timeout,
-                name=f"worker-{index}",
-            )
-            if batch_size == 1
-            else BatchWorker(
                 engine,
                 self.board,
                 self.board.receive.clone(),

@@ -17,7 +17,6 @@ from ...core.tasks import Delivery
 from ..audio.paths import AudioPaths, resolve_roots
 from ..audio.sources import AudioSources
 from ..audio.voices import VoiceLibrary
-from ..scheduling.batch import BatchWorker
 from ..scheduling.board import TaskBoard, TaskObserver
 from ..scheduling.recipient import Recipient
 from ..scheduling.scheduler import EmbeddedScheduler, Scheduler
@@ -119,7 +118,7 @@ class Service:
         return self.scheduler.board
 
     @property
-    def workers(self) -> list[InferenceWorker | BatchWorker]:
+    def workers(self) -> list[InferenceWorker]:
         """This process's inference tasks (embedded scheduling only)."""
         assert isinstance(self.scheduler, EmbeddedScheduler)
         return self.scheduler.workers

@@ -27,7 +27,7 @@ from ....core.fleet import (
     decode_activity,
     fleet_engine,
 )
-from ....core.tasks import Delivery, Task, iso
+from ....core.tasks import Delivery, Task, iso, transition
 from ..board import TaskObserver, new_task, report_finished
 from ..recipient import Recipient
 from .recovery import run_recovery
@@ -309,8 +309,7 @@ class BrokerScheduler:
             case "start":
                 if task.state != "pending":
                     return  # run again elsewhere: the client saw its start already
-                task.state = "running"
-                task.started_at = now
+                transition(task, "running", wall=datetime.now(), now=now)
                 session.send(replies.start(task.task_id, session.session_id, task.delivery))
             case "cue":
                 cue = msgspec.json.decode(event.data, type=Cue)
@@ -344,13 +343,10 @@ class BrokerScheduler:
         if self.local.pop(task.task_id, None) is None:
             return
         local.session.tasks.discard(task.task_id)
-        now = trio.current_time()
-        if task.started_at is None and state == "completed":
-            task.started_at = now
-        task.state = state
-        task.finished_at = now
-        task.completed_at = datetime.now()
-        task.error_message = message
+        now, wall = trio.current_time(), datetime.now()
+        if state == "completed" and task.state == "pending":  # its start never reached this gateway
+            transition(task, "running", wall=wall, now=now)
+        transition(task, state, wall=wall, now=now, error=message)
         self.done += 1
         log.info(
             "task %s session=%s task=%s%s",
