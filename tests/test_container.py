@@ -129,7 +129,9 @@ def dependency_wheels(context: Path, base_python: str) -> Path:
     folder = CACHE / f"container-wheels-{key}"
     if not (folder / ".complete").is_file():
         shutil.rmtree(folder, ignore_errors=True)
-        run(sys.executable, "-m", "pip", "wheel", "--quiet", f"{context}[cluster,zeroconf]", "-w", str(folder))
+        run(
+            sys.executable, "-m", "pip", "wheel", "--quiet", f"{context}[cluster,zeroconf]", "-w", str(folder)
+        )
         # pip resolves markers for this interpreter only: add what the base's Python also needs.
         if wanted := missing_for(folder, base_python):
             run(sys.executable, "-m", "pip", "wheel", "--quiet", *wanted, "-w", str(folder))
