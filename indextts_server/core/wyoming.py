@@ -32,8 +32,9 @@ MAX_LINE: Final = 64 * 1024
 """Longest header line accepted; a longer one is skipped."""
 WIDTH: Final = 2
 CHANNELS: Final = 1
-DELIVERY: Final = Delivery(stream=True, format="pcm", sample_rate=SAMPLE_RATE)
-"""Every task's audio: 16-bit mono samples at the model's rate, segment by segment."""
+DELIVERY: Final = Delivery(stream=True, format="pcm", sample_rate=SAMPLE_RATE, realtime=True)
+"""Every task's audio: 16-bit mono samples at the model's rate, segment by segment. A voice
+assistant waits on it as it is spoken, so it goes ahead of bulk work (``realtime``)."""
 
 
 class Frame(NamedTuple):
