@@ -180,9 +180,10 @@ async function upload() {
   $("upload-state").textContent = "uploading…";
   try {
     const added = await voices.add(name, sample.blob, sample.filename, $("new-voice-replace").checked);
-    state.lastUpload = { name: added.name ?? name, type: sample.blob.type, bytes: sample.blob.size };
     $("upload-state").textContent = `added ${added.name ?? name}`;
     await refreshVoices(added.name ?? name);
+    // Last: an upload is done once the lists show the new voice, chosen.
+    state.lastUpload = { name: added.name ?? name, type: sample.blob.type, bytes: sample.blob.size };
   } catch (error) {
     $("upload-state").textContent = "";
     showError(error.message);
