@@ -28,6 +28,7 @@ const state = {
   status: "",
   voices: [],
   recordingSeconds: 0,
+  recordedSeconds: null, // the length of the last recording's WAV
   lastUpload: null,
   lastRequest: null,
   caption: "", // the text of the segment playing now (from its cue)
@@ -212,6 +213,7 @@ async function toggleRecording() {
       const wav = await recorder.instance.stop();
       sample = { blob: wav, filename: "recording.wav" };
       const seconds = (wav.size - 44) / 2 / context.sampleRate;
+      state.recordedSeconds = seconds;
       $("record-state").textContent = `recorded ${seconds.toFixed(1)} s (WAV, ${Math.round(wav.size / 1024)} KB)`;
       $("new-voice-file").value = "";
     } catch (error) {
@@ -219,6 +221,7 @@ async function toggleRecording() {
     }
     return;
   }
+  state.recordedSeconds = null;
   recorder.instance = new Recorder(context);
   try {
     await recorder.instance.start();

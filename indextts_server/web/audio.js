@@ -165,23 +165,29 @@ export class Recorder {
     this.context = context;
     this.recorder = null;
     this.chunks = [];
-    this.startedAt = 0;
+    this.startedAt = null;
   }
 
   get recording() {
     return this.recorder !== null;
   }
 
+  /** Seconds since the recorder began to record (its start event), 0 before. */
   get seconds() {
-    return this.recording ? (performance.now() - this.startedAt) / 1000 : 0;
+    return this.recording && this.startedAt !== null ? (performance.now() - this.startedAt) / 1000 : 0;
   }
 
+  /** Resolves once recording has begun: `start()` only asks, and a busy browser begins later. */
   async start() {
     const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
     this.chunks = [];
-    this.recorder = new MediaRecorder(stream);
-    this.recorder.ondataavailable = (event) => event.data.size && this.chunks.push(event.data);
-    this.recorder.start();
+    this.startedAt = null;
+    const recorder = new MediaRecorder(stream);
+    this.recorder = recorder;
+    recorder.ondataavailable = (event) => event.data.size && this.chunks.push(event.data);
+    const started = new Promise((resolve) => (recorder.onstart = resolve));
+    recorder.start();
+    await started;
     this.startedAt = performance.now();
   }
 
