@@ -36,6 +36,10 @@ import indextts  # type: ignore[import-untyped]  # noqa: F401 - untyped package,
 import torch  # noqa: F401
 from pipecat.frames.frames import ErrorFrame, TTSAudioRawFrame, TTSTextFrame
 from trio_websocket import open_websocket_url
+from wyoming.audio import AudioStart
+from wyoming.event import Event
+from wyoming.info import Describe, Info
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
 from indextts_server.core.engine import SAMPLE_RATE
 from indextts_server.devtools.tiny_checkpoint import (
@@ -57,6 +61,7 @@ from .conftest import (
 from .test_agent_clients import livekit_speak, pipecat_run, pipecat_tts, turn
 from .test_contract_clients import assert_contract_javascript_client_runs, assert_contract_python_client_runs
 from .test_timestamps import assert_cues_fit_the_audio, srt_spans
+from .test_wyoming import audio, error_text, exchange, types
 
 MAX_MEL_TOKENS = 24
 pytestmark = pytest.mark.timeout(900)  # a slow machine loads and runs the model slowly
@@ -85,7 +90,15 @@ def engine_server(tiny: TinyCheckpoint, tmp_path_factory: pytest.TempPathFactory
     voices = tmp_path_factory.mktemp("voices")
     server = CliServer(
         cli_args(
-            tiny, "--device", "cpu", "--max-mel-tokens", str(MAX_MEL_TOKENS), "--voices-dir", str(voices)
+            tiny,
+            "--device",
+            "cpu",
+            "--max-mel-tokens",
+            str(MAX_MEL_TOKENS),
+            "--voices-dir",
+            str(voices),
+            "--wyoming-port",
+            "0",
         )[2:],
         env={**os.environ, **offline_env(tiny)},
     )
@@ -736,6 +749,38 @@ def test_pipecat_speaks_on_the_real_model_in_8khz_mulaw(engine_server: CliServer
         "are",
         "you?",
     ]
+
+
+# --- Home Assistant's Wyoming protocol on the real model (docs/home-assistant.md) ---------------------
+
+
+async def test_wyoming_describes_the_models_languages(engine_server: CliServer) -> None:
+    [event] = await exchange(engine_server.wyoming_port, [Describe().event()], until=("info",))
+    [program] = Info.from_event(event).tts
+    assert [(v.name, v.languages) for v in program.voices] == [("default", ["zh", "en"])]
+
+
+async def test_wyoming_synthesizes_a_whole_text_on_the_real_model(engine_server: CliServer) -> None:
+    events = await exchange(engine_server.wyoming_port, [Synthesize(text=SEGMENTS).event()])
+    assert types(events) == ["audio-start", "audio-chunk", "audio-stop"]
+    assert AudioStart.from_event(events[0]).rate == SAMPLE_RATE
+    assert len(audio(events)) > 0
+
+
+async def test_wyoming_streams_each_sentence_on_the_real_model(engine_server: CliServer) -> None:
+    sent = [
+        SynthesizeStart(voice=SynthesizeVoice(name="default")).event(),
+        SynthesizeChunk(text="今天天气很好。我们").event(),
+        SynthesizeChunk(text="去散步吧。").event(),
+        SynthesizeStop().event(),
+    ]
+    events = await exchange(engine_server.wyoming_port, sent, until=("synthesize-stopped", "error"))
+    assert types(events) == ["audio-start", "audio-chunk", "audio-stop"] * 2 + ["synthesize-stopped"]
+
+
+async def test_wyoming_refuses_a_language_the_real_model_cannot_read(engine_server: CliServer) -> None:
+    event = Event("synthesize", {"text": "今日は。", "voice": {"language": "ja"}})
+    assert error_text(await exchange(engine_server.wyoming_port, [event])) == LANG_JA_REFUSED
 
 
 def test_the_contracts_python_client_runs_unchanged(any_server: CliServer, tmp_path: Path) -> None:

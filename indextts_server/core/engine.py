@@ -161,6 +161,12 @@ _SPANISH_WORDS = re.compile(
 _ENGLISH_WORDS = re.compile(r"\b(the|and|is|are|of|to|you|it|this|that|with|for|hello|what)\b", re.I)
 
 
+def lang_of(code: str) -> Lang | None:
+    """A language tag (``en``, ``zh-CN``, ``en_US``) as the ``lang`` it names; ``None``: none we have."""
+    base = code.split("-")[0].split("_")[0].lower()
+    return next((lang for lang in LANGS if lang == base), None)
+
+
 def detect_lang(text: str) -> Lang:
     """The language of ``text`` when a request names none, by its script.
 

@@ -323,6 +323,36 @@ def agent_transcript_too_long(limit: int) -> str:
     return f"context 中待合成的文本过长：最多 {limit} 个字符"
 
 
+# -- Home Assistant's Wyoming protocol (--wyoming-port): ``error`` events' ``text`` --------------------
+
+WYOMING_NOT_EVENT: Final = (
+    "无法解析的 Wyoming 事件：需要一行 JSON 对象（含 type），其后是 data_length 与 payload_length 字节"
+)
+WYOMING_CHUNK_WITHOUT_START: Final = "synthesize-chunk 之前没有 synthesize-start"
+WYOMING_STOP_WITHOUT_START: Final = "synthesize-stop 之前没有 synthesize-start"
+WYOMING_EMPTY_TEXT: Final = "text 不能为空"
+
+
+def wyoming_too_large(limit: int) -> str:
+    return f"Wyoming 事件过大：data 与 payload 最多 {limit} 字节"
+
+
+def wyoming_line_too_long(limit: int) -> str:
+    return f"Wyoming 事件头过长：最多 {limit} 字节"
+
+
+def wyoming_field(kind: str, field: str) -> str:
+    return f"{kind} 事件的 {field} 字段无效"
+
+
+def wyoming_language(language: str) -> str:
+    return f"voice.language 不支持: {language}（可选值: zh/en/ja/es/ar）"
+
+
+def wyoming_text_format(text_format: str | None) -> str:
+    return f"text_format 暂不支持: {text_format}（只支持 text）"
+
+
 # -- the HTTP API (OpenAI-compatible speech; errors in OpenAI's shape, texts as over the WebSocket) -
 
 INPUT_MISSING: Final = "缺少有效的 input"

@@ -15,7 +15,7 @@ import msgspec
 
 from .. import texts
 from ..contract.jobs import job
-from ..engine import LANGS, SPEED_MAX, SPEED_MIN, EmoMode, Lang, SynthesisJob
+from ..engine import SPEED_MAX, SPEED_MIN, EmoMode, Lang, SynthesisJob, lang_of
 from ..plan import Plan
 from ..tasks import Delivery
 from ..voices import DEFAULT_VOICE
@@ -134,7 +134,9 @@ class ContextSettings(msgspec.Struct, frozen=True, kw_only=True):
     def delivery(self) -> Delivery:
         """Raw 16-bit samples at the context's rate, segment by segment, each after its cue (the
         cue gives the segment's text and span, the words are placed from them)."""
-        return Delivery(stream=True, format="pcm", sample_rate=self.sample_rate, timestamps=True)
+        return Delivery(
+            stream=True, format="pcm", sample_rate=self.sample_rate, timestamps=True, realtime=True
+        )
 
 
 class Invalid(Exception):
@@ -216,11 +218,10 @@ def language(code: str | None, context: str | None) -> Lang | None:
     """Cartesia's ``language`` (``en``, ``zh``, ``en-US`` ...) as the job's ``lang``; none: from the text."""
     if not code:
         return None
-    base = code.split("-")[0].split("_")[0].lower()
-    for lang in LANGS:
-        if lang == base:
-            return lang
-    raise Invalid(texts.agent_language(code), context)
+    lang = lang_of(code)
+    if lang is None:
+        raise Invalid(texts.agent_language(code), context)
+    return lang
 
 
 def speed(value: float | str | None, context: str | None) -> float | None:

@@ -48,11 +48,12 @@ from ...core.agents.cartesia import (
 )
 from ...core.agents.transcript import Transcript, join
 from ...core.agents.words import Word, estimate, exact_tone, split_words, take_words
-from ...core.contract.protocol import CueReply, End, Error, Reply
+from ...core.contract.protocol import CueReply, End, Error
 from ...core.engine import PCM
 from ...core.ssml import SsmlError, complete
 from ...core.voices import VoiceError
 from ..audio.paths import AudioPathError
+from ..service.part import Part
 from ..service.service import Refused, Service
 from ..service.session import Close, Session
 
@@ -85,23 +86,13 @@ class Flush:
         self.flush_id = flush_id
 
 
-class Sentence:
-    """One committed sentence's task, as scheduling sees its session (a `Recipient`).
-
-    Its replies and samples wait here, in order, until the context's player takes them. It is
-    open while its context is live and its socket open; a task whose sentence closes stops at its
-    next segment boundary.
-    """
+class Sentence(Part):
+    """One committed sentence's task (a `Part`): open while its context is live and its socket open."""
 
     def __init__(self, context: Context, text: str):
+        super().__init__(context.socket.session.session_id, text)
         self.context = context
-        self.text = text
-        self.session_id = context.socket.session.session_id
-        self.tasks: set[str] = set()
-        self.close_reason: str | None = None
-        self.task_id: str | None = None
         self.words = split_words(text)  # not yet timed
-        self._send, self.events = trio.open_memory_channel[Reply | bytes](math.inf)
 
     @property
     def open(self) -> bool:
@@ -112,14 +103,8 @@ class Sentence:
         if not value:
             self.context.live = False
 
-    def send(self, reply: Reply) -> None:
-        self._send.send_nowait(reply)
-        if isinstance(reply, (End, Error)):
-            self.context.socket.freed.set()  # room for a sentence held back (--max-pending-per-session)
-
-    def deliver(self, message: str | bytes, size: int | None = None) -> None:
-        if isinstance(message, bytes):
-            self._send.send_nowait(message)
+    def finished(self) -> None:
+        self.context.socket.freed.set()  # room for a sentence held back (--max-pending-per-session)
 
 
 class Context:

@@ -8,6 +8,12 @@ Theory of operation: who may change what.
   (``Sink.stopped``: a cancel, a closed session, the drain, a broker that fenced the attempt).
 - Rows join between steps (``TaskRunner._take``, the feed's own admission) while fewer than
   ``batch_size`` rows are in, waiting for one only when none is.
+- Realtime tasks (``Delivery.realtime``: a voice agent's sentence) have lanes of their own: up to
+  ``batch_size`` of them join at the next step however many bulk rows are in, and a step advances
+  them first, then as many bulk rows as ``batch_size`` leaves room for. At ``batch_size`` 1 a
+  realtime task therefore goes ahead of a running bulk task at its next segment boundary, and that
+  task waits, still running, until the realtime one has ended; above 1 it joins the running batch,
+  pausing the bulk row that joined last while the batch is full. A waiting row's deadline runs on.
 - Each step runs in one worker thread holding the engine (``CapacityLimiter(1)``), handed on to the
   engine's own thread (`home_thread`): it creates the iterators of rows that have just joined
   (``engine.synthesize``) and advances every row by one segment. At ``batch_size`` 1 that is plain
@@ -145,6 +151,7 @@ class Row(Generic[S]):
     def __init__(self, job: SynthesisJob, delivery: Delivery, sink: S, deadline: float):
         self.job = job
         self.stream = delivery.stream
+        self.urgent = False  # a realtime task's, in a feed that gives it precedence (`TaskRunner._row`)
         self.sink = sink
         self.deadline = deadline
         self.files = SegmentFiles(delivery.format, delivery.sample_rate)
@@ -278,18 +285,21 @@ class TaskRunner(Generic[S]):
         finally:
             self.running = False
 
-    async def _take(self, *, wait: bool) -> Row[S] | None:
+    async def _take(self, *, wait: bool, bulk: bool = True) -> Row[S] | None:
         """The feed: the next task to join, started (``None``: nothing after all, ask again).
+        Realtime tasks come first; ``bulk`` False: only a realtime one may join now.
 
         Raises ``trio.WouldBlock`` when none may join now without waiting (``wait`` False), and
         ``trio.EndOfChannel`` once no task will ever come again.
         """
         raise NotImplementedError
 
-    def _row(self, job: SynthesisJob, delivery: Delivery, sink: S) -> Row[S]:
-        """A row for a task that starts now."""
+    def _row(self, job: SynthesisJob, delivery: Delivery, sink: S, *, urgent: bool = False) -> Row[S]:
+        """A row for a task that starts now; ``urgent``: in the realtime lane."""
         deadline = trio.current_time() + self.task_timeout if self.task_timeout > 0 else math.inf
-        return Row(job, delivery, sink, deadline)
+        row = Row(job, delivery, sink, deadline)
+        row.urgent = urgent
+        return row
 
     async def _serve(self) -> None:
         feeding = True
@@ -302,10 +312,15 @@ class TaskRunner(Generic[S]):
                 await self._step()
 
     async def _join(self, feeding: bool) -> bool:
-        """Let tasks join while slots are free; False once the feed has ended."""
-        while feeding and len(self.rows) < self.batch_size:
+        """Let tasks join while slots are free (``batch_size`` for bulk tasks, as many again for
+        realtime ones); False once the feed has ended."""
+        while feeding:
+            urgent = sum(row.urgent for row in self.rows)
+            bulk = len(self.rows) - urgent < self.batch_size
+            if not bulk and urgent >= self.batch_size:
+                break
             try:
-                row = await self._take(wait=not self.rows)
+                row = await self._take(wait=not self.rows, bulk=bulk)
             except trio.WouldBlock:
                 break
             except trio.EndOfChannel:
@@ -352,8 +367,17 @@ class TaskRunner(Generic[S]):
                 await self._call(close_rows, iterators)
         self.last_progress = trio.current_time()
 
+    def _active(self) -> list[Row[S]]:
+        """The rows the next step advances: realtime ones first, then bulk ones in the order they
+        joined, ``batch_size`` in all; the rest wait, running, for a step with room."""
+        urgent = [row for row in self.rows if row.urgent]
+        if not urgent:
+            return list(self.rows)
+        bulk = [row for row in self.rows if not row.urgent]
+        return urgent + bulk[: max(0, self.batch_size - len(urgent))]
+
     async def _step(self) -> None:
-        rows = list(self.rows)
+        rows = self._active()
         began = trio.current_time()
         self._stepping = rows
         self._expiry.deadline = min(row.deadline for row in rows)  # `_expire` wakes then
