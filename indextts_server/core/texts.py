@@ -350,7 +350,7 @@ def wyoming_language(language: str) -> str:
 
 
 def wyoming_text_format(text_format: str | None) -> str:
-    return f"text_format 暂不支持: {text_format}（只支持 text）"
+    return f"text_format 不支持: {text_format}（只支持 text、ssml）"
 
 
 # -- the HTTP API (OpenAI-compatible speech; errors in OpenAI's shape, texts as over the WebSocket) -
