@@ -9,7 +9,7 @@
 #           carry their own CUDA libraries, so no CUDA base image is needed)
 #   WHEELS  a folder in the build context; when it holds wheels, everything is installed from it
 #           and no package index is contacted (air-gapped builds):
-#             pip wheel ".[indextts,cluster]" -w wheels      (on a machine with network)
+#             pip wheel ".[indextts,cluster,zeroconf]" -w wheels      (on a machine with network)
 #             docker build --build-arg WHEELS=wheels -t indextts-server .
 # podman: add --format docker, or the OCI format drops the HEALTHCHECK.
 
@@ -60,7 +60,7 @@ ENTRYPOINT ["indextts-server"]
 # --- light: the tone engine, no torch (protocol trials, client development, CI, a gateway) ---
 FROM runtime AS light
 ARG WHEELS
-RUN --mount=type=bind,target=/src,rw sh /src/deploy/container-install.sh "/src/${WHEELS}" "[cluster]"
+RUN --mount=type=bind,target=/src,rw sh /src/deploy/container-install.sh "/src/${WHEELS}" "[cluster,zeroconf]"
 ENV INDEXTTS_SERVER_ENGINE=tone
 USER indextts
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
@@ -69,7 +69,7 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
 # --- full (the default target): IndexTTS2 on NVIDIA GPUs (docker run --gpus all …) -----------
 FROM runtime AS full
 ARG WHEELS
-RUN --mount=type=bind,target=/src,rw sh /src/deploy/container-install.sh "/src/${WHEELS}" "[indextts,cluster]"
+RUN --mount=type=bind,target=/src,rw sh /src/deploy/container-install.sh "/src/${WHEELS}" "[indextts,cluster,zeroconf]"
 USER indextts
 # The model loads (or downloads, with --download) before the ports open: a long start period.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20m --retries=3 \

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Installs indextts-server with the extras $2 ("[indextts,cluster]") into /opt/venv, inside a
+# Installs indextts-server with the extras $2 ("[indextts,cluster,zeroconf]") into /opt/venv, inside a
 # container build (see the Dockerfile). When the folder $1 holds wheels, only they are used and
 # no package index is contacted; otherwise the source tree in /src is installed from the index.
 set -eu

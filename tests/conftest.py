@@ -360,6 +360,13 @@ class CliServer:
                     self.http_port = int(found.group(1))
                     break
         self.http = f"http://127.0.0.1:{self.http_port}"
+        self.wyoming_port = 0
+        if "--wyoming-port" in args:
+            for line in self.process.stderr:
+                self.log.append(line)
+                if found := re.search(r"wyoming on tcp://127\.0\.0\.1:(\d+)", line):
+                    self.wyoming_port = int(found.group(1))
+                    break
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self) -> None:

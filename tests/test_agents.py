@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,10 +22,20 @@ from trio_websocket import (
 from indextts_server.core import texts
 from indextts_server.core.agents.audio import alaw, mulaw
 from indextts_server.core.agents.cartesia import EMOTIONS
+from indextts_server.core.engine import Segment, SynthesisJob
 from indextts_server.core.tasks import Task
 from indextts_server.io.engines.tone import ToneEngine
 
-from .conftest import GatedEngine, JobsEngine, Running, StartServer, wait_until
+from .conftest import (
+    Client,
+    GatedEngine,
+    JobsEngine,
+    RecordingEngine,
+    Running,
+    StartServer,
+    tts,
+    wait_until,
+)
 
 Json = dict[str, Any]
 VOICE = {"mode": "id", "id": "default"}
@@ -484,3 +495,88 @@ async def test_sentences_batched_together_still_play_in_order(start_http: StartS
     async with agent(server) as client:
         replies = await client.speak(*lines)
     assert " ".join(w for w, _, _ in words_of(replies)) == " ".join(lines)
+
+
+# --- realtime lane: a sentence goes ahead of bulk work -----------------------------------------------
+
+BULK = "第一段是一段很长很长的文字。第二段是一段很长很长的文字。第三段是一段很长很长的文字。第四段是一段很长很长的文字。"
+
+
+class PacedEngine(RecordingEngine):
+    """Tone, where a bulk task's segments after its first wait for the test to let each through
+    (``permit``), so a test knows exactly which segment boundary a sentence meets."""
+
+    def __init__(self) -> None:
+        super().__init__(ToneEngine())
+        self.permits = threading.Semaphore(0)
+
+    def synthesize(self, job: SynthesisJob) -> Iterator[Segment]:
+        segments = super().synthesize(job)
+        for index in itertools.count():
+            if job.text == BULK and index > 0:
+                self.permits.acquire(timeout=30)
+            segment = next(segments, None)
+            if segment is None:
+                return
+            yield segment
+
+    def permit(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.permits.release()
+
+    def made(self, text: str) -> int:
+        return self.texts("segment").count(text)
+
+
+@asynccontextmanager
+async def bulk_then_sentence(
+    server: Running, engine: PacedEngine
+) -> AsyncIterator[tuple[Client, Task, Agent]]:
+    """A contract task of four segments, held inside its second; then an agent's sentence."""
+    async with server.connect() as client, agent(server) as speaker:
+        await client.send(tts(BULK, max_tokens=20, stream=True))
+        queued = await client.recv_json()
+        bulk = server.service.board.registry.get(queued["task_id"])
+        assert bulk is not None
+        await wait_until(lambda: engine.made(BULK) == 1)  # its second segment waits for a permit
+        await speaker.send(message("c1", "Hello there.", more=False))
+        await wait_until(lambda: len(server.service.board.urgent) == 1)
+        yield client, bulk, speaker
+
+
+async def _end_of(client: Client) -> None:
+    while not isinstance(reply := await client.recv(), dict) or reply["type"] != "end":
+        pass
+
+
+async def test_at_batch_size_1_a_sentence_goes_ahead_of_a_running_contract_task_at_its_next_segment(
+    start_http: StartServer,
+) -> None:
+    engine = PacedEngine()
+    server = await start_http(engine)
+    async with bulk_then_sentence(server, engine) as (client, bulk, speaker):
+        engine.permit()  # the bulk task's second segment: the boundary the sentence takes
+        replies = await speaker.until_done()
+        assert replies[-1]["type"] == "done" and audio_of(replies)
+        # The contract task is still running, paused after the segment it was in.
+        assert bulk.state == "running" and engine.made(BULK) == 2
+        engine.permit(2)
+        await _end_of(client)
+        assert engine.made(BULK) == 4
+
+
+async def test_above_batch_size_1_a_sentence_joins_the_running_batch_at_the_next_step(
+    start_http: StartServer,
+) -> None:
+    engine = PacedEngine()
+    server = await start_http(engine, batch_size=4)
+    async with bulk_then_sentence(server, engine) as (client, bulk, speaker):
+        engine.permit()  # the step in progress ends; the sentence joins the next, beside the task
+        await wait_until(lambda: "Hello there." in engine.texts("begin"))
+        assert engine.made(BULK) == 2
+        engine.permit()  # that step's bulk segment
+        replies = await speaker.until_done()
+        assert replies[-1]["type"] == "done" and audio_of(replies)
+        assert bulk.state == "running" and engine.made(BULK) == 3
+        engine.permit()
+        await _end_of(client)

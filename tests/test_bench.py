@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from indextts_server.bench.results.record import PcmFormat, audio_seconds
 from indextts_server.io.audio.encoding import wav_bytes
@@ -77,6 +78,38 @@ def test_the_http_mode_runs_the_same_load_over_http_on_the_same_server(tmp_path:
     assert (http["completed"], http["errors"], http["lost"]) == (6, 0, 0)
     assert http["audio_seconds_per_request"] == ws["audio_seconds_per_request"]  # the same work
     assert report["http_ratios"]["p50_latency"] > 0
+
+
+def test_the_wyoming_mode_runs_the_same_texts_whole_and_streamed_on_the_same_server(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    command = [
+        sys.executable, "-m", "indextts_server.bench", "--wyoming", "--no-floor",
+        "-c", "2", "-n", "6", "--warmup", "1", "--field", "stream=true",
+        "--server-args", "--engine tone --log-level WARNING",
+        "--duration-limit", "30", "--json", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "the same load over Wyoming, whole" in done.stdout
+    assert "the same load over Wyoming, streamed" in done.stdout
+    report = json.loads(out.read_text())
+    for name in ("wyoming", "wyoming_streamed"):
+        summary = report[name]
+        assert summary["url"].startswith("tcp://127.0.0.1:")
+        assert (summary["completed"], summary["errors"], summary["lost"]) == (6, 0, 0), name
+        assert report[f"{name}_ratios"]["p50_first_audio"] > 0
+    # Whole, the same work as the WebSocket's; streamed, the same text in sentences (as long or longer).
+    assert report["wyoming"]["audio_seconds_per_request"] == pytest.approx(
+        report["server"]["audio_seconds_per_request"]
+    )
+    assert report["wyoming_streamed"]["audio_seconds_per_request"] > 0
+
+
+def test_a_text_is_streamed_word_by_word_or_two_characters_at_a_time() -> None:
+    from indextts_server.bench.drive.wyoming import pieces
+
+    assert pieces("Hello there. How") == ["Hello ", "there. ", "How"]
+    assert pieces("大家好，我") == ["大家", "好，", "我"]
 
 
 def test_speech_bodies_mean_what_the_websocket_frames_mean() -> None:

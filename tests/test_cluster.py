@@ -7,6 +7,7 @@ time; tasks are made long with ``--tone-rtf``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -797,6 +798,34 @@ async def test_a_gateway_resets_the_clients_that_never_read_once_their_grace_has
         while any(kernel_view(server, client) for server, client in ends.items()):  # noqa: ASYNC110
             await trio.sleep(0.05)
     assert trio.current_time() - given_up < 10 + 3
+
+
+async def test_a_gateways_wyoming_port_streams_speech_made_by_the_fleet(fleet: Callable[..., Node]) -> None:
+    """Home Assistant's client on a gateway's ``--wyoming-port``: the sentences run on a worker."""
+    from wyoming.client import AsyncTcpClient
+    from wyoming.event import Event
+    from wyoming.tts import SynthesizeChunk, SynthesizeStart, SynthesizeStop
+
+    gateway = fleet("gateway", "--wyoming-port", "0")
+    worker = fleet("worker")
+    [port] = await gateway.logged(r"wyoming on tcp://127\.0\.0\.1:(\d+)")
+
+    async def stream() -> list[str]:
+        async with AsyncTcpClient("127.0.0.1", int(port)) as client:
+            await client.write_event(SynthesizeStart().event())
+            await client.write_event(SynthesizeChunk(text="Hello there. How are you?").event())
+            await client.write_event(SynthesizeStop().event())
+            kinds: list[str] = []
+            while not kinds or kinds[-1] not in ("synthesize-stopped", "error"):
+                event: Event | None = await asyncio.wait_for(client.read_event(), 30)
+                assert event is not None, kinds
+                if not (event.type == "audio-chunk" and kinds[-1] == "audio-chunk"):
+                    kinds.append(event.type)
+            return kinds
+
+    kinds = await trio.to_thread.run_sync(asyncio.run, stream())
+    assert kinds == ["audio-start", "audio-chunk", "audio-stop"] * 2 + ["synthesize-stopped"]
+    await worker.logged(r"task completed task=", count=2)
 
 
 async def test_a_timed_out_task_on_a_cluster_worker_has_its_engine_iterator_closed_by_the_engines_thread(

@@ -62,7 +62,7 @@ def unit_flags(unit: str) -> set[str]:
     return set(re.findall(r"(--[a-z0-9-]+)", found.group(1)))
 
 
-@pytest.mark.parametrize("profile", ["server", "cluster"])
+@pytest.mark.parametrize("profile", ["server", "cluster", "home-assistant"])
 def test_compose_file_validates(profile: str) -> None:
     # Debian's docker-compose checks the file against its schema without any daemon.
     binary = shutil.which("docker-compose")
@@ -137,6 +137,14 @@ def test_the_single_server_has_a_gpu_its_volumes_and_both_ports() -> None:
     assert sorted(server["ports"]) == ["8770:8770", "8771:8771"]
     reserved = server["deploy"]["resources"]["reservations"]["devices"]
     assert reserved == [{"driver": "nvidia", "capabilities": ["gpu"], "device_ids": ["0"]}]
+
+
+def test_the_home_assistant_server_serves_wyoming_on_10200_and_announces_it() -> None:
+    server = compose()["services"]["home-assistant"]
+    settings, _ = service_settings(server)
+    assert (settings.ops.wyoming_port, settings.ops.wyoming_zeroconf) == (10200, True)
+    assert settings.cluster.broker is None and settings.engine.download
+    assert server["network_mode"] == "host"  # multicast DNS reaches the LAN
 
 
 def test_the_dockerfiles_defaults_are_flags_the_server_has() -> None:

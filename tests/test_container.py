@@ -124,12 +124,14 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def dependency_wheels(context: Path, base_python: str) -> Path:
-    """Wheels of every dependency of ``.[cluster]`` for the base's Python, built once per ``pyproject.toml``."""
+    """Wheels of every dependency of ``.[cluster,zeroconf]`` for the base's Python, built once per ``pyproject.toml``."""
     key = hashlib.sha256((context / "pyproject.toml").read_bytes() + base_python.encode()).hexdigest()[:12]
     folder = CACHE / f"container-wheels-{key}"
     if not (folder / ".complete").is_file():
         shutil.rmtree(folder, ignore_errors=True)
-        run(sys.executable, "-m", "pip", "wheel", "--quiet", f"{context}[cluster]", "-w", str(folder))
+        run(
+            sys.executable, "-m", "pip", "wheel", "--quiet", f"{context}[cluster,zeroconf]", "-w", str(folder)
+        )
         # pip resolves markers for this interpreter only: add what the base's Python also needs.
         if wanted := missing_for(folder, base_python):
             run(sys.executable, "-m", "pip", "wheel", "--quiet", *wanted, "-w", str(folder))

@@ -36,6 +36,10 @@ import indextts  # type: ignore[import-untyped]  # noqa: F401 - untyped package,
 import torch  # noqa: F401
 from pipecat.frames.frames import ErrorFrame, TTSAudioRawFrame, TTSTextFrame
 from trio_websocket import open_websocket_url
+from wyoming.audio import AudioStart
+from wyoming.event import Event
+from wyoming.info import Describe, Info
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
 from indextts_server.core.engine import SAMPLE_RATE
 from indextts_server.devtools.tiny_checkpoint import (
@@ -57,6 +61,7 @@ from .conftest import (
 from .test_agent_clients import livekit_speak, pipecat_run, pipecat_tts, turn
 from .test_contract_clients import assert_contract_javascript_client_runs, assert_contract_python_client_runs
 from .test_timestamps import assert_cues_fit_the_audio, srt_spans
+from .test_wyoming import audio, error_text, exchange, types
 
 MAX_MEL_TOKENS = 24
 pytestmark = pytest.mark.timeout(900)  # a slow machine loads and runs the model slowly
@@ -85,7 +90,15 @@ def engine_server(tiny: TinyCheckpoint, tmp_path_factory: pytest.TempPathFactory
     voices = tmp_path_factory.mktemp("voices")
     server = CliServer(
         cli_args(
-            tiny, "--device", "cpu", "--max-mel-tokens", str(MAX_MEL_TOKENS), "--voices-dir", str(voices)
+            tiny,
+            "--device",
+            "cpu",
+            "--max-mel-tokens",
+            str(MAX_MEL_TOKENS),
+            "--voices-dir",
+            str(voices),
+            "--wyoming-port",
+            "0",
         )[2:],
         env={**os.environ, **offline_env(tiny)},
     )
@@ -223,6 +236,58 @@ async def test_cues_match_the_real_models_segments_within_10_ms(engine_server: C
     read = [edge for start, end, _ in srt_spans(response.text) for edge in (start, end)]
     assert len(written) == 2 * len(cues)  # every real segment says what it read
     assert read == pytest.approx(written, abs=0.001)
+
+
+async def test_ssml_spans_are_the_engines_plain_output_with_exact_breaks(engine_server: CliServer) -> None:
+    markup = '<speak><s>今天天气很好。</s><break time="450ms"/><s>我们一起去公园散步吧。</s></speak>'
+    async with connect(engine_server) as client:
+        _, marked = await client.request(tts(markup, text_format="ssml", seed=4))
+        _, first = await client.request(tts("今天天气很好。", seed=4))
+        _, second = await client.request(tts("我们一起去公园散步吧。", seed=4))
+        _, around = await client.request(tts("<speak>今天天气很好。</speak>", text_format="ssml", seed=4))
+    silence = np.zeros(450 * SAMPLE_RATE // 1000, dtype=np.int16)
+    expected = np.concatenate([decode_wav(first)[0], silence, decode_wav(second)[0]])
+    assert np.array_equal(decode_wav(marked)[0], expected)
+    assert around == first  # SSML around plain text changes nothing
+
+
+async def test_at_batch_size_8_ssml_spans_share_the_batched_steps_with_exact_breaks(
+    batch_server: CliServer,
+) -> None:
+    markup = '<speak><s>今天天气很好。</s><break time="600ms"/><s>我们一起去公园散步吧。</s></speak>'
+    wavs: list[bytes] = []
+
+    async def speak(request: dict[str, Any]) -> None:
+        async with connect(batch_server) as client:
+            wavs.append((await client.request(request))[1])
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(speak, tts(markup, text_format="ssml"))
+            nursery.start_soon(speak, tts(SEGMENTS, max_tokens=20))
+    for wav in wavs:
+        pcm, rate, _ = decode_wav(wav)
+        assert rate == SAMPLE_RATE and np.abs(pcm).max() > 0
+    breaks = 0
+    for wav in wavs:
+        zero = np.concatenate([[0], (decode_wav(wav)[0] == 0).astype(np.int8), [0]])
+        edges = np.flatnonzero(np.diff(zero))
+        runs = zip(edges[::2], edges[1::2], strict=True)
+        breaks += any(end - start >= 600 * SAMPLE_RATE // 1000 for start, end in runs)
+    assert breaks == 3  # each SSML task holds its break, whatever ran beside it
+
+
+async def test_ssml_pinyin_is_the_tone_numbered_pinyin_the_model_reads(engine_server: CliServer) -> None:
+    markup = '<speak>我们<phoneme alphabet="pinyin" ph="xing2">行</phoneme>走吧。</speak>'
+    async with connect(engine_server) as client:
+        _, marked = await client.request(tts(markup, text_format="ssml", seed=3))
+        _, pinyin = await client.request(tts("我们XING2走吧。", seed=3))
+        await client.send(tts(markup, text_format="ssml", seed=3, timestamps=True))
+        while not isinstance(end := await client.recv(), dict) or end["type"] != "end":
+            pass
+    assert marked == pinyin
+    shown = " ".join(cue["text"] for cue in end["cues"])
+    assert "行" in shown and "XING2" not in shown.upper()  # the cue shows the word, not the pinyin
 
 
 async def test_seed_makes_identical_requests_identical(engine_server: CliServer) -> None:
@@ -684,6 +749,38 @@ def test_pipecat_speaks_on_the_real_model_in_8khz_mulaw(engine_server: CliServer
         "are",
         "you?",
     ]
+
+
+# --- Home Assistant's Wyoming protocol on the real model (docs/home-assistant.md) ---------------------
+
+
+async def test_wyoming_describes_the_models_languages(engine_server: CliServer) -> None:
+    [event] = await exchange(engine_server.wyoming_port, [Describe().event()], until=("info",))
+    [program] = Info.from_event(event).tts
+    assert [(v.name, v.languages) for v in program.voices] == [("default", ["zh", "en"])]
+
+
+async def test_wyoming_synthesizes_a_whole_text_on_the_real_model(engine_server: CliServer) -> None:
+    events = await exchange(engine_server.wyoming_port, [Synthesize(text=SEGMENTS).event()])
+    assert types(events) == ["audio-start", "audio-chunk", "audio-stop"]
+    assert AudioStart.from_event(events[0]).rate == SAMPLE_RATE
+    assert len(audio(events)) > 0
+
+
+async def test_wyoming_streams_each_sentence_on_the_real_model(engine_server: CliServer) -> None:
+    sent = [
+        SynthesizeStart(voice=SynthesizeVoice(name="default")).event(),
+        SynthesizeChunk(text="今天天气很好。我们").event(),
+        SynthesizeChunk(text="去散步吧。").event(),
+        SynthesizeStop().event(),
+    ]
+    events = await exchange(engine_server.wyoming_port, sent, until=("synthesize-stopped", "error"))
+    assert types(events) == ["audio-start", "audio-chunk", "audio-stop"] * 2 + ["synthesize-stopped"]
+
+
+async def test_wyoming_refuses_a_language_the_real_model_cannot_read(engine_server: CliServer) -> None:
+    event = Event("synthesize", {"text": "今日は。", "voice": {"language": "ja"}})
+    assert error_text(await exchange(engine_server.wyoming_port, [event])) == LANG_JA_REFUSED
 
 
 def test_the_contracts_python_client_runs_unchanged(any_server: CliServer, tmp_path: Path) -> None:

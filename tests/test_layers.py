@@ -15,7 +15,8 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("indextts_server.io.scheduling", ("indextts_server.io.transport", "indextts_server.io.http")),
     ("indextts_server.io.scheduling", ("indextts_server.io.service",)),
     ("indextts_server.io.service", ("indextts_server.io.transport", "indextts_server.io.http")),
-    # The WebSocket transport and the HTTP one (its server and its application) know only the service.
+    # The WebSocket transport, the HTTP one (its server and its application) and Wyoming's know only
+    # the service.
     (
         "indextts_server.io.transport.websocket",
         ("indextts_server.io.http", "indextts_server.io.transport.http"),
@@ -24,7 +25,18 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
         "indextts_server.io.transport.http",
         ("indextts_server.io.http", "indextts_server.io.transport.websocket"),
     ),
-    ("indextts_server.io.http", ("indextts_server.io.transport.websocket",)),
+    (
+        "indextts_server.io.http",
+        ("indextts_server.io.transport.websocket", "indextts_server.io.transport.wyoming"),
+    ),
+    (
+        "indextts_server.io.transport.wyoming",
+        (
+            "indextts_server.io.http",
+            "indextts_server.io.transport.websocket",
+            "indextts_server.io.transport.http",
+        ),
+    ),
 ]
 
 

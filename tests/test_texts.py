@@ -39,8 +39,8 @@ def catalogue() -> Iterator[tuple[str, str]]:
             yield name, _rendered(value)
 
 
-PAGES = ("docs/contract.md", "docs/http-api.md", "docs/voice-agents.md")
-"""Where the texts are listed: the contract's errors and replies, the HTTP API's errors."""
+PAGES = ("docs/contract.md", "docs/http-api.md", "docs/voice-agents.md", "docs/home-assistant.md")
+"""Where the texts are listed: the contract's errors and replies, the HTTP API's, Wyoming's."""
 
 
 def documented() -> set[str]:

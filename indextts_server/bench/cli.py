@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 import trio
@@ -19,6 +20,7 @@ from .drive.http import run_http_load, speech_bodies
 from .drive.load import LoadPlan, LoadResult, run_load
 from .drive.progress import Progress
 from .drive.spawn import SpawnError, free_port, is_loopback_url, raise_open_file_limit, spawn
+from .drive.wyoming import run_wyoming_load, wyoming_texts
 from .results.report import Report, Scaling, Settings, Summary, ratios, render, summarise
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,6 +73,13 @@ def parser() -> argparse.ArgumentParser:
         help="also run the same load over the started server's HTTP port (POST /v1/audio/speech, "
         "voice 'default', WAV unless --field format=…) right after the WebSocket load, and report "
         "HTTP/WebSocket ratios",
+    )
+    p.add_argument(
+        "--wyoming",
+        action="store_true",
+        help="also run the same texts over the started server's Wyoming port, whole (synthesize) and "
+        "streamed (synthesize-start, a chunk per word, synthesize-stop), and report Wyoming/WebSocket "
+        "ratios (time to first audio: give the WebSocket --field stream=true)",
     )
     p.add_argument(
         "--batch-size",
@@ -128,6 +137,7 @@ class Options:
     duration_limit: float
     floor_sizes: Path | None
     http: bool = False
+    wyoming: bool = False
     batch_sizes: tuple[int, ...] = ()
 
     def plan(self, url: str) -> LoadPlan:
@@ -157,14 +167,25 @@ async def measure_spawned(label: str, command: list[str], options: Options) -> t
     return summarise(label, result, command=command, peak_rss_kib=peak), result
 
 
-async def measure_server(options: Options) -> tuple[Summary, LoadResult, Summary | None]:
-    """Start the server (its HTTP port on a free port with ``--http``, else none), load it over the
-    WebSocket, then (``--http``) the same load over HTTP, then stop it."""
+class Others(NamedTuple):
+    """What ran on the same server after the WebSocket load: ``--http``, ``--wyoming``."""
+
+    http: Summary | None = None
+    wyoming: Summary | None = None
+    wyoming_streamed: Summary | None = None
+
+
+async def measure_server(options: Options) -> tuple[Summary, LoadResult, Others]:
+    """Start the server (its HTTP port on a free port with ``--http``, else none; its Wyoming port
+    with ``--wyoming``), load it over the WebSocket, then (``--http``) the same load over HTTP,
+    then (``--wyoming``) over Wyoming, whole and streamed, then stop it."""
     port = free_port(LOOPBACK)
     http_port = free_port(LOOPBACK) if options.http else None
     command = [*options.server_command, "--host", LOOPBACK, "--port", str(port)]
     command += ["--http-port", "off" if http_port is None else str(http_port)]
-    http = None
+    wyoming_port = free_port(LOOPBACK) if options.wyoming else None
+    command += [] if wyoming_port is None else ["--wyoming-port", str(wyoming_port)]
+    http = wyoming = streamed = None
     async with spawn(command, LOOPBACK, port, cwd=server_cwd()) as target:
         result = await run_load(options.plan(target.url), Progress("server", options.requests))
         if http_port is not None:
@@ -173,8 +194,17 @@ async def measure_server(options: Options) -> tuple[Summary, LoadResult, Summary
                 options.plan(url), frames=[body.decode() for body in speech_bodies(options.frames)]
             )
             http = summarise("http", await run_http_load(plan, Progress("http", options.requests)))
+        if wyoming_port is not None:
+            plan = replace(
+                options.plan(f"tcp://{LOOPBACK}:{wyoming_port}"), frames=wyoming_texts(options.frames)
+            )
+            whole = await run_wyoming_load(plan, Progress("wyoming", options.requests), streamed=False)
+            wyoming = summarise("wyoming", whole)
+            flowing = await run_wyoming_load(plan, Progress("streamed", options.requests), streamed=True)
+            streamed = summarise("streamed", flowing)
         peak = await target.peak_rss_kib()
-    return summarise("server", result, command=command, peak_rss_kib=peak), result, http
+    summary = summarise("server", result, command=command, peak_rss_kib=peak)
+    return summary, result, Others(http, wyoming, streamed)
 
 
 async def measure_batch(options: Options, size: int) -> tuple[Summary, LoadResult]:
@@ -183,10 +213,10 @@ async def measure_batch(options: Options, size: int) -> tuple[Summary, LoadResul
     return await measure_spawned(f"batch-{size}", command, options)
 
 
-async def bench(options: Options) -> tuple[Summary, Summary | None, dict[str, LoadResult], Summary | None]:
+async def bench(options: Options) -> tuple[Summary, Summary | None, dict[str, LoadResult], Others]:
     """The server first, then the floor, one at a time so that each has the machine to itself."""
     results: dict[str, LoadResult] = {}
-    http = None
+    others = Others()
     if options.url is not None:
         result = await run_load(options.plan(options.url), Progress("server", options.requests))
         server = summarise("server", result)
@@ -197,14 +227,14 @@ async def bench(options: Options) -> tuple[Summary, Summary | None, dict[str, Lo
             (f"batch-{size}", run) for size, (_, run) in zip(options.batch_sizes, scaled, strict=True)
         )
     else:
-        server, result, http = await measure_server(options)
+        server, result, others = await measure_server(options)
     results["server"] = result
     floor = None
     if options.floor_sizes is not None:
         floor_module = "indextts_server.bench.drive.floor"
         command = [sys.executable, "-m", floor_module, "--sizes", str(options.floor_sizes)]
         floor, results["floor"] = await measure_spawned("floor", command, options)
-    return server, floor, results, http
+    return server, floor, results, others
 
 
 def _scaling(batch_sizes: list[int], results: dict[str, LoadResult]) -> list[Scaling]:
@@ -219,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.http and args.url is not None:
         raise SystemExit("--http needs a server the benchmark starts itself (no --url)")
+    if args.wyoming and (args.url is not None or len(args.batch_size or []) > 1):
+        raise SystemExit("--wyoming needs a server the benchmark starts itself (no --url), one --batch-size")
     if args.url is not None and not is_loopback_url(args.url):
         raise SystemExit(f"--url must be a loopback address (127.0.0.1, ::1, localhost): {args.url}")
     try:
@@ -255,10 +287,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             duration_limit=args.duration_limit,
             floor_sizes=sizes_path,
             http=args.http,
+            wyoming=args.wyoming,
             batch_sizes=tuple(batch_sizes),
         )
         try:
-            server, floor, results, http = trio.run(bench, options)
+            server, floor, results, others = trio.run(bench, options)
         except SpawnError as exc:
             raise SystemExit(f"could not start a target: {exc}") from None
 
@@ -278,8 +311,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         server=server,
         floor=floor,
         ratios=ratios(server, floor) if floor is not None else None,
-        http=http,
-        http_ratios=ratios(http, server) if http is not None else None,
+        http=others.http,
+        http_ratios=ratios(others.http, server) if others.http is not None else None,
+        wyoming=others.wyoming,
+        wyoming_ratios=ratios(others.wyoming, server) if others.wyoming is not None else None,
+        wyoming_streamed=others.wyoming_streamed,
+        wyoming_streamed_ratios=(
+            ratios(others.wyoming_streamed, server) if others.wyoming_streamed is not None else None
+        ),
         scaling=_scaling(batch_sizes, results) if len(batch_sizes) > 1 else None,
     )
     print(render(report))

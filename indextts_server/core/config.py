@@ -16,9 +16,10 @@ CONTRACT: Final = "the contract's flags"
 SERVER: Final = "server"
 ENGINE: Final = "model engine (IndexTTS-2 or IndexTTS-2.5)"
 HTTP: Final = "HTTP API and voice library"
+WYOMING: Final = "Home Assistant (the Wyoming protocol)"
 CLUSTER: Final = "cluster mode (needs the [cluster] extra)"
 OPERATIONS: Final = "operations"
-GROUPS: Final = (CONTRACT, SERVER, ENGINE, HTTP, CLUSTER, OPERATIONS)
+GROUPS: Final = (CONTRACT, SERVER, ENGINE, HTTP, WYOMING, CLUSTER, OPERATIONS)
 """The option groups of ``--help``, in order."""
 
 
@@ -245,6 +246,23 @@ class OpsOptions(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = 8771
     http_host: Annotated[str | None, Flag("address for --http-port (default: --host)", HTTP)] = None
+    wyoming_port: Annotated[
+        Port | None,
+        Flag(
+            "Wyoming port for Home Assistant's TTS, whole and streamed (Home Assistant's usual: 10200; "
+            "0: any free port; default: off)",
+            WYOMING,
+        ),
+    ] = None
+    wyoming_host: Annotated[str | None, Flag("address for --wyoming-port (default: --host)", WYOMING)] = None
+    wyoming_zeroconf: Annotated[
+        bool,
+        Flag(
+            "with --wyoming-port: advertise it as _wyoming._tcp by zeroconf, so Home Assistant "
+            "discovers it (needs the [zeroconf] extra)",
+            WYOMING,
+        ),
+    ] = False
     metrics_port: Annotated[
         Port | None,
         Flag(

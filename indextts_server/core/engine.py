@@ -10,6 +10,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from .plan import Plan
+
 EmoMode = Literal["none", "audio", "vector", "text"]
 EMO_MODES: Final[tuple[EmoMode, ...]] = ("none", "audio", "vector", "text")
 
@@ -65,6 +67,9 @@ class SynthesisJob(msgspec.Struct, frozen=True, kw_only=True):
     """None: the engine picks the language from the text (`detect_lang`)."""
     speed: float = 1.0
     """Speaking rate: 1.25 is a quarter faster (the audio lasts 1/1.25 as long)."""
+    plan: Plan | None = None
+    """SSML's spans and breaks (`core.plan`; ``text`` is then the markup): the task runs them as
+    one, through `core.plan.expand`. None: ``text`` is plain text."""
     chunked: bool | None = None
     """Streaming inside a segment (experimental, `ChunkSchedule`): the engine yields each segment
     in pieces as the model makes them. None: the server's default (``--chunked-streaming``).
@@ -183,6 +188,12 @@ _SPANISH_WORDS = re.compile(
     r"\b(el|la|los|las|que|de|del|y|es|en|por|para|con|una?|hola|gracias|señor|está|muy)\b", re.I
 )
 _ENGLISH_WORDS = re.compile(r"\b(the|and|is|are|of|to|you|it|this|that|with|for|hello|what)\b", re.I)
+
+
+def lang_of(code: str) -> Lang | None:
+    """A language tag (``en``, ``zh-CN``, ``en_US``) as the ``lang`` it names; ``None``: none we have."""
+    base = code.split("-")[0].split("_")[0].lower()
+    return next((lang for lang in LANGS if lang == base), None)
 
 
 def detect_lang(text: str) -> Lang:

@@ -81,6 +81,10 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     sample_rate: int = SAMPLE_RATE
     timestamps: bool = False
     speed: float = 1.0
+    realtime: bool = False
+    """Someone waits on this audio as it is spoken (a voice agent's sentence): the task goes ahead of
+    bulk work at the next segment boundary (see `io.scheduling.runner`). In cluster mode it queues
+    in the fleet's FIFO like any other."""
 
 
 CONTRACT_DELIVERY: Final = Delivery()

@@ -117,7 +117,6 @@ class _Run:
                     closing.start_soon(_close, ws)
         return self.result
 
-
     def _take(self) -> str | None:
         if self.taken >= self.plan.requests:
             return None

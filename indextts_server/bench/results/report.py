@@ -97,6 +97,14 @@ class Report(msgspec.Struct, kw_only=True):
     """``--http``: the same load over the HTTP port of the same server, right after the WebSocket's."""
     http_ratios: Ratios | None = None
     """HTTP figure over WebSocket figure."""
+    wyoming: Summary | None = None
+    """``--wyoming``: the same load over the Wyoming port, one ``synthesize`` per request."""
+    wyoming_ratios: Ratios | None = None
+    """Wyoming (whole) figure over WebSocket figure."""
+    wyoming_streamed: Summary | None = None
+    """``--wyoming``: the same texts streamed (``synthesize-start``, a chunk per word, ``-stop``)."""
+    wyoming_streamed_ratios: Ratios | None = None
+    """Wyoming (streamed) figure over WebSocket figure."""
     scaling: list[Scaling] | None = None
     """``--batch-size N,M,…``: each value's run, the first of which is ``server``."""
 
@@ -262,11 +270,18 @@ def render(report: Report) -> str:
     title = f"{settings.requests} requests on {settings.connections} connection{plural}{idle}, {server.url}"
     notes = [
         f"  ! {summary.target}: {message} (x{count})"
-        for summary in (server, floor, report.http)
+        for summary in (server, floor, report.http, report.wyoming, report.wyoming_streamed)
         if summary is not None
         for message, count in [*summary.error_messages.items(), *summary.connection_error_messages.items()]
     ]
-    return "\n".join([title, *lines, *_http_table(report), *_scaling_table(report), *notes])
+    others = [
+        *_against_websocket(report, report.http, report.http_ratios, "http", "HTTP"),
+        *_against_websocket(report, report.wyoming, report.wyoming_ratios, "wyoming", "Wyoming, whole"),
+        *_against_websocket(
+            report, report.wyoming_streamed, report.wyoming_streamed_ratios, "streamed", "Wyoming, streamed"
+        ),
+    ]
+    return "\n".join([title, *lines, *others, *_scaling_table(report), *notes])
 
 
 _HTTP_ROWS: Final = (
@@ -281,21 +296,22 @@ _HTTP_ROWS: Final = (
 )
 
 
-def _http_table(report: Report) -> list[str]:
-    """With ``--http``: the WebSocket and HTTP paths of the same server, side by side."""
-    if report.http is None:
+def _against_websocket(
+    report: Report, other: Summary | None, ratio: Ratios | None, name: str, title: str
+) -> list[str]:
+    """With ``--http`` or ``--wyoming``: the WebSocket and another path of the same server, side by side."""
+    if other is None:
         return []
-    ws, http, ratio = report.server, report.http, report.http_ratios
-    table = [("", "websocket", "http", "http/websocket")]
+    table = [("", "websocket", name, f"{name}/websocket")]
     for label, figure, in_ms, ratio_name in _HTTP_ROWS:
         cells = []
-        for summary in (ws, http):
+        for summary in (report.server, other):
             value = _lookup(summary, figure)
             cells.append(_ms(value) if in_ms else _num(value))
         ratio_value = getattr(ratio, ratio_name) if ratio and ratio_name else None
         table.append((label, cells[0], cells[1], "" if ratio_value is None else f"{ratio_value:.2f}x"))
     lines = _align(table)
-    return ["", f"the same load over HTTP ({http.url}):", *lines]
+    return ["", f"the same load over {title} ({other.url}):", *lines]
 
 
 def _align(table: Sequence[Sequence[str]]) -> list[str]:

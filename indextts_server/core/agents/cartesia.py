@@ -15,7 +15,8 @@ import msgspec
 
 from .. import texts
 from ..contract.jobs import job
-from ..engine import LANGS, SPEED_MAX, SPEED_MIN, EmoMode, Lang, SynthesisJob
+from ..engine import SPEED_MAX, SPEED_MIN, EmoMode, Lang, SynthesisJob, lang_of
+from ..plan import Plan
 from ..tasks import Delivery
 from ..voices import DEFAULT_VOICE
 from .audio import ENCODINGS, Encoding
@@ -82,6 +83,8 @@ class AgentMessage(msgspec.Struct, kw_only=True):
     generation_config: GenerationConfig | None = None
     chunked: bool | None = None
     """Extension: stream inside each sentence (experimental); None: the server's default."""
+    text_format: Literal["text", "ssml"] | None = None
+    """Extension: ``ssml`` reads the context's text as SSML (`core.ssml`)."""
 
 
 class _ContextOnly(msgspec.Struct):
@@ -112,13 +115,14 @@ class ContextSettings(msgspec.Struct, frozen=True, kw_only=True):
     timestamps: bool
     max_buffer_delay: float | None
     tuning: Tuning
+    ssml: bool = False
 
     @property
     def emo_mode(self) -> EmoMode:
         return "vector" if self.tuning.emo_vector is not None else "none"
 
-    def job(self, text: str, prompt_audio: str) -> SynthesisJob:
-        """The engine's job for one committed sentence of the context."""
+    def job(self, text: str, prompt_audio: str, plan: Plan | None = None) -> SynthesisJob:
+        """The engine's job for one committed sentence of the context (its SSML's ``plan``, if any)."""
         return job(
             self.tuning,
             text=text,
@@ -127,13 +131,16 @@ class ContextSettings(msgspec.Struct, frozen=True, kw_only=True):
             emo_audio=None,
             emo_text=None,
             streaming=True,
+            plan=plan,
         )
 
     @property
     def delivery(self) -> Delivery:
         """Raw 16-bit samples at the context's rate, segment by segment, each after its cue (the
         cue gives the segment's text and span, the words are placed from them)."""
-        return Delivery(stream=True, format="pcm", sample_rate=self.sample_rate, timestamps=True)
+        return Delivery(
+            stream=True, format="pcm", sample_rate=self.sample_rate, timestamps=True, realtime=True
+        )
 
 
 class Invalid(Exception):
@@ -208,6 +215,7 @@ def settings(message: AgentMessage) -> ContextSettings:
         timestamps=bool(message.add_timestamps),
         max_buffer_delay=None if delay is None else delay / 1000,
         tuning=tuning,
+        ssml=message.text_format == "ssml",
     )
 
 
@@ -215,11 +223,10 @@ def language(code: str | None, context: str | None) -> Lang | None:
     """Cartesia's ``language`` (``en``, ``zh``, ``en-US`` ...) as the job's ``lang``; none: from the text."""
     if not code:
         return None
-    base = code.split("-")[0].split("_")[0].lower()
-    for lang in LANGS:
-        if lang == base:
-            return lang
-    raise Invalid(texts.agent_language(code), context)
+    lang = lang_of(code)
+    if lang is None:
+        raise Invalid(texts.agent_language(code), context)
+    return lang
 
 
 def speed(value: float | str | None, context: str | None) -> float | None:

@@ -46,12 +46,14 @@ from ...core.agents.cartesia import (
     decode,
     settings,
 )
-from ...core.agents.transcript import Transcript
+from ...core.agents.transcript import Transcript, join
 from ...core.agents.words import Word, estimate, exact_tone, split_words, take_words
-from ...core.contract.protocol import CueReply, End, Error, Reply
+from ...core.contract.protocol import CueReply, End, Error
 from ...core.engine import PCM
+from ...core.ssml import SsmlError, complete
 from ...core.voices import VoiceError
 from ..audio.paths import AudioPathError
+from ..service.part import Part
 from ..service.service import Refused, Service
 from ..service.session import Close, Session
 
@@ -84,23 +86,13 @@ class Flush:
         self.flush_id = flush_id
 
 
-class Sentence:
-    """One committed sentence's task, as scheduling sees its session (a `Recipient`).
-
-    Its replies and samples wait here, in order, until the context's player takes them. It is
-    open while its context is live and its socket open; a task whose sentence closes stops at its
-    next segment boundary.
-    """
+class Sentence(Part):
+    """One committed sentence's task (a `Part`): open while its context is live and its socket open."""
 
     def __init__(self, context: Context, text: str):
+        super().__init__(context.socket.session.session_id, text)
         self.context = context
-        self.text = text
-        self.session_id = context.socket.session.session_id
-        self.tasks: set[str] = set()
-        self.close_reason: str | None = None
-        self.task_id: str | None = None
         self.words = split_words(text)  # not yet timed
-        self._send, self.events = trio.open_memory_channel[Reply | bytes](math.inf)
 
     @property
     def open(self) -> bool:
@@ -111,14 +103,8 @@ class Sentence:
         if not value:
             self.context.live = False
 
-    def send(self, reply: Reply) -> None:
-        self._send.send_nowait(reply)
-        if isinstance(reply, (End, Error)):
-            self.context.socket.freed.set()  # room for a sentence held back (--max-pending-per-session)
-
-    def deliver(self, message: str | bytes, size: int | None = None) -> None:
-        if isinstance(message, bytes):
-            self._send.send_nowait(message)
+    def finished(self) -> None:
+        self.context.socket.freed.set()  # room for a sentence held back (--max-pending-per-session)
 
 
 class Context:
@@ -136,6 +122,7 @@ class Context:
         self.live = True
         self.ended = False  # ``continue: false`` came: no more text
         self.flushes = 0
+        self.markup = ""  # SSML committed but not yet whole (an element still open), held back
         self.samples = 0  # samples sent, at the context's rate
         self.changed = trio.Event()
         self.scope = trio.CancelScope()
@@ -255,20 +242,37 @@ class AgentSocket:
         """Submit the context's committed sentences, in order, while the socket is within its
         limit; the rest wait for a sentence to finish. The context's queue ends after the last."""
         limit = self.service.config.max_pending_per_session
+        if context.markup and context.ended and not context.backlog:
+            context.backlog.append("")  # held SSML goes at the end of the input, whole or not
         while context.backlog and context.live:
             item = context.backlog[0]
             if isinstance(item, Flush):
+                if context.markup:  # held SSML is spoken before the flush is answered
+                    context.backlog.appendleft("")
+                    continue
                 context.queue.send_nowait(item)
                 context.backlog.popleft()
                 continue
             if limit and self.in_flight() >= limit:
                 return
             context.backlog.popleft()
-            sentence = Sentence(context, item)
+            plan = None
+            if context.settings.ssml:  # sentences held until their elements close, then one task
+                context.markup = join(context.markup, item)
+                following = context.backlog[0] if context.backlog else None
+                whole = complete(context.markup) or isinstance(following, Flush)
+                if not (whole or (context.ended and following is None)):
+                    continue
+                item, context.markup = context.markup, ""
+                try:
+                    plan = await self.service.sources.plan(item, "ssml", context.settings.tuning.lang)
+                except (SsmlError, VoiceError) as refused:
+                    await self._fail(context.context_id, str(refused))
+                    return
+            job = context.settings.job(item, context.prompt_audio, plan)
+            sentence = Sentence(context, job.text)
             try:
-                await self.service.submit(
-                    sentence, context.settings.job(item, context.prompt_audio), context.settings.delivery
-                )
+                await self.service.submit(sentence, job, context.settings.delivery)
             except Refused as refusal:
                 await self._fail(context.context_id, str(refusal))
                 return

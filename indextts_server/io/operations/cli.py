@@ -23,6 +23,7 @@ from ..scheduling.scheduler import Scheduler
 from ..service.service import Service
 from ..transport.http import bound_port, serve_http
 from ..transport.websocket import WebSocketTransport
+from ..transport.wyoming import WyomingTransport
 from .cpus import cpu_engine_count, set_torch_threads
 from .flags import parse
 from .logs import setup_logging
@@ -116,9 +117,11 @@ async def serve(
     listeners: Sequence[trio.SocketListener] = (),
     metrics_address: tuple[str, int] | None = None,
     http_address: tuple[str, int] | None = None,
+    wyoming_address: tuple[str, int] | None = None,
+    zeroconf: bool = False,
 ) -> None:
     """Run ``service`` and its transports (the contract's WebSocket port, the HTTP port, the
-    operations port) until a signal has drained it."""
+    Wyoming port, the operations port) until a signal has drained it."""
     async with trio.open_nursery() as nursery:
         await nursery.start(_watch_signals, service, notifier)
         if metrics_address is not None:
@@ -149,6 +152,13 @@ async def serve(
             )
             contract.page_port = bound_port(urls)  # the page it serves may use the WebSocket
             log.info("http on http://%s:%s (OpenAI-compatible API under /v1)", host, bound_port(urls))
+        if wyoming_address is not None:
+            host, port = wyoming_address
+            bound = await nursery.start(WyomingTransport(service, host, port).run)
+            if zeroconf:
+                from .discovery import advertise
+
+                nursery.start_soon(advertise, host, bound, service.drain_started)
         notifier.ready(f"listening; engine {service.scheduler.engine_name}")
         nursery.start_soon(_report_status, service, notifier)
 
@@ -290,6 +300,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     http_address = None
     if ops.http_port is not None:
         http_address = (ops.http_host or config.host, ops.http_port)
+    wyoming_address = None
+    if ops.wyoming_port is not None:
+        wyoming_address = (ops.wyoming_host or config.host, ops.wyoming_port)
     cluster = settings.cluster
     if cluster.broker is None and cluster.role != "all":
         print("--role gateway/worker 需要 --broker redis://HOST:PORT/DB", file=sys.stderr)
@@ -322,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             listeners=trio_listeners(adopted),
             metrics_address=metrics_address,
             http_address=http_address,
+            wyoming_address=wyoming_address,
+            zeroconf=ops.wyoming_zeroconf,
         )
 
     try:
@@ -332,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ports = [("--port", config.host, config.port)]
         ports += [("--http-port", *http_address)] if http_address else []
         ports += [("--metrics-port", *metrics_address)] if metrics_address else []
+        ports += [("--wyoming-port", *wyoming_address)] if wyoming_address else []
         # Ours are closed by now: a port that still cannot be bound is the one another process
         # holds. Should the holder have let go meanwhile, every port is named.
         named = [f"{flag} {port}" for flag, host, port in ports if port_taken(host, port)]

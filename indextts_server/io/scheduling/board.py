@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections import deque
 from datetime import datetime
 from typing import Literal, NamedTuple, Protocol
 
@@ -98,6 +99,10 @@ class TaskBoard:
         self.changed = trio.Event()
         # Cleared once, when the drain starts: from then on nothing enters the queue.
         self.admitting = True
+        # Realtime tasks (a voice agent's sentence) waiting, in their order: a worker takes them
+        # ahead of the FIFO at its next step. They go through the FIFO too, so that an idle worker
+        # wakes for them; whichever copy a worker meets first starts the task, the other is skipped.
+        self.urgent: deque[Ticket] = deque()
 
     @property
     def queue_depth(self) -> int:
@@ -122,6 +127,8 @@ class TaskBoard:
             return "full"
         self.registry.add(task)
         self._tickets[task.task_id] = Ticket(task, session)
+        if delivery.realtime:
+            self.urgent.append(Ticket(task, session))
         session.tasks.add(task.task_id)
         log.info("task queued session=%s task=%s", session.session_id, task.task_id)
         return task
@@ -151,6 +158,14 @@ class TaskBoard:
                 self.metrics.engine_error()
         self.changed.set()
         self.changed = trio.Event()
+
+    def next_urgent(self) -> Ticket | None:
+        """The first realtime task still waiting (dropping those started or cancelled meanwhile)."""
+        while self.urgent:
+            ticket = self.urgent.popleft()
+            if ticket.task.state == "pending":
+                return ticket
+        return None
 
     def cancel_waiting(self, reason: str) -> list[Ticket]:
         """Close admission and cancel every waiting task (shutdown); return them to be told."""

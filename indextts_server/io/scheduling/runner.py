@@ -8,6 +8,12 @@ Theory of operation: who may change what.
   (``Sink.stopped``: a cancel, a closed session, the drain, a broker that fenced the attempt).
 - Rows join between steps (``TaskRunner._take``, the feed's own admission) while fewer than
   ``batch_size`` rows are in, waiting for one only when none is.
+- Realtime tasks (``Delivery.realtime``: a voice agent's sentence) have lanes of their own: up to
+  ``batch_size`` of them join at the next step however many bulk rows are in, and a step advances
+  them first, then as many bulk rows as ``batch_size`` leaves room for. At ``batch_size`` 1 a
+  realtime task therefore goes ahead of a running bulk task at its next segment boundary, and that
+  task waits, still running, until the realtime one has ended; above 1 it joins the running batch,
+  pausing the bulk row that joined last while the batch is full. A waiting row's deadline runs on.
 - Each step runs in one worker thread holding the engine (``CapacityLimiter(1)``), handed on to the
   engine's own thread (`home_thread`): it creates the iterators of rows that have just joined
   (``engine.synthesize``) and advances every row by one segment. At ``batch_size`` 1 that is plain
@@ -45,8 +51,10 @@ from ...core import texts
 from ...core.contract.protocol import Cue
 from ...core.cues import Timeline
 from ...core.engine import PCM, Engine, Segment, SynthesisJob
+from ...core.plan import silences
 from ...core.tasks import Delivery
 from ..audio.encoding import SegmentFiles
+from ..engines.plan import batched, synthesize
 from ..engines.thread import home_thread
 
 log = logging.getLogger("indextts_server")
@@ -94,10 +102,13 @@ def timeline(job: SynthesisJob, delivery: Delivery) -> Timeline:
     """Where a task's segments fall in the audio its client receives.
 
     A ``speed`` below 1 that the engine renders as a time-stretch lengthens its pauses too: they
-    may then last up to ``interval_silence / speed``.
+    may then last up to ``interval_silence / speed``. SSML's breaks are silences too, outside the
+    cues, at either end as well (`core.plan.silences`).
     """
-    longest_pause = math.ceil(job.interval_silence / min(1.0, job.speed))
-    return Timeline(longest_pause, speed=delivery.speed, sample_rate=delivery.sample_rate)
+    between, opening, closing = silences(job)
+    return Timeline(
+        between, speed=delivery.speed, sample_rate=delivery.sample_rate, opening=opening, closing=closing
+    )
 
 
 async def encode(files: SegmentFiles, chunks: list[PCM], *, last: bool) -> bytes:
@@ -144,6 +155,7 @@ class Row(Generic[S]):
     def __init__(self, job: SynthesisJob, delivery: Delivery, sink: S, deadline: float):
         self.job = job
         self.stream = delivery.stream
+        self.urgent = False  # a realtime task's, in a feed that gives it precedence (`TaskRunner._row`)
         self.sink = sink
         self.deadline = deadline
         self.files = SegmentFiles(delivery.format, delivery.sample_rate)
@@ -184,7 +196,7 @@ class _Step:
             for row in self._rows:
                 if row.segments is None:
                     try:
-                        row.segments = self._engine.synthesize(row.job)
+                        row.segments = synthesize(self._engine, row.job)  # a plan's spans chained
                     except Exception as exc:
                         row.segments = exc
             iterators = [row.segments for row in self._rows if isinstance(row.segments, Iterator)]
@@ -241,7 +253,8 @@ class TaskRunner(Generic[S]):
         self.waiting_for_engine = False  # an abandoned thread is still inside the engine
         advance = cast("Advance | None", getattr(engine, "advance", None))  # an optional capability
         # One row is the library's own path, plain next(); several go through the engine's advance.
-        self._advance: Advance = advance if advance is not None and batch_size > 1 else advance_each
+        # A plan's span joins the batch as its text alone would (`plan.batched`).
+        self._advance: Advance = batched(advance) if advance is not None and batch_size > 1 else advance_each
         self._scope: trio.CancelScope | None = None
         self._abort_reason: str | None = None
         self._stepping: list[Row[S]] = []  # the rows of the step in progress
@@ -277,18 +290,21 @@ class TaskRunner(Generic[S]):
         finally:
             self.running = False
 
-    async def _take(self, *, wait: bool) -> Row[S] | None:
+    async def _take(self, *, wait: bool, bulk: bool = True) -> Row[S] | None:
         """The feed: the next task to join, started (``None``: nothing after all, ask again).
+        Realtime tasks come first; ``bulk`` False: only a realtime one may join now.
 
         Raises ``trio.WouldBlock`` when none may join now without waiting (``wait`` False), and
         ``trio.EndOfChannel`` once no task will ever come again.
         """
         raise NotImplementedError
 
-    def _row(self, job: SynthesisJob, delivery: Delivery, sink: S) -> Row[S]:
-        """A row for a task that starts now."""
+    def _row(self, job: SynthesisJob, delivery: Delivery, sink: S, *, urgent: bool = False) -> Row[S]:
+        """A row for a task that starts now; ``urgent``: in the realtime lane."""
         deadline = trio.current_time() + self.task_timeout if self.task_timeout > 0 else math.inf
-        return Row(job, delivery, sink, deadline)
+        row = Row(job, delivery, sink, deadline)
+        row.urgent = urgent
+        return row
 
     async def _serve(self) -> None:
         feeding = True
@@ -301,10 +317,15 @@ class TaskRunner(Generic[S]):
                 await self._step()
 
     async def _join(self, feeding: bool) -> bool:
-        """Let tasks join while slots are free; False once the feed has ended."""
-        while feeding and len(self.rows) < self.batch_size:
+        """Let tasks join while slots are free (``batch_size`` for bulk tasks, as many again for
+        realtime ones); False once the feed has ended."""
+        while feeding:
+            urgent = sum(row.urgent for row in self.rows)
+            bulk = len(self.rows) - urgent < self.batch_size
+            if not bulk and urgent >= self.batch_size:
+                break
             try:
-                row = await self._take(wait=not self.rows)
+                row = await self._take(wait=not self.rows, bulk=bulk)
             except trio.WouldBlock:
                 break
             except trio.EndOfChannel:
@@ -351,8 +372,17 @@ class TaskRunner(Generic[S]):
                 await self._call(close_rows, iterators)
         self.last_progress = trio.current_time()
 
+    def _active(self) -> list[Row[S]]:
+        """The rows the next step advances: realtime ones first, then bulk ones in the order they
+        joined, ``batch_size`` in all; the rest wait, running, for a step with room."""
+        urgent = [row for row in self.rows if row.urgent]
+        if not urgent:
+            return list(self.rows)
+        bulk = [row for row in self.rows if not row.urgent]
+        return urgent + bulk[: max(0, self.batch_size - len(urgent))]
+
     async def _step(self) -> None:
-        rows = list(self.rows)
+        rows = self._active()
         began = trio.current_time()
         self._stepping = rows
         self._expiry.deadline = min(row.deadline for row in rows)  # `_expire` wakes then

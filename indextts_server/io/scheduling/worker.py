@@ -113,10 +113,12 @@ class InferenceWorker(TaskRunner[BoardSink]):
         async with self.receive:
             await super()._serve()
 
-    async def _take(self, *, wait: bool) -> Row[BoardSink] | None:
+    async def _take(self, *, wait: bool, bulk: bool = True) -> Row[BoardSink] | None:
         while True:
-            ticket = self._startable()
+            ticket = self._urgent() or (self._startable() if bulk else None)
             if ticket is None:
+                if not bulk:
+                    raise trio.WouldBlock  # only a realtime task may join now, and none waits
                 if not wait:
                     ticket = self.receive.receive_nowait()  # WouldBlock, EndOfChannel: the caller's
                 else:
@@ -124,14 +126,23 @@ class InferenceWorker(TaskRunner[BoardSink]):
                     if ticket is None:
                         continue  # a task ended somewhere: a held one may start now
                 if ticket.task.state != "pending":
-                    continue  # cancelled while it waited
+                    continue  # cancelled while it waited, or a realtime task started already
+                if ticket.task.delivery.realtime:
+                    continue  # it is in the realtime lane too: taken from there, when there is room
                 if self._running(ticket) or any(held.session is ticket.session for held in self.held):
                     self.held.append(ticket)
                     continue
             task, session = ticket
             self.board.move(task, "running", session)
             session.send(replies.start(task.task_id, session.session_id, task.delivery))
-            return self._row(task.job, task.delivery, BoardSink(self.board, ticket))
+            sink = BoardSink(self.board, ticket)
+            return self._row(task.job, task.delivery, sink, urgent=task.delivery.realtime)
+
+    def _urgent(self) -> Ticket | None:
+        """The first waiting realtime task, while the realtime lane has room (see `runner`)."""
+        if sum(row.urgent for row in self.rows) >= self.batch_size:
+            return None
+        return self.board.next_urgent()
 
     async def _next_or_change(self) -> Ticket | None:
         """The next ticket from the FIFO; with tickets held, ``None`` as soon as the board changes

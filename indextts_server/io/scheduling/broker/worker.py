@@ -188,8 +188,12 @@ class BrokerWorker(TaskRunner[BrokerSink]):
                 self.connected = False
             await trio.sleep(self.store.lease / 3)
 
-    async def _take(self, *, wait: bool) -> Row[BrokerSink] | None:
-        """The fleet's next task, started on this worker (``None``: it must not run after all)."""
+    async def _take(self, *, wait: bool, bulk: bool = True) -> Row[BrokerSink] | None:
+        """The fleet's next task, started on this worker (``None``: it must not run after all).
+
+        The fleet's queue is one FIFO, realtime tasks included: every row here is a bulk row."""
+        if not bulk:
+            raise trio.WouldBlock
         if self.stopping:
             raise trio.EndOfChannel
         try:
