@@ -256,4 +256,7 @@ def segment_pieces(
         yield vocode(model, mel, vocoded, want, window.context), False
         vocoded = want
     mel = commit(stages.frames(len(codes)))
+    if vocoded >= mel.size(-1):  # a GPT that stopped at once: nothing to vocode
+        yield torch.zeros(0, device=device), True
+        return
     yield vocode(model, mel, vocoded, mel.size(-1), window.context), True
