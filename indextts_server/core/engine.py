@@ -70,10 +70,10 @@ class SynthesisJob(msgspec.Struct, frozen=True, kw_only=True):
     plan: Plan | None = None
     """SSML's spans and breaks (`core.plan`; ``text`` is then the markup): the task runs them as
     one, through `core.plan.expand`. None: ``text`` is plain text."""
-    chunked: bool | None = None
+    chunked: bool | None = False
     """Streaming inside a segment (experimental, `ChunkSchedule`): the engine yields each segment
-    in pieces as the model makes them. None: the server's default (``--chunked-streaming``).
-    Only a streamed request may chunk: whole-file delivery always sets False."""
+    in pieces as the model makes them. None (a streamed request that does not say): the server's
+    default (``--chunked-streaming``). Whole-file delivery always sets False."""
 
 
 class ChunkSchedule(NamedTuple):
