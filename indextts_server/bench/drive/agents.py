@@ -126,7 +126,8 @@ async def run_agents_load(plan: LoadPlan, progress: Progress | None = None) -> L
 
 @dataclass(slots=True)
 class LongTask:
-    """What the contract client beside the agents did: its finished tasks and their segments."""
+    """What the contract client beside the agents did: tasks finished, segments (and their audio)
+    received, the running task's included."""
 
     tasks: int = 0
     segments: int = 0
@@ -166,7 +167,10 @@ async def long_task(
             while True:
                 message = await ws.get_message()
                 if isinstance(message, bytes):
+                    before = record.audio_seconds
                     record.audio(0.0, message)
+                    done.segments += 1
+                    done.audio_seconds += record.audio_seconds - before
                     if not started:
                         started = True
                         task_status.started()
@@ -179,6 +183,4 @@ async def long_task(
                     break
                 if reply.type == "end":
                     done.tasks += 1
-                    done.segments += record.binaries
-                    done.audio_seconds += record.audio_seconds
                     break

@@ -107,7 +107,9 @@ class AgentLevel(msgspec.Struct, kw_only=True):
     long_tasks: int
     """Long contract tasks finished while ``beside`` ran (the one running at its end not counted)."""
     long_segments: int
+    """The long tasks' segments received meanwhile, the running task's included."""
     long_audio_seconds: float
+    """Their audio: over ``long_segments``, the audio of one segment, whose time an agent may wait."""
     long_errors: list[str]
 
 
@@ -428,7 +430,7 @@ def _agents_table(report: Report) -> list[str]:
             "beside long task p50/p95 (ms)",
             "beside/alone p50/p95",
             "sentences ok",
-            "long tasks (segments)",
+            "long tasks (segments, s/segment)",
         )
     ]
     for level in report.agents:
@@ -448,7 +450,8 @@ def _agents_table(report: Report) -> list[str]:
                 f"{_times(level.beside_vs_alone.p50_first_audio)} / "
                 f"{_times(level.p95_first_audio_beside_vs_alone)}",
                 done,
-                f"{level.long_tasks} ({level.long_segments})",
+                f"{level.long_tasks} ({level.long_segments}, "
+                f"{level.long_audio_seconds / max(1, level.long_segments):.1f})",
             )
         )
     return [
