@@ -238,6 +238,58 @@ async def test_cues_match_the_real_models_segments_within_10_ms(engine_server: C
     assert read == pytest.approx(written, abs=0.001)
 
 
+async def test_ssml_spans_are_the_engines_plain_output_with_exact_breaks(engine_server: CliServer) -> None:
+    markup = '<speak><s>今天天气很好。</s><break time="450ms"/><s>我们一起去公园散步吧。</s></speak>'
+    async with connect(engine_server) as client:
+        _, marked = await client.request(tts(markup, text_format="ssml", seed=4))
+        _, first = await client.request(tts("今天天气很好。", seed=4))
+        _, second = await client.request(tts("我们一起去公园散步吧。", seed=4))
+        _, around = await client.request(tts("<speak>今天天气很好。</speak>", text_format="ssml", seed=4))
+    silence = np.zeros(450 * SAMPLE_RATE // 1000, dtype=np.int16)
+    expected = np.concatenate([decode_wav(first)[0], silence, decode_wav(second)[0]])
+    assert np.array_equal(decode_wav(marked)[0], expected)
+    assert around == first  # SSML around plain text changes nothing
+
+
+async def test_at_batch_size_8_ssml_spans_share_the_batched_steps_with_exact_breaks(
+    batch_server: CliServer,
+) -> None:
+    markup = '<speak><s>今天天气很好。</s><break time="600ms"/><s>我们一起去公园散步吧。</s></speak>'
+    wavs: list[bytes] = []
+
+    async def speak(request: dict[str, Any]) -> None:
+        async with connect(batch_server) as client:
+            wavs.append((await client.request(request))[1])
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(speak, tts(markup, text_format="ssml"))
+            nursery.start_soon(speak, tts(SEGMENTS, max_tokens=20))
+    for wav in wavs:
+        pcm, rate, _ = decode_wav(wav)
+        assert rate == SAMPLE_RATE and np.abs(pcm).max() > 0
+    breaks = 0
+    for wav in wavs:
+        zero = np.concatenate([[0], (decode_wav(wav)[0] == 0).astype(np.int8), [0]])
+        edges = np.flatnonzero(np.diff(zero))
+        runs = zip(edges[::2], edges[1::2], strict=True)
+        breaks += any(end - start >= 600 * SAMPLE_RATE // 1000 for start, end in runs)
+    assert breaks == 3  # each SSML task holds its break, whatever ran beside it
+
+
+async def test_ssml_pinyin_is_the_tone_numbered_pinyin_the_model_reads(engine_server: CliServer) -> None:
+    markup = '<speak>我们<phoneme alphabet="pinyin" ph="xing2">行</phoneme>走吧。</speak>'
+    async with connect(engine_server) as client:
+        _, marked = await client.request(tts(markup, text_format="ssml", seed=3))
+        _, pinyin = await client.request(tts("我们XING2走吧。", seed=3))
+        await client.send(tts(markup, text_format="ssml", seed=3, timestamps=True))
+        while not isinstance(end := await client.recv(), dict) or end["type"] != "end":
+            pass
+    assert marked == pinyin
+    shown = " ".join(cue["text"] for cue in end["cues"])
+    assert "行" in shown and "XING2" not in shown.upper()  # the cue shows the word, not the pinyin
+
+
 async def test_seed_makes_identical_requests_identical(engine_server: CliServer) -> None:
     async with connect(engine_server) as client:
         _, a = await client.request(tts("同样的请求。", seed=42))

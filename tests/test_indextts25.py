@@ -188,6 +188,9 @@ REFERENCE_CASES: dict[str, dict[str, Any]] = {
         "prompt": PROMPT,
         "kwargs": {"emo_audio_prompt": EMO_PROMPT, "emo_alpha": 0.8},
     },
+    # SSML's spans, each the library's own utterance (`test_ssml_spans_are_the_librarys_own_output`).
+    "first_span": {"text": "今天天气很好。", "lang": "zh", "seed": 11, "prompt": PROMPT, "kwargs": {}},
+    "second_span": {"text": "我们一起去公园散步吧。", "lang": "zh", "seed": 11, "prompt": PROMPT, "kwargs": {}},
 }
 TEXT_CASES: dict[str, dict[str, Any]] = {
     "pinyin": {"text": "我们<行|XING2>走吧。", "lang": "zh"},
@@ -432,6 +435,44 @@ async def test_markup_over_the_websocket_is_served(server25: CliServer) -> None:
     pcm = await pcm_of(server25, text="Wait a <minute|M IH1 . N AH0 T>.", lang="en", seed=2)
     plain = await pcm_of(server25, text="Wait a minute.", lang="en", seed=2)
     assert len(pcm) > 0 and not np.array_equal(pcm, plain)
+
+
+# --- SSML (text_format "ssml") ----------------------------------------------------------------------
+
+
+async def test_ssml_around_plain_text_is_the_librarys_own_output(server25: CliServer, probe: dict[str, Any]) -> None:
+    served = await pcm_of(server25, text=f"<speak>{TWO_SEGMENTS}</speak>", text_format="ssml", seed=11)
+    assert np.array_equal(served, np.asarray(probe["reference"]["none"], dtype=np.int16))
+
+
+async def test_ssml_spans_are_the_librarys_own_output_with_exact_breaks(
+    server25: CliServer, probe: dict[str, Any]
+) -> None:
+    markup = '<speak><s>今天天气很好。</s><break time="450ms"/><s>我们一起去公园散步吧。</s></speak>'
+    served = await pcm_of(server25, text=markup, text_format="ssml", seed=11)
+    first, second = (np.asarray(probe["reference"][name], dtype=np.int16) for name in ("first_span", "second_span"))
+    silence = np.zeros(450 * SAMPLE_RATE // 1000, dtype=np.int16)
+    assert np.array_equal(served, np.concatenate([first, silence, second]))
+
+
+async def test_ssml_phonemes_are_the_models_own_pronunciation_markup(server25: CliServer) -> None:
+    markup = '<speak>我们<phoneme alphabet="pinyin" ph="xing2">行</phoneme>走吧。</speak>'
+    served = await pcm_of(server25, text=markup, text_format="ssml", lang="zh", seed=3)
+    marked = await pcm_of(server25, text="我们<行|XING2>走吧。", lang="zh", seed=3)
+    assert np.array_equal(served, marked)
+    cmu = '<speak>Wait a <phoneme alphabet="cmu" ph="M IH1 . N AH0 T">minute</phoneme>.</speak>'
+    served = await pcm_of(server25, text=cmu, text_format="ssml", lang="en", seed=2)
+    assert np.array_equal(served, await pcm_of(server25, text="Wait a <minute|M IH1 . N AH0 T>.", lang="en", seed=2))
+
+
+async def test_ssml_cues_show_the_word_not_its_markup(server25: CliServer) -> None:
+    markup = '<speak>我们<phoneme alphabet="pinyin" ph="xing2">行</phoneme>走吧。</speak>'
+    async with connect(server25) as client:
+        await client.send(tts(markup, text_format="ssml", lang="zh", seed=3, timestamps=True))
+        while not isinstance(end := await client.recv(), dict) or end["type"] != "end":
+            pass
+    shown = " ".join(cue["text"] for cue in end["cues"])
+    assert "行" in shown and "XING2" not in shown and "|" not in shown
 
 
 # --- speed -------------------------------------------------------------------------------------------

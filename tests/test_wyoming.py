@@ -31,7 +31,7 @@ from wyoming.tts import (
 from indextts_server.core import texts
 from indextts_server.core import wyoming as protocol
 from indextts_server.core.config import ServerConfig
-from indextts_server.core.engine import SAMPLE_RATE, Capabilities, Engine
+from indextts_server.core.engine import SAMPLE_RATE, Capabilities, Engine, pause_samples
 from indextts_server.io.engines.tone import ToneEngine
 from indextts_server.io.service.service import Service
 from indextts_server.io.transport.wyoming import WyomingTransport
@@ -237,10 +237,76 @@ async def test_a_language_the_loaded_model_cannot_read_is_an_error_before_any_wo
     assert engine.texts("begin") == []
 
 
-async def test_ssml_is_refused_for_now(start_wyoming: Callable[..., Awaitable[Wyoming]]) -> None:
+async def test_a_text_format_other_than_text_or_ssml_is_an_error(
+    start_wyoming: Callable[..., Awaitable[Wyoming]],
+) -> None:
     server = await start_wyoming()
-    event = Synthesize(text="<speak>Hi</speak>", text_format="ssml").event()
-    assert error_text(await server.exchange([event])) == texts.wyoming_text_format("ssml")
+    event = Synthesize(text="# Hi", text_format="markdown").event()
+    assert error_text(await server.exchange([event])) == texts.wyoming_text_format("markdown")
+
+
+async def test_ssml_around_plain_text_is_that_text_sample_for_sample(
+    start_wyoming: Callable[..., Awaitable[Wyoming]],
+) -> None:
+    server = await start_wyoming()
+    plain = await server.exchange([Synthesize(text="一二三。四五六。").event()])
+    marked = await server.exchange(
+        [Synthesize(text="<speak>一二三。四五六。</speak>", text_format="ssml").event()]
+    )
+    assert audio(marked) == audio(plain) != b""
+
+
+async def test_an_ssml_break_is_silence_of_exactly_its_length(
+    start_wyoming: Callable[..., Awaitable[Wyoming]],
+) -> None:
+    server = await start_wyoming()
+    first = audio(await server.exchange([Synthesize(text="一二三。").event()]))
+    second = audio(await server.exchange([Synthesize(text="四五六。").event()]))
+    markup = '<speak>一二三。<break time="700ms"/>四五六。</speak>'
+    marked = audio(await server.exchange([Synthesize(text=markup, text_format="ssml").event()]))
+    assert marked == first + bytes(2 * pause_samples(700)) + second
+
+
+async def test_a_streamed_ssml_element_spanning_sentences_is_held_until_it_closes(
+    start_wyoming: Callable[..., Awaitable[Wyoming]],
+) -> None:
+    engine = RecordingEngine(ToneEngine())
+    server = await start_wyoming(engine)
+    markup = '<speak><prosody rate="slow">一二三。四五六。</prosody>七八九。</speak>'
+    whole = audio(await server.exchange([Synthesize(text=markup, text_format="ssml").event()]))
+    sent = [
+        SynthesizeStart(text_format="ssml").event(),
+        *(
+            SynthesizeChunk(text=piece).event()
+            for piece in ('<speak><prosody rate="slow">一二三。', "四五六。</prosody>七八九。", "</speak>")
+        ),
+        SynthesizeStop().event(),
+    ]
+    streamed = await server.exchange(sent, until=STREAM_DONE)
+    assert types(streamed) == ["audio-start", "audio-chunk", "audio-stop", "synthesize-stopped"]
+    assert audio(streamed) == whole  # held until every element closed: one task, as whole
+    begun = engine.texts("begin")  # the spans, for the whole request and then for the stream
+    assert begun[: len(begun) // 2] == begun[len(begun) // 2 :] != []
+
+
+async def test_malformed_ssml_is_an_error_before_any_work_and_the_connection_goes_on(
+    start_wyoming: Callable[..., Awaitable[Wyoming]],
+) -> None:
+    engine = RecordingEngine(ToneEngine())
+    server = await start_wyoming(engine)
+
+    async def script(client: AsyncTcpClient) -> tuple[list[Event], list[Event]]:
+        await client.write_event(
+            Synthesize(text="<speak>你好<break time='1s'></speak>", text_format="ssml").event()
+        )
+        refused = await read_until(client, ("error",))
+        await client.write_event(Synthesize(text="你好。").event())
+        return refused, await read_until(client, ("audio-stop",))
+
+    refused, spoken = await server.client(script)
+    assert error_text(refused).startswith("text 不是有效的 SSML")
+    assert types(spoken) == ["audio-start", "audio-chunk", "audio-stop"]
+    assert engine.texts("begin") == ["你好。"]
 
 
 @pytest.mark.parametrize(

@@ -33,22 +33,32 @@ class Timeline:
     Samples are counted at the engine's rate; times are those of the audio the client receives:
     played ``speed`` times as fast (a tempo change applied after the engine) and at
     ``sample_rate``, each boundary on the output sample it falls on, in seconds rounded to the
-    millisecond.
+    millisecond. ``opening`` and ``closing`` (ms, SSML's breaks at either end) are silence that
+    may open the first segment and close the last, outside their cues too.
     """
 
-    def __init__(self, interval_silence: int, *, speed: float = 1.0, sample_rate: int = SAMPLE_RATE):
+    def __init__(
+        self,
+        interval_silence: int,
+        *,
+        speed: float = 1.0,
+        sample_rate: int = SAMPLE_RATE,
+        opening: int = 0,
+        closing: int = 0,
+    ):
         if speed <= 0:
             raise ValueError("speed must be positive")
         self._pause = pause_samples(interval_silence)
+        self._closing = pause_samples(closing)
         self._speed = speed
         self._rate = sample_rate
         self._at = 0  # engine samples before the next segment
-        self._open = 0  # samples of the last pause that may still open the next segment
+        self._open = pause_samples(opening)  # samples of silence that may still open the next segment
 
     def add(self, index: int, text: str, pcm: PCM, *, last: bool) -> Cue:
         """The cue of segment ``index``, made of ``pcm`` (its pause included, unless ``last``)."""
         lead = leading_silence(pcm, self._open)
-        tail = 0 if last else trailing_silence(pcm[lead:], self._pause)
+        tail = trailing_silence(pcm[lead:], self._closing if last else self._pause)
         self._open = 0 if last else self._pause - tail
         start = self._seconds(self._at + lead)
         end = self._seconds(self._at + len(pcm) - tail)

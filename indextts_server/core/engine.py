@@ -10,6 +10,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from .plan import Plan
+
 EmoMode = Literal["none", "audio", "vector", "text"]
 EMO_MODES: Final[tuple[EmoMode, ...]] = ("none", "audio", "vector", "text")
 
@@ -65,6 +67,9 @@ class SynthesisJob(msgspec.Struct, frozen=True, kw_only=True):
     """None: the engine picks the language from the text (`detect_lang`)."""
     speed: float = 1.0
     """Speaking rate: 1.25 is a quarter faster (the audio lasts 1/1.25 as long)."""
+    plan: Plan | None = None
+    """SSML's spans and breaks (`core.plan`; ``text`` is then the markup): the task runs them as
+    one, through `core.plan.expand`. None: ``text`` is plain text."""
 
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,6 +12,8 @@ from . import texts
 from .contract.jobs import job
 from .contract.protocol import ModelFields
 from .engine import SAMPLE_RATE, EmoMode, SynthesisJob
+from .plan import Plan
+from .ssml import SsmlError, parse
 from .tasks import Delivery
 from .voices import DEFAULT_VOICE
 
@@ -162,6 +164,11 @@ def decode_speech(
         raise invalid("input")
     if len(request.input) > max_text_chars:
         raise invalid("input", texts.input_too_long(max_text_chars))
+    if request.text_format == "ssml":
+        try:
+            parse(request.input, lang=request.lang, field="input")  # refused here, before the queue
+        except SsmlError as error:
+            raise invalid("input", str(error)) from None
     if request.model is not None and request.model not in models:
         raise ApiError(
             404,
@@ -216,8 +223,9 @@ def speech_audio_fields(request: SpeechRequest) -> dict[str, str]:
     return fields
 
 
-def speech_job(request: SpeechRequest, resolved: Mapping[str, str]) -> SynthesisJob:
-    """The engine's job, given the files of `speech_audio_fields` (see `core.contract.jobs.job`)."""
+def speech_job(request: SpeechRequest, resolved: Mapping[str, str], plan: Plan | None = None) -> SynthesisJob:
+    """The engine's job, given the files of `speech_audio_fields` and the SSML's ``plan`` with its
+    voices resolved (see `core.contract.jobs.job`)."""
     text = request.emo_text if request.emo_text is not None else request.instructions
     return job(
         request,
@@ -226,6 +234,7 @@ def speech_job(request: SpeechRequest, resolved: Mapping[str, str]) -> Synthesis
         emo_mode=emo_mode(request),
         emo_audio=resolved.get("emo_voice") or resolved.get("emo_audio"),
         emo_text=text,
+        plan=plan,
     )
 
 

@@ -72,6 +72,7 @@ FIELD_ERRORS: Final[dict[str, str]] = {
     "timestamps": "timestamps 必须是布尔值（true 或 false）",
     "lang": "lang 必须是 zh/en/ja/es/ar 之一（不区分大小写）",
     "speed": f"speed 必须是 {SPEED_MIN} 到 {SPEED_MAX} 之间的数字",
+    "text_format": "text_format 必须是 text/ssml",
 }
 """The error for each request field; the decoder picks one by the field a failure names."""
 
@@ -109,6 +110,41 @@ def speed_unsupported(low: float, high: float, model: str) -> str:
 
 def text_too_long(limit: int) -> str:
     return f"text 过长：最多 {limit} 个字符"
+
+
+# -- SSML (text_format "ssml"): each names text and the position ------------------------------------
+
+SSML_MALFORMED: Final = "标记格式错误（{reason}）"
+SSML_DECLARATION: Final = "不支持 DOCTYPE、实体声明和外部引用"
+
+
+def ssml_invalid(field: str, line: int, column: int, reason: str) -> str:
+    """Markup the SSML subset refuses in ``field``, where it is (``line`` and ``column`` from 1)."""
+    return f"{field} 不是有效的 SSML（第 {line} 行第 {column} 列）：{reason}"
+
+
+def ssml_attribute(element: str, attribute: str, value: str) -> str:
+    return f"<{element}> 的 {attribute} 无效: {value!r}"
+
+
+def ssml_text_only(element: str) -> str:
+    return f"<{element}> 只能包含文本"
+
+
+def ssml_too_deep(limit: int) -> str:
+    return f"元素嵌套过深：最多 {limit} 层"
+
+
+def ssml_too_many(limit: int) -> str:
+    return f"片段和停顿过多：最多 {limit} 个"
+
+
+def ssml_too_many_voices(limit: int) -> str:
+    return f"声音过多：最多 {limit} 个"
+
+
+def ssml_break_too_long(limit: int) -> str:
+    return f"<break> 过长：最多 {limit} 毫秒"
 
 
 # -- frame errors ----------------------------------------------------------------------------------
@@ -258,6 +294,7 @@ AGENT_FIELD_ERRORS: Final[dict[str, str]] = {
     "cancel": "cancel 必须是布尔值（true 或 false）",
     "flush": "flush 必须是布尔值（true 或 false）",
     "add_timestamps": "add_timestamps 必须是布尔值（true 或 false）",
+    "text_format": "text_format 必须是 text/ssml",
     "voice": 'voice 必须是 {"mode": "id", "id": 声音名称}',
     "mode": 'voice 必须是 {"mode": "id", "id": 声音名称}',
     "id": 'voice 必须是 {"mode": "id", "id": 声音名称}',
@@ -313,7 +350,7 @@ def wyoming_language(language: str) -> str:
 
 
 def wyoming_text_format(text_format: str | None) -> str:
-    return f"text_format 暂不支持: {text_format}（只支持 text）"
+    return f"text_format 不支持: {text_format}（只支持 text、ssml）"
 
 
 # -- the HTTP API (OpenAI-compatible speech; errors in OpenAI's shape, texts as over the WebSocket) -

@@ -24,6 +24,7 @@ from . import texts
 from .agents.cartesia import Tuning
 from .contract.jobs import job
 from .engine import SAMPLE_RATE, Capabilities, Lang, SynthesisJob, lang_of
+from .plan import Plan
 from .tasks import Delivery
 
 PROTOCOL_VERSION: Final = "1.10.2"
@@ -206,30 +207,43 @@ def request(frame: Frame) -> Request | None:
 
 
 class Wanted(NamedTuple):
-    """What a request's ``voice`` asks for: the library's voice name and the ``lang``."""
+    """What a request asks for: the library's voice name, the ``lang``, and whether its text is
+    SSML (``text_format: "ssml"``, see `core.ssml`)."""
 
     voice: str | None
     lang: Lang | None
+    ssml: bool = False
 
 
 def wanted(voice: Voice | None, text_format: str | None) -> Wanted:
-    """The voice and language asked for; `Malformed` for a language no model reads, or SSML."""
-    if text_format not in (None, "text"):
+    """The voice, language and text format asked for; `Malformed` for a language no model reads,
+    or a text format other than ``text`` and ``ssml``."""
+    if text_format not in (None, "text", "ssml"):
         raise Malformed(texts.wyoming_text_format(text_format))
+    ssml = text_format == "ssml"
     if voice is None:
-        return Wanted(None, None)
+        return Wanted(None, None, ssml)
     lang = None
     if voice.language:
         lang = lang_of(voice.language)
         if lang is None:
             raise Malformed(texts.wyoming_language(voice.language))
-    return Wanted(voice.name or None, lang)
+    return Wanted(voice.name or None, lang, ssml)
 
 
-def synthesis_job(text: str, prompt_audio: str, lang: Lang | None) -> SynthesisJob:
-    """The engine's job for one text (a whole ``synthesize``, or one sentence of a stream)."""
+def synthesis_job(text: str, prompt_audio: str, lang: Lang | None, plan: Plan | None = None) -> SynthesisJob:
+    """The engine's job for one text (a whole ``synthesize``, or one sentence of a stream), with
+    its SSML's ``plan`` if it has one."""
     tuning = Tuning(lang=lang)
-    return job(tuning, text=text, prompt_audio=prompt_audio, emo_mode="none", emo_audio=None, emo_text=None)
+    return job(
+        tuning,
+        text=text,
+        prompt_audio=prompt_audio,
+        emo_mode="none",
+        emo_audio=None,
+        emo_text=None,
+        plan=plan,
+    )
 
 
 # -- replies -----------------------------------------------------------------------------------------

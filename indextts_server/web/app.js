@@ -28,6 +28,7 @@ const state = {
   status: "",
   voices: [],
   recordingSeconds: 0,
+  recordedSeconds: null, // the length of the last recording's WAV
   lastUpload: null,
   lastRequest: null,
   caption: "", // the text of the segment playing now (from its cue)
@@ -180,9 +181,10 @@ async function upload() {
   $("upload-state").textContent = "uploading…";
   try {
     const added = await voices.add(name, sample.blob, sample.filename, $("new-voice-replace").checked);
-    state.lastUpload = { name: added.name ?? name, type: sample.blob.type, bytes: sample.blob.size };
     $("upload-state").textContent = `added ${added.name ?? name}`;
     await refreshVoices(added.name ?? name);
+    // Last: an upload is done once the lists show the new voice, chosen.
+    state.lastUpload = { name: added.name ?? name, type: sample.blob.type, bytes: sample.blob.size };
   } catch (error) {
     $("upload-state").textContent = "";
     showError(error.message);
@@ -211,6 +213,7 @@ async function toggleRecording() {
       const wav = await recorder.instance.stop();
       sample = { blob: wav, filename: "recording.wav" };
       const seconds = (wav.size - 44) / 2 / context.sampleRate;
+      state.recordedSeconds = seconds;
       $("record-state").textContent = `recorded ${seconds.toFixed(1)} s (WAV, ${Math.round(wav.size / 1024)} KB)`;
       $("new-voice-file").value = "";
     } catch (error) {
@@ -218,6 +221,7 @@ async function toggleRecording() {
     }
     return;
   }
+  state.recordedSeconds = null;
   recorder.instance = new Recorder(context);
   try {
     await recorder.instance.start();

@@ -70,16 +70,22 @@ export function audioBufferToWav(audio) {
 /**
  * Plays segments one after another without gaps, in the order they were given, as they arrive.
  * Counts what was scheduled, what played out and what was stopped; `onchange(index, state)`
- * follows each segment (scheduled, playing, played, stopped).
+ * follows each segment (scheduled, playing, played, stopped), and at most one segment is playing.
+ *
+ * The audio clock (`context.currentTime`) decides: a segment is playing once that clock reaches
+ * its start, and has played out once it reaches its end. Timers and `ended` events only prompt a
+ * look at the clock: timers run on the page's clock, and under load a timer and the previous
+ * segment's `ended` event come in either order.
  */
 export class SegmentPlayer {
   constructor(context, onchange) {
     this.context = context;
     this.onchange = onchange;
-    this.sources = new Map(); // scheduled and not yet ended: source -> segment index
+    this.sources = new Map(); // scheduled and not yet over: source -> { index, start, end, playing }
     this.nextStart = 0;
     this.decoding = Promise.resolve();
     this.generation = 0;
+    this.timer = null; // wakes follow() when the next segment is due to start
     this.scheduled = 0;
     this.played = 0;
     this.stopped = 0;
@@ -98,35 +104,56 @@ export class SegmentPlayer {
       const now = this.context.currentTime;
       const at = Math.max(now + 0.03, this.nextStart);
       this.nextStart = at + audio.duration;
+      const segment = { index, start: at, end: this.nextStart, playing: false };
       source.onended = () => {
-        if (!this.sources.delete(source)) return; // stopped, not played out
-        this.played += 1;
-        this.onchange(index, "played");
+        if (!this.sources.has(source)) return; // stopped, or already counted as played out
+        this.finish(source, segment);
+        this.follow();
       };
-      this.sources.set(source, index);
+      this.sources.set(source, segment);
       source.start(at);
       this.scheduled += 1;
-      if (at <= now + 0.05) {
-        this.onchange(index, "playing");
-      } else {
-        this.onchange(index, "scheduled", at - now);
-        // Say when it begins to sound (unless stopped first).
-        setTimeout(() => {
-          if (this.sources.has(source)) this.onchange(index, "playing");
-        }, (at - this.context.currentTime) * 1000);
-      }
+      this.onchange(index, "scheduled", at - now);
+      this.follow();
     });
     return this.decoding;
+  }
+
+  /** Bring every segment's state up to the audio clock, then look again when the next one starts. */
+  follow() {
+    const now = this.context.currentTime;
+    for (const [source, segment] of this.sources) {
+      if (segment.end <= now) this.finish(source, segment);
+    }
+    let next = null;
+    for (const segment of this.sources.values()) {
+      if (segment.start <= now && !segment.playing) {
+        segment.playing = true;
+        this.onchange(segment.index, "playing");
+      } else if (segment.start > now) {
+        next = next === null ? segment.start : Math.min(next, segment.start);
+      }
+    }
+    clearTimeout(this.timer);
+    // A timer may wake before the audio clock has got there: it then looks again, a little later.
+    if (next !== null) this.timer = setTimeout(() => this.follow(), Math.max((next - now) * 1000, 5));
+  }
+
+  finish(source, segment) {
+    this.sources.delete(source);
+    this.played += 1;
+    this.onchange(segment.index, "played");
   }
 
   /** Stop at once: nothing already scheduled plays on, and nothing still decoding will start. */
   stop() {
     this.generation += 1;
-    for (const [source, index] of this.sources) {
+    clearTimeout(this.timer);
+    for (const [source, segment] of this.sources) {
       this.sources.delete(source);
       source.stop();
       this.stopped += 1;
-      this.onchange(index, "stopped");
+      this.onchange(segment.index, "stopped");
     }
     this.nextStart = 0;
   }
@@ -138,23 +165,29 @@ export class Recorder {
     this.context = context;
     this.recorder = null;
     this.chunks = [];
-    this.startedAt = 0;
+    this.startedAt = null;
   }
 
   get recording() {
     return this.recorder !== null;
   }
 
+  /** Seconds since the recorder began to record (its start event), 0 before. */
   get seconds() {
-    return this.recording ? (performance.now() - this.startedAt) / 1000 : 0;
+    return this.recording && this.startedAt !== null ? (performance.now() - this.startedAt) / 1000 : 0;
   }
 
+  /** Resolves once recording has begun: `start()` only asks, and a busy browser begins later. */
   async start() {
     const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
     this.chunks = [];
-    this.recorder = new MediaRecorder(stream);
-    this.recorder.ondataavailable = (event) => event.data.size && this.chunks.push(event.data);
-    this.recorder.start();
+    this.startedAt = null;
+    const recorder = new MediaRecorder(stream);
+    this.recorder = recorder;
+    recorder.ondataavailable = (event) => event.data.size && this.chunks.push(event.data);
+    const started = new Promise((resolve) => (recorder.onstart = resolve));
+    recorder.start();
+    await started;
     this.startedAt = performance.now();
   }
 

@@ -16,6 +16,7 @@ import msgspec
 from .. import texts
 from ..contract.jobs import job
 from ..engine import SPEED_MAX, SPEED_MIN, EmoMode, Lang, SynthesisJob, lang_of
+from ..plan import Plan
 from ..tasks import Delivery
 from ..voices import DEFAULT_VOICE
 from .audio import ENCODINGS, Encoding
@@ -80,6 +81,8 @@ class AgentMessage(msgspec.Struct, kw_only=True):
     add_timestamps: bool | None = None
     max_buffer_delay_ms: int | None = None
     generation_config: GenerationConfig | None = None
+    text_format: Literal["text", "ssml"] | None = None
+    """Extension: ``ssml`` reads the context's text as SSML (`core.ssml`)."""
 
 
 class _ContextOnly(msgspec.Struct):
@@ -109,13 +112,14 @@ class ContextSettings(msgspec.Struct, frozen=True, kw_only=True):
     timestamps: bool
     max_buffer_delay: float | None
     tuning: Tuning
+    ssml: bool = False
 
     @property
     def emo_mode(self) -> EmoMode:
         return "vector" if self.tuning.emo_vector is not None else "none"
 
-    def job(self, text: str, prompt_audio: str) -> SynthesisJob:
-        """The engine's job for one committed sentence of the context."""
+    def job(self, text: str, prompt_audio: str, plan: Plan | None = None) -> SynthesisJob:
+        """The engine's job for one committed sentence of the context (its SSML's ``plan``, if any)."""
         return job(
             self.tuning,
             text=text,
@@ -123,6 +127,7 @@ class ContextSettings(msgspec.Struct, frozen=True, kw_only=True):
             emo_mode=self.emo_mode,
             emo_audio=None,
             emo_text=None,
+            plan=plan,
         )
 
     @property
@@ -205,6 +210,7 @@ def settings(message: AgentMessage) -> ContextSettings:
         timestamps=bool(message.add_timestamps),
         max_buffer_delay=None if delay is None else delay / 1000,
         tuning=tuning,
+        ssml=message.text_format == "ssml",
     )
 
 

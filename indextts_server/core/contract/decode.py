@@ -7,6 +7,7 @@ from typing import Final
 
 import msgspec
 
+from ..ssml import SsmlError, parse
 from ..texts import (
     FIELD_ERRORS,
     MALFORMED_JSON,
@@ -38,6 +39,11 @@ def decode_request(frame: str | bytes, *, max_text_chars: int) -> Request:
         raise RequestError(MALFORMED_JSON) from None
     if isinstance(request, TtsStream) and len(request.text) > max_text_chars:
         raise RequestError(text_too_long(max_text_chars))
+    if isinstance(request, TtsStream) and request.text_format == "ssml":
+        try:
+            parse(request.text, lang=request.lang)  # refused here, before the queue
+        except SsmlError as error:
+            raise RequestError(str(error)) from None
     return request
 
 

@@ -7,6 +7,8 @@ from typing import Final, NamedTuple, Protocol, cast
 
 from .. import texts
 from ..engine import Capabilities, EmoMode, Lang, SynthesisJob, detect_lang
+from ..plan import Plan, Speech, expand, text_of
+from ..ssml import plain
 from ..tasks import CONTRACT_DELIVERY, Delivery
 from .protocol import TtsStream
 
@@ -67,11 +69,23 @@ def job(
     emo_mode: EmoMode,
     emo_audio: str | None,
     emo_text: str | None,
+    plan: Plan | None = None,
 ) -> SynthesisJob:
     """A job with `SynthesisJob`'s defaults for what ``tuning`` leaves out (``None``), and the
-    fields of every ``emo_mode`` but ``emo_mode`` dropped."""
+    fields of every ``emo_mode`` but ``emo_mode`` dropped.
+
+    With a ``plan`` (SSML's, its voices bound to files) ``text`` becomes what the plan says; a
+    plan that is only plain text is that text, with no plan (so it renders as plain text does).
+    """
+    if plan is not None:
+        text = plain(plan) or ""
+        if text:
+            plan = None
+        else:
+            text = " ".join(text_of(step.pieces) for step in plan if isinstance(step, Speech))
     return SynthesisJob(
         text=text,
+        plan=plan,
         prompt_audio=prompt_audio,
         emo_mode=emo_mode,
         emo_audio=emo_audio if emo_mode == "audio" else None,
@@ -90,11 +104,11 @@ def job(
     )
 
 
-def job_from(request: TtsStream, resolved: Mapping[str, str]) -> SynthesisJob:
+def job_from(request: TtsStream, resolved: Mapping[str, str], plan: Plan | None = None) -> SynthesisJob:
     """The engine's view of a ``tts_stream`` request (see `job`).
 
     ``resolved`` maps each of `audio_fields` to the file the engine opens (checked and made
-    absolute by the caller, which does the I/O).
+    absolute by the caller, which does the I/O); ``plan`` is the SSML's, its voices resolved too.
     """
     return job(
         request,
@@ -103,6 +117,7 @@ def job_from(request: TtsStream, resolved: Mapping[str, str]) -> SynthesisJob:
         emo_mode=request.emo_mode or _DEFAULT.emo_mode,
         emo_audio=resolved.get("emo_voice") or resolved.get("emo_audio"),
         emo_text=request.emo_text,
+        plan=plan,
     )
 
 
@@ -133,6 +148,9 @@ def unfit(job: SynthesisJob, capabilities: Capabilities | None) -> Unfit | None:
     """
     if capabilities is None:
         return None
+    if job.plan is not None:  # each span is a job of its own
+        spans = (item for item in expand(job, capabilities.model) if isinstance(item, SynthesisJob))
+        return next((problem for span in spans if (problem := unfit(span, capabilities))), None)
     model = capabilities.model
     lang = job.lang
     if lang is None and capabilities.detects_lang:

@@ -61,6 +61,8 @@ class ModelFields(msgspec.Struct, kw_only=True):
     sample_rate: SampleRate | None = None
     lang: LangCode | None = None
     speed: Speed | None = None
+    # ``text_format`` (extension): ``ssml`` reads the text as SSML (`core.ssml`); default plain text.
+    text_format: Literal["text", "ssml"] | None = None
 
 
 class TtsStream(ModelFields, tag_field="type", tag="tts_stream", kw_only=True):

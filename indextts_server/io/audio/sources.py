@@ -7,7 +7,9 @@ from collections.abc import Mapping
 
 import trio
 
+from ...core import ssml
 from ...core.contract.jobs import VOICE_FIELDS
+from ...core.plan import Plan
 from .paths import AudioPaths
 from .voices import VoiceLibrary
 
@@ -31,6 +33,18 @@ class AudioSources:
         if resolved is None:
             resolved = await trio.to_thread.run_sync(self.look_up, fields, now)
         return resolved
+
+    async def plan(self, text: str, text_format: str | None, lang: str | None) -> Plan | None:
+        """The SSML plan of a request's text (None for plain text), each voice it names resolved
+        like a request's ``voice`` (`VoiceError` for the first that is not in the library).
+
+        The markup was checked when the request was decoded; this parses it again (bounded).
+        """
+        if text_format != "ssml":
+            return None
+        plan = ssml.parse(text, lang=lang)
+        files = {name: (await self.resolve({"voice": name}))["voice"] for name in ssml.voices(plan)}
+        return ssml.bind(plan, files)
 
     def recall(self, fields: Mapping[str, str], now: float) -> dict[str, str] | None:
         """Every field's file if each was resolved lately, else ``None``. No I/O."""

@@ -46,10 +46,11 @@ from ...core.agents.cartesia import (
     decode,
     settings,
 )
-from ...core.agents.transcript import Transcript
+from ...core.agents.transcript import Transcript, join
 from ...core.agents.words import Word, estimate, exact_tone, split_words, take_words
 from ...core.contract.protocol import CueReply, End, Error
 from ...core.engine import PCM
+from ...core.ssml import SsmlError, complete
 from ...core.voices import VoiceError
 from ..audio.paths import AudioPathError
 from ..service.part import Part
@@ -121,6 +122,7 @@ class Context:
         self.live = True
         self.ended = False  # ``continue: false`` came: no more text
         self.flushes = 0
+        self.markup = ""  # SSML committed but not yet whole (an element still open), held back
         self.samples = 0  # samples sent, at the context's rate
         self.changed = trio.Event()
         self.scope = trio.CancelScope()
@@ -240,20 +242,37 @@ class AgentSocket:
         """Submit the context's committed sentences, in order, while the socket is within its
         limit; the rest wait for a sentence to finish. The context's queue ends after the last."""
         limit = self.service.config.max_pending_per_session
+        if context.markup and context.ended and not context.backlog:
+            context.backlog.append("")  # held SSML goes at the end of the input, whole or not
         while context.backlog and context.live:
             item = context.backlog[0]
             if isinstance(item, Flush):
+                if context.markup:  # held SSML is spoken before the flush is answered
+                    context.backlog.appendleft("")
+                    continue
                 context.queue.send_nowait(item)
                 context.backlog.popleft()
                 continue
             if limit and self.in_flight() >= limit:
                 return
             context.backlog.popleft()
-            sentence = Sentence(context, item)
+            plan = None
+            if context.settings.ssml:  # sentences held until their elements close, then one task
+                context.markup = join(context.markup, item)
+                following = context.backlog[0] if context.backlog else None
+                whole = complete(context.markup) or isinstance(following, Flush)
+                if not (whole or (context.ended and following is None)):
+                    continue
+                item, context.markup = context.markup, ""
+                try:
+                    plan = await self.service.sources.plan(item, "ssml", context.settings.tuning.lang)
+                except (SsmlError, VoiceError) as refused:
+                    await self._fail(context.context_id, str(refused))
+                    return
+            job = context.settings.job(item, context.prompt_audio, plan)
+            sentence = Sentence(context, job.text)
             try:
-                await self.service.submit(
-                    sentence, context.settings.job(item, context.prompt_audio), context.settings.delivery
-                )
+                await self.service.submit(sentence, job, context.settings.delivery)
             except Refused as refusal:
                 await self._fail(context.context_id, str(refusal))
                 return

@@ -154,11 +154,12 @@ class Speech:
             raise ApiError(503, SHUTTING_DOWN, code="shutting_down")
         try:
             resolved = await self.service.sources.resolve(speech_audio_fields(speech))
+            plan = await self.service.sources.plan(speech.input, speech.text_format, speech.lang)
         except VoiceError as error:
             raise ApiError(error.status, str(error), param=error.param, code=error.code) from None
         except AudioPathError as error:
             raise ApiError(400, str(error), param="emo_audio", code="invalid_audio") from None
-        job = speech_job(speech, resolved)
+        job = speech_job(speech, resolved, plan)
         session = HttpSession(self.service.budget)
         async with self.service.hosting(session):
             try:

@@ -47,8 +47,10 @@ from ...core import texts
 from ...core.contract.protocol import Cue
 from ...core.cues import Timeline
 from ...core.engine import PCM, Engine, Segment, SynthesisJob
+from ...core.plan import silences
 from ...core.tasks import Delivery
 from ..audio.encoding import SegmentFiles
+from ..engines.plan import batched, synthesize
 from ..engines.thread import home_thread
 
 log = logging.getLogger("indextts_server")
@@ -96,10 +98,13 @@ def timeline(job: SynthesisJob, delivery: Delivery) -> Timeline:
     """Where a task's segments fall in the audio its client receives.
 
     A ``speed`` below 1 that the engine renders as a time-stretch lengthens its pauses too: they
-    may then last up to ``interval_silence / speed``.
+    may then last up to ``interval_silence / speed``. SSML's breaks are silences too, outside the
+    cues, at either end as well (`core.plan.silences`).
     """
-    longest_pause = math.ceil(job.interval_silence / min(1.0, job.speed))
-    return Timeline(longest_pause, speed=delivery.speed, sample_rate=delivery.sample_rate)
+    between, opening, closing = silences(job)
+    return Timeline(
+        between, speed=delivery.speed, sample_rate=delivery.sample_rate, opening=opening, closing=closing
+    )
 
 
 async def encode(files: SegmentFiles, chunks: list[PCM], *, last: bool) -> bytes:
@@ -186,7 +191,7 @@ class _Step:
             for row in self._rows:
                 if row.segments is None:
                     try:
-                        row.segments = self._engine.synthesize(row.job)
+                        row.segments = synthesize(self._engine, row.job)  # a plan's spans chained
                     except Exception as exc:
                         row.segments = exc
             iterators = [row.segments for row in self._rows if isinstance(row.segments, Iterator)]
@@ -243,7 +248,8 @@ class TaskRunner(Generic[S]):
         self.waiting_for_engine = False  # an abandoned thread is still inside the engine
         advance = cast("Advance | None", getattr(engine, "advance", None))  # an optional capability
         # One row is the library's own path, plain next(); several go through the engine's advance.
-        self._advance: Advance = advance if advance is not None and batch_size > 1 else advance_each
+        # A plan's span joins the batch as its text alone would (`plan.batched`).
+        self._advance: Advance = batched(advance) if advance is not None and batch_size > 1 else advance_each
         self._scope: trio.CancelScope | None = None
         self._abort_reason: str | None = None
         self._stepping: list[Row[S]] = []  # the rows of the step in progress

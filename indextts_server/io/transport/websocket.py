@@ -223,7 +223,8 @@ class WebSocketTransport:
         try:
             self.service.admit(session)
             resolved = await self.service.sources.resolve(audio_fields(request))
-            await self.service.submit(session, job_from(request, resolved), delivery_from(request))
+            plan = await self.service.sources.plan(request.text, request.text_format, request.lang)
+            await self.service.submit(session, job_from(request, resolved, plan), delivery_from(request))
         except (Refused, AudioPathError, VoiceError) as error:
             self._error(session, str(error))
 

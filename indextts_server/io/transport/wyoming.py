@@ -38,10 +38,11 @@ import trio
 from ... import __version__
 from ...core import texts
 from ...core import wyoming as protocol
-from ...core.agents.transcript import Transcript
+from ...core.agents.transcript import Transcript, join
 from ...core.contract.jobs import unfit
 from ...core.contract.protocol import End, Error
 from ...core.engine import SAMPLE_RATE, Lang
+from ...core.ssml import SsmlError, complete
 from ...core.voices import DEFAULT_VOICE, VoiceError
 from ..audio.paths import AudioPathError
 from ..service.part import Part
@@ -79,11 +80,21 @@ class Sentence(Part):
 class Utterance:
     """One ``synthesize``, or one stream from ``synthesize-start`` to ``synthesize-stop``."""
 
-    def __init__(self, connection: Connection, prompt_audio: str, lang: Lang | None, *, streamed: bool):
+    def __init__(
+        self,
+        connection: Connection,
+        prompt_audio: str,
+        lang: Lang | None,
+        *,
+        streamed: bool,
+        ssml: bool = False,
+    ):
         self.connection = connection
         self.prompt_audio = prompt_audio
         self.lang = lang
         self.streamed = streamed
+        self.ssml = ssml
+        self.markup = ""  # SSML sentences held until every element they open has closed
         self.transcript = Transcript()
         self.backlog: deque[str] = deque()  # committed, held back while the connection is at its limit
         self.sentences: list[Sentence] = []
@@ -186,7 +197,7 @@ class Connection:
         except (VoiceError, AudioPathError) as refused:
             self._error(str(refused), "voice_not_found")
             return None
-        utterance = Utterance(self, resolved["voice"], wanted.lang, streamed=streamed)
+        utterance = Utterance(self, resolved["voice"], wanted.lang, streamed=streamed, ssml=wanted.ssml)
         if wanted.lang is not None:
             probe = protocol.synthesis_job("", utterance.prompt_audio, wanted.lang)
             problem = unfit(probe, self.service.scheduler.capabilities)
@@ -279,8 +290,22 @@ class Connection:
         while utterance.backlog and utterance.live:
             if limit and self.in_flight() >= limit:
                 return
-            sentence = Sentence(utterance, utterance.backlog.popleft())
-            job = protocol.synthesis_job(sentence.text, utterance.prompt_audio, utterance.lang)
+            text = utterance.backlog.popleft()
+            plan = None
+            if utterance.ssml:  # sentences held until their elements close, then one task
+                utterance.markup = join(utterance.markup, text)
+                last = utterance.ended and not utterance.backlog
+                if not (complete(utterance.markup) or last):
+                    continue
+                text, utterance.markup = utterance.markup, ""
+                try:
+                    plan = await self.service.sources.plan(text, "ssml", utterance.lang)
+                except (SsmlError, VoiceError) as refused:
+                    self._error(str(refused), "invalid_ssml")
+                    utterance.fail()
+                    break
+            job = protocol.synthesis_job(text, utterance.prompt_audio, utterance.lang, plan)
+            sentence = Sentence(utterance, job.text)
             try:
                 await self.service.submit(sentence, job, protocol.DELIVERY)
             except Refused as refusal:
