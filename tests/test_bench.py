@@ -105,6 +105,38 @@ def test_the_wyoming_mode_runs_the_same_texts_whole_and_streamed_on_the_same_ser
     assert report["wyoming_streamed"]["audio_seconds_per_request"] > 0
 
 
+def test_the_agents_mode_times_each_level_against_http_and_beside_a_long_contract_task(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "report.json"
+    command = [
+        sys.executable, "-m", "indextts_server.bench", "--agents", "1,2", "--no-floor",
+        "-n", "4", "--warmup", "1", "--field", "max_tokens=60",
+        "--server-args", "--engine tone --tone-rtf 0.02 --log-level WARNING",
+        "--duration-limit", "30", "--json", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert "voice agents: sentence sent -> first audio" in done.stdout
+    report = json.loads(out.read_text())
+    assert [level["agents"] for level in report["agents"]] == [1, 2]
+    for level in report["agents"]:
+        assert level["http"]["url"].startswith("http://127.0.0.1:")
+        assert level["alone"]["url"].endswith("/tts/websocket")
+        for condition in ("http", "alone", "beside"):
+            summary = level[condition]
+            assert (summary["completed"], summary["errors"], summary["lost"]) == (4, 0, 0), condition
+            assert summary["first_audio_s"]["p95"] is not None
+        # The same sentences: as much audio over both wires (HTTP's pcm is OpenAI's 24 kHz, the
+        # agents ask for the engines' 22050 Hz), and the long task was running meanwhile.
+        assert level["alone"]["bytes_per_request"] / 22050 == pytest.approx(
+            level["http"]["bytes_per_request"] / 24000, rel=0.01
+        )
+        assert level["long_segments"] >= 1 and level["long_errors"] == []
+        assert level["alone_vs_http"]["p50_first_audio"] > 0
+        assert level["p95_first_audio_beside_vs_alone"] > 0
+
+
 def test_a_text_is_streamed_word_by_word_or_two_characters_at_a_time() -> None:
     from indextts_server.bench.drive.wyoming import pieces
 

@@ -15,13 +15,24 @@ from typing import NamedTuple
 import msgspec
 import trio
 
+from .drive.agents import LongTask, long_frame, long_task, pcm_speech_bodies, run_agents_load
 from .drive.corpus import load_corpus, parse_field, reply_sizes, request_frames
 from .drive.http import run_http_load, speech_bodies
 from .drive.load import LoadPlan, LoadResult, run_load
 from .drive.progress import Progress
 from .drive.spawn import SpawnError, free_port, is_loopback_url, raise_open_file_limit, spawn
 from .drive.wyoming import run_wyoming_load, wyoming_texts
-from .results.report import Report, Scaling, Settings, Summary, ratios, render, summarise
+from .results.report import (
+    AgentLevel,
+    Report,
+    Scaling,
+    Settings,
+    Summary,
+    agent_level,
+    ratios,
+    render,
+    summarise,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
@@ -82,6 +93,15 @@ def parser() -> argparse.ArgumentParser:
         "ratios (time to first audio: give the WebSocket --field stream=true)",
     )
     p.add_argument(
+        "--agents",
+        type=_levels,
+        metavar="N[,N...]",
+        help="also time voice agents on the started server's /tts/websocket: N agents at once, each "
+        "sentence a context sent whole; time to the first chunk against the same sentences over HTTP "
+        "(streamed pcm, time to first byte), then beside a long contract task; -n sentences per "
+        "condition and level",
+    )
+    p.add_argument(
         "--batch-size",
         type=_batch_sizes,
         metavar="N[,N...]",
@@ -108,6 +128,13 @@ def _batch_sizes(text: str) -> list[int]:
     values = [_positive(part) for part in text.split(",")]
     if len(set(values)) != len(values):
         raise argparse.ArgumentTypeError("each batch size once")
+    return values
+
+
+def _levels(text: str) -> list[int]:
+    values = [_positive(part) for part in text.split(",")]
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError("each number of agents once")
     return values
 
 
@@ -139,6 +166,7 @@ class Options:
     http: bool = False
     wyoming: bool = False
     batch_sizes: tuple[int, ...] = ()
+    agents: tuple[int, ...] = ()
 
     def plan(self, url: str) -> LoadPlan:
         return LoadPlan(
@@ -173,6 +201,7 @@ class Others(NamedTuple):
     http: Summary | None = None
     wyoming: Summary | None = None
     wyoming_streamed: Summary | None = None
+    agents: list[AgentLevel] | None = None
 
 
 async def measure_server(options: Options) -> tuple[Summary, LoadResult, Others]:
@@ -180,15 +209,16 @@ async def measure_server(options: Options) -> tuple[Summary, LoadResult, Others]
     with ``--wyoming``), load it over the WebSocket, then (``--http``) the same load over HTTP,
     then (``--wyoming``) over Wyoming, whole and streamed, then stop it."""
     port = free_port(LOOPBACK)
-    http_port = free_port(LOOPBACK) if options.http else None
+    http_port = free_port(LOOPBACK) if options.http or options.agents else None
     command = [*options.server_command, "--host", LOOPBACK, "--port", str(port)]
     command += ["--http-port", "off" if http_port is None else str(http_port)]
     wyoming_port = free_port(LOOPBACK) if options.wyoming else None
     command += [] if wyoming_port is None else ["--wyoming-port", str(wyoming_port)]
     http = wyoming = streamed = None
+    agents: list[AgentLevel] | None = None
     async with spawn(command, LOOPBACK, port, cwd=server_cwd()) as target:
         result = await run_load(options.plan(target.url), Progress("server", options.requests))
-        if http_port is not None:
+        if http_port is not None and options.http:
             url = f"http://{LOOPBACK}:{http_port}"
             plan = replace(
                 options.plan(url), frames=[body.decode() for body in speech_bodies(options.frames)]
@@ -202,9 +232,35 @@ async def measure_server(options: Options) -> tuple[Summary, LoadResult, Others]
             wyoming = summarise("wyoming", whole)
             flowing = await run_wyoming_load(plan, Progress("streamed", options.requests), streamed=True)
             streamed = summarise("streamed", flowing)
+        if http_port is not None and options.agents:
+            agents = [await measure_agents(options, target.url, http_port, n) for n in options.agents]
         peak = await target.peak_rss_kib()
     summary = summarise("server", result, command=command, peak_rss_kib=peak)
-    return summary, result, Others(http, wyoming, streamed)
+    return summary, result, Others(http, wyoming, streamed, agents)
+
+
+async def measure_agents(options: Options, ws_url: str, http_port: int, agents: int) -> AgentLevel:
+    """``agents`` at once, three conditions one after another on the same server: the sentences over
+    HTTP (the baseline), as voice agents, and as voice agents beside a long contract task."""
+    texts = wyoming_texts(options.frames)
+    plan = replace(options.plan(f"http://{LOOPBACK}:{http_port}"), connections=agents)
+    http = await run_http_load(
+        replace(plan, frames=pcm_speech_bodies(texts)), Progress(f"http×{agents}", plan.requests)
+    )
+    plan = replace(plan, url=f"ws://{LOOPBACK}:{http_port}/tts/websocket", frames=texts)
+    alone = await run_agents_load(plan, Progress(f"agents×{agents}", plan.requests))
+    long = LongTask()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(long_task, ws_url, long_frame(options.frames), long)
+        beside = await run_agents_load(plan, Progress(f"beside×{agents}", plan.requests))
+        nursery.cancel_scope.cancel()
+    return agent_level(
+        agents,
+        summarise(f"http×{agents}", http),
+        summarise(f"agents×{agents}", alone),
+        summarise(f"beside×{agents}", beside),
+        (long.tasks, long.segments, long.audio_seconds, long.errors),
+    )
 
 
 async def measure_batch(options: Options, size: int) -> tuple[Summary, LoadResult]:
@@ -249,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.http and args.url is not None:
         raise SystemExit("--http needs a server the benchmark starts itself (no --url)")
+    if args.agents and (args.url is not None or len(args.batch_size or []) > 1):
+        raise SystemExit("--agents needs a server the benchmark starts itself (no --url), one --batch-size")
     if args.wyoming and (args.url is not None or len(args.batch_size or []) > 1):
         raise SystemExit("--wyoming needs a server the benchmark starts itself (no --url), one --batch-size")
     if args.url is not None and not is_loopback_url(args.url):
@@ -266,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     server_args = shlex.split(args.server_args)
     if len(batch_sizes) == 1:
         server_args += ["--batch-size", str(batch_sizes[0])]
-    soft, raised_from = raise_open_file_limit(args.connections + args.idle + SPARE_FILES)
+    connections = max([args.connections, *(n + 1 for n in args.agents or ())])
+    soft, raised_from = raise_open_file_limit(connections + args.idle + SPARE_FILES)
     if raised_from is not None:
         print(f"open-file limit raised from {raised_from} to {soft}", file=sys.stderr)
 
@@ -289,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             http=args.http,
             wyoming=args.wyoming,
             batch_sizes=tuple(batch_sizes),
+            agents=tuple(args.agents or ()),
         )
         try:
             server, floor, results, others = trio.run(bench, options)
@@ -320,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             ratios(others.wyoming_streamed, server) if others.wyoming_streamed is not None else None
         ),
         scaling=_scaling(batch_sizes, results) if len(batch_sizes) > 1 else None,
+        agents=others.agents,
     )
     print(render(report))
     if args.json is not None:

@@ -88,6 +88,31 @@ class Scaling(msgspec.Struct, kw_only=True):
     """This value's figure over the first value's."""
 
 
+class AgentLevel(msgspec.Struct, kw_only=True):
+    """``--agents``: one number of concurrent voice agents, three conditions on the same server.
+
+    First audio is the figure: send -> first byte (HTTP) or first ``chunk`` (agents)."""
+
+    agents: int
+    http: Summary
+    """The baseline: the same sentences over ``/v1/audio/speech`` (streamed pcm), as many connections."""
+    alone: Summary
+    """The agents, each sentence a context sent whole (``continue: false``)."""
+    beside: Summary
+    """The same agents while a contract client streams a long multi-segment text, re-sent as it ends."""
+    alone_vs_http: Ratios
+    beside_vs_alone: Ratios
+    p95_first_audio_alone_vs_http: float | None
+    p95_first_audio_beside_vs_alone: float | None
+    long_tasks: int
+    """Long contract tasks finished while ``beside`` ran (the one running at its end not counted)."""
+    long_segments: int
+    """The long tasks' segments received meanwhile, the running task's included."""
+    long_audio_seconds: float
+    """Their audio: over ``long_segments``, the audio of one segment, whose time an agent may wait."""
+    long_errors: list[str]
+
+
 class Report(msgspec.Struct, kw_only=True):
     settings: Settings
     server: Summary
@@ -107,6 +132,8 @@ class Report(msgspec.Struct, kw_only=True):
     """Wyoming (streamed) figure over WebSocket figure."""
     scaling: list[Scaling] | None = None
     """``--batch-size N,M,…``: each value's run, the first of which is ``server``."""
+    agents: list[AgentLevel] | None = None
+    """``--agents N,M,…``: voice agents against the HTTP API, alone and beside a long contract task."""
 
 
 def distribution(values: Sequence[float]) -> Distribution:
@@ -207,6 +234,27 @@ def ratios(server: Summary, floor: Summary) -> Ratios:
     )
 
 
+def agent_level(
+    agents: int, http: Summary, alone: Summary, beside: Summary, long: tuple[int, int, float, list[str]]
+) -> AgentLevel:
+    """One ``--agents`` level's three summaries and the ratios between them."""
+    tasks, segments, seconds, errors = long
+    return AgentLevel(
+        agents=agents,
+        http=http,
+        alone=alone,
+        beside=beside,
+        alone_vs_http=ratios(alone, http),
+        beside_vs_alone=ratios(beside, alone),
+        p95_first_audio_alone_vs_http=_ratio(alone.first_audio_s.p95, http.first_audio_s.p95),
+        p95_first_audio_beside_vs_alone=_ratio(beside.first_audio_s.p95, alone.first_audio_s.p95),
+        long_tasks=tasks,
+        long_segments=segments,
+        long_audio_seconds=seconds,
+        long_errors=errors,
+    )
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.2f}"
 
@@ -281,7 +329,13 @@ def render(report: Report) -> str:
             report, report.wyoming_streamed, report.wyoming_streamed_ratios, "streamed", "Wyoming, streamed"
         ),
     ]
-    return "\n".join([title, *lines, *others, *_scaling_table(report), *notes])
+    notes += [
+        f"  ! {summary.target}: {message} (x{count})"
+        for level in report.agents or []
+        for summary in (level.http, level.alone, level.beside)
+        for message, count in [*summary.error_messages.items(), *summary.connection_error_messages.items()]
+    ]
+    return "\n".join([title, *lines, *others, *_scaling_table(report), *_agents_table(report), *notes])
 
 
 _HTTP_ROWS: Final = (
@@ -357,6 +411,54 @@ def _scaling_table(report: Report) -> list[str]:
             )
         )
     return ["", "the same load at each --batch-size (one server each, in this order):", *_align(table)]
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def _agents_table(report: Report) -> list[str]:
+    """With ``--agents``: first audio of each condition at each number of agents, and the ratios."""
+    if not report.agents:
+        return []
+    table = [
+        (
+            "agents",
+            "HTTP p50/p95 (ms)",
+            "agents p50/p95 (ms)",
+            "agents/HTTP p50/p95",
+            "beside long task p50/p95 (ms)",
+            "beside/alone p50/p95",
+            "sentences ok",
+            "long tasks (segments, s/segment)",
+        )
+    ]
+    for level in report.agents:
+        cells = [
+            f"{_ms(s.first_audio_s.p50)} / {_ms(s.first_audio_s.p95)}"
+            for s in (level.http, level.alone, level.beside)
+        ]
+        done = "/".join(str(s.completed) for s in (level.http, level.alone, level.beside))
+        table.append(
+            (
+                str(level.agents),
+                cells[0],
+                cells[1],
+                f"{_times(level.alone_vs_http.p50_first_audio)} / "
+                f"{_times(level.p95_first_audio_alone_vs_http)}",
+                cells[2],
+                f"{_times(level.beside_vs_alone.p50_first_audio)} / "
+                f"{_times(level.p95_first_audio_beside_vs_alone)}",
+                done,
+                f"{level.long_tasks} ({level.long_segments}, "
+                f"{level.long_audio_seconds / max(1, level.long_segments):.1f})",
+            )
+        )
+    return [
+        "",
+        "voice agents: sentence sent -> first audio (HTTP: first byte; agents: first chunk):",
+        *_align(table),
+    ]
 
 
 def _lookup(summary: Summary, path: str) -> float | int | None:
