@@ -757,7 +757,10 @@ def test_pipecat_speaks_on_the_real_model_in_8khz_mulaw(engine_server: CliServer
 async def test_wyoming_describes_the_models_languages(engine_server: CliServer) -> None:
     [event] = await exchange(engine_server.wyoming_port, [Describe().event()], until=("info",))
     [program] = Info.from_event(event).tts
-    assert [(v.name, v.languages) for v in program.voices] == [("default", ["zh", "en"])]
+    # Every voice of the library (other tests on this shared server may have added some) speaks
+    # the loaded model's languages.
+    assert "default" in [voice.name for voice in program.voices]
+    assert all(voice.languages == ["zh", "en"] for voice in program.voices)
 
 
 async def test_wyoming_synthesizes_a_whole_text_on_the_real_model(engine_server: CliServer) -> None:
