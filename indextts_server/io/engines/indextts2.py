@@ -12,8 +12,9 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol, TypeVar, cast
 
@@ -337,7 +338,11 @@ class IndexTTS2Engine:
         if job.emo_mode == "text":
             kwargs.update(use_emo_text=True, emo_text=job.emo_text, emo_alpha=job.emo_alpha)
         if self.chunked if job.chunked is None else job.chunked:
-            return stretched(_Chunked(self, job, kwargs), job.speed)
+            pieces = partial(self._pieces, job, kwargs)
+            chunks = ChunkedPieces(
+                self._lock, self.device, self._free_device_memory, job.seed, pieces, model="IndexTTS2"
+            )
+            return stretched(chunks, job.speed)
         return stretched(_Segments(self, job, kwargs), job.speed)
 
     def advance(self, rows: Sequence[Iterator[Segment]]) -> list[Segment | BaseException | None]:
@@ -785,34 +790,53 @@ class _Segments(Iterator[Segment]):
                 gen.close()
 
 
-class _Chunked(Iterator[Segment]):
-    """A chunked job (experimental): one piece of a segment per ``next()`` (`chunked`).
+class ChunkedPieces(Iterator[Segment]):
+    """A chunked job (experimental), of either family: one piece of a segment per ``next()``
+    (`chunked`), run alone (never batched), under the engine's lock with the job's own RNG state,
+    as `_Segments` does.
 
-    Each call runs under the engine's lock with the job's own RNG state, as `_Segments` does; it
-    is never batched with other rows (`IndexTTS2Engine.advance` runs it alone)."""
+    ``pieces`` makes the job's generator of pieces, inside its first step. A job whose every
+    segment stops at once ends with an empty last segment when ``empty_last`` (as IndexTTS-2.5's
+    `_Segments` ends), else with no more segments.
+    """
 
-    def __init__(self, engine: IndexTTS2Engine, job: SynthesisJob, kwargs: dict[str, object]) -> None:
-        self._engine = engine
-        self._job = job
-        self._kwargs = kwargs
+    def __init__(
+        self,
+        lock: threading.Lock,
+        device: str,
+        free_memory: Callable[[], None],
+        seed: int | None,
+        pieces: Callable[[], Iterator[Segment]],
+        *,
+        model: str,
+        empty_last: bool = False,
+    ) -> None:
+        self._lock = lock
+        self._device = device
+        self._free_memory = free_memory
+        self._make = pieces
+        self._model = model
+        self._empty_last = empty_last
         self._pieces: Iterator[Segment] | None = None
         self._done = False
-        self._rng: list[_RngState | int | None] = [job.seed]
+        self._rng: list[_RngState | int | None] = [seed]
 
     def __next__(self) -> Segment:
         if self._done:
             raise StopIteration
         try:
-            with self._engine._step(self._rng):
+            with engine_step(self._lock, self._device, self._rng):
                 if self._pieces is None:
-                    self._pieces = self._engine._pieces(self._job, self._kwargs)
+                    self._pieces = self._make()
                 piece = next(self._pieces, None)
         except Exception as exc:
             self.close()
-            self._engine._free_device_memory()
-            raise client_error(exc, "IndexTTS2", "chunked synthesis") from exc
+            self._free_memory()
+            raise client_error(exc, self._model, "chunked synthesis") from exc
         if piece is None:
             self.close()
+            if self._empty_last:
+                return Segment(np.zeros(0, np.int16), True, "")
             raise StopIteration
         self._done = piece.last
         return piece
@@ -823,5 +847,5 @@ class _Chunked(Iterator[Segment]):
         pieces, self._pieces = self._pieces, None
         close = getattr(pieces, "close", None)
         if close is not None:
-            with self._engine._lock, torch.inference_mode():
+            with self._lock, torch.inference_mode():
                 close()

@@ -20,6 +20,7 @@ import os
 import threading
 import warnings
 from collections.abc import Generator, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, NamedTuple, Protocol, cast
 
@@ -44,6 +45,7 @@ from . import batching, chunked
 from .indextts2 import (
     _NOISE_SEED,
     _RNG_GATE,
+    ChunkedPieces,
     EngineLoadError,
     SynthesisError,
     _check_device,
@@ -223,7 +225,17 @@ class IndexTTS25Engine:
         if job.emo_mode == "text":
             kwargs.update(emo_alpha=job.emo_alpha)
         if self.chunked if job.chunked is None else job.chunked:
-            return stretched(_Chunked25(self, job, lang, kwargs), stretch)
+            pieces = partial(self._pieces, job, lang, kwargs)
+            chunks = ChunkedPieces(
+                self._lock,
+                self.device,
+                self._free_device_memory,
+                job.seed,
+                pieces,
+                model="IndexTTS-2.5",
+                empty_last=True,  # every segment stopped at once: an empty last one, as _Segments ends
+            )
+            return stretched(chunks, stretch)
         return stretched(_Segments(self, job, lang, kwargs), stretch)
 
     def warm_up(self) -> None:
@@ -600,44 +612,3 @@ def stages25(
         style=prepared.style,
         steps=steps,
     )
-
-
-class _Chunked25(Iterator[Segment]):
-    """A chunked job (experimental): one piece of a segment per ``next()``, run alone (never
-    batched), under the engine's lock with the job's own RNG state."""
-
-    def __init__(self, engine: IndexTTS25Engine, job: SynthesisJob, lang: str, kwargs: dict[str, object]):
-        self._engine = engine
-        self._job = job
-        self._lang = lang
-        self._kwargs = kwargs
-        self._pieces: Iterator[Segment] | None = None
-        self._done = False
-        self._rng: list[_RngState | int | None] = [job.seed]
-
-    def __next__(self) -> Segment:
-        if self._done:
-            raise StopIteration
-        try:
-            with engine_step(self._engine._lock, self._engine.device, self._rng):
-                if self._pieces is None:
-                    self._pieces = self._engine._pieces(self._job, self._lang, self._kwargs)
-                piece = next(self._pieces, None)
-        except Exception as exc:
-            self.close()
-            self._engine._free_device_memory()
-            raise client_error(exc, "IndexTTS-2.5", "chunked synthesis") from exc
-        if piece is None:  # every segment stopped at once: an empty last one, as _Segments ends
-            self.close()
-            return Segment(np.zeros(0, np.int16), True, "")
-        self._done = piece.last
-        return piece
-
-    def close(self) -> None:
-        """Stop the pieces' generator (idempotent)."""
-        self._done = True
-        pieces, self._pieces = self._pieces, None
-        close = getattr(pieces, "close", None)
-        if close is not None:
-            with self._engine._lock, torch.inference_mode():
-                close()

@@ -76,6 +76,8 @@ CPU_IS_SLOW: Final = (
     "--device auto: no CUDA device here, running {model} on the CPU, which is slow "
     "(many seconds per second of speech); use a CUDA GPU to serve in real time"
 )
+
+
 def warm_up_hint(device: str, model_dir: str) -> str:
     """What to try when the first synthesis fails: on a GPU, the CPU; on the CPU, the checkpoint."""
     if device.startswith("cuda"):
